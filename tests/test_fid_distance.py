@@ -1,0 +1,61 @@
+"""Frechet distance: parity with pytorch-fid and torchmetrics, rank-deficient covariances, caching."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastsample.fid import ReferenceStatistics, frechet_distance
+
+pytorch_fid_score = pytest.importorskip("pytorch_fid.fid_score")
+
+
+def _stats(rng, n, d, scale=1.0, shift=0.0):
+    x = rng.normal(size=(n, d)) * scale + shift
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+@pytest.mark.parametrize("n", [500, 40])  # n < d: rank-deficient covariances
+def test_parity_pytorch_fid(n):
+    rng = np.random.default_rng(0)
+    m1, c1 = _stats(rng, n, 64)
+    m2, c2 = _stats(rng, n, 64, 1.3, 0.2)
+    ref = pytorch_fid_score.calculate_frechet_distance(m1, c1, m2, c2)
+    ours = frechet_distance(m1, c1, m2, c2)
+    assert ours == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance(torch.tensor(m1), torch.tensor(c1).float(), m2, c2) == pytest.approx(ref, rel=1e-5)
+
+
+def test_parity_torchmetrics_compute():
+    tm_fid = pytest.importorskip("torchmetrics.image.fid")
+    rng = np.random.default_rng(1)
+    m1, c1 = _stats(rng, 300, 32)
+    m2, c2 = _stats(rng, 20, 32, 0.7)
+    ref = float(tm_fid._compute_fid(*(torch.tensor(a) for a in (m1, c1, m2, c2))))
+    assert frechet_distance(m1, c1, m2, c2) == pytest.approx(ref, rel=1e-6)
+
+
+def test_identical_and_singular():
+    rng = np.random.default_rng(2)
+    m, c = _stats(rng, 5, 16)  # rank 4
+    assert abs(frechet_distance(m, c, m, c)) < 1e-10 * np.trace(c)
+    z = np.zeros((16, 16))
+    assert frechet_distance(m, z, m + 1.0, z) == pytest.approx(16.0)
+    assert frechet_distance(m, z, m, c) == pytest.approx(np.trace(c))
+
+
+def test_reference_cache_reuse():
+    rng = np.random.default_rng(3)
+    m1, c1 = _stats(rng, 200, 24)
+    ref = ReferenceStatistics(m1, c1)
+    for k in range(3):
+        m2, c2 = _stats(rng, 100, 24, 1.0 + 0.1 * k)
+        assert ref.distance(m2, c2) == pytest.approx(frechet_distance(m1, c1, m2, c2), rel=1e-12)
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        ReferenceStatistics(np.zeros(3), np.eye(3)).distance(np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="expected mean"):
+        frechet_distance(np.zeros(3), np.eye(4), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="NaN"):
+        frechet_distance(np.full(3, np.nan), np.eye(3), np.zeros(3), np.eye(3))
