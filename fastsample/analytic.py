@@ -87,8 +87,7 @@ class GaussianMixture:
         key = (str(device), dtype)
         if key not in self._t:
             self._t[key] = tuple(
-                torch.as_tensor(a, dtype=dtype, device=device)
-                for a in (self.means, self.variances, self.log_weights)
+                torch.as_tensor(a, dtype=dtype, device=device) for a in (self.means, self.variances, self.log_weights)
             )
         return self._t[key]
 
@@ -151,9 +150,7 @@ class GaussianMixture:
         switch = min(1e-3, rho_start) if rho_end < 1e-3 else rho_end
         yv = y.reshape(-1)
         if rho_start > switch:
-            sol = solve_ivp(
-                f_log, (math.log(rho_start), math.log(switch)), yv, method="DOP853", rtol=rtol, atol=atol
-            )
+            sol = solve_ivp(f_log, (math.log(rho_start), math.log(switch)), yv, method="DOP853", rtol=rtol, atol=atol)
             if not sol.success:
                 raise RuntimeError(f"reference ODE solve failed: {sol.message}")
             yv = sol.y[:, -1]

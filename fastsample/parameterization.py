@@ -25,9 +25,7 @@ def check_prediction_type(prediction_type: str, is_flow: bool | None = None) -> 
     """Canonical name of ``prediction_type``; ValueError naming the allowed values otherwise."""
     p = _ALIASES.get(prediction_type, prediction_type)
     if p not in PREDICTION_TYPES:
-        raise ValueError(
-            f"unsupported prediction_type {prediction_type!r}; allowed: {', '.join(PREDICTION_TYPES)}"
-        )
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}; allowed: {', '.join(PREDICTION_TYPES)}")
     if p == "flow_prediction" and is_flow is False:
         raise ValueError(
             "prediction_type 'flow_prediction' needs a flow schedule (alpha + sigma = 1); "

@@ -54,7 +54,7 @@ def sample(
     model evaluation, before the solver step (FlowChef, thresholding).
     """
     ptype = check_prediction_type(prediction_type, schedule.is_flow)
-    plan: Plan = solver.prepare(schedule, grid)
+    plan: Plan = solver.plan(schedule, grid)
     keep = plan.history_len
     dtype = x.dtype
     history = None

@@ -94,6 +94,42 @@ def linear_step(plan: Plan, k: int, history: History) -> torch.Tensor:
     return out
 
 
+def prediction_form_ddim(schedule, grid) -> Plan:
+    """DDIM as x' = alpha' x0 + sigma' eps (Song et al., arXiv 2010.02502); finite where alpha = 0."""
+    t, tn = grid[:-1], grid[1:]
+    n = len(t)
+    return Plan(
+        eval_times=t.copy(),
+        grid=np.asarray(grid, dtype=np.float64),
+        step_of_eval=np.arange(n),
+        ref=np.zeros(n, dtype=np.int64),
+        a=np.zeros(n),
+        w_eps=schedule.sigma(tn)[:, None],
+        w_x0=schedule.alpha(tn)[:, None],
+        order=1,
+    )
+
+
+def concat_plans(first: Plan, rest: Plan, grid) -> Plan:
+    """``first`` then ``rest`` (whose history reads never reach back into ``first``)."""
+
+    def cat(a, b):
+        m = max(a.shape[1], b.shape[1])
+        return np.concatenate([np.pad(a, ((0, 0), (0, m - a.shape[1]))), np.pad(b, ((0, 0), (0, m - b.shape[1])))])
+
+    return Plan(
+        eval_times=np.concatenate([first.eval_times, rest.eval_times]),
+        grid=np.asarray(grid, dtype=np.float64),
+        step_of_eval=np.concatenate([first.step_of_eval, rest.step_of_eval + len(first.grid) - 1]),
+        ref=np.concatenate([first.ref, rest.ref]),
+        a=np.concatenate([first.a, rest.a]),
+        w_eps=cat(first.w_eps, rest.w_eps),
+        w_x0=cat(first.w_x0, rest.w_x0),
+        order=rest.order,
+        info=dict(rest.info),
+    )
+
+
 class Solver:
     """Base class. Subclasses set ``name`` and ``order`` and implement :meth:`prepare`.
 
@@ -106,6 +142,22 @@ class Solver:
 
     def prepare(self, schedule, grid: np.ndarray) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def plan(self, schedule, grid) -> Plan:
+        """Validate ``grid`` and prepare; the entry point that samplers and the adapter use.
+
+        A grid that starts where alpha = 0 (pure noise, t = 1 of a flow) begins with one DDIM
+        step written in prediction form, x' = alpha' x0 + sigma' eps, which is finite there;
+        the solver's own plan then starts at ``grid[1]``.
+        """
+        grid = np.asarray(grid, dtype=np.float64)
+        if grid.ndim != 1 or len(grid) < 2 or np.any(np.diff(grid) >= 0) or grid[-1] < 0:
+            raise ValueError(f"a time grid must be 1-D, decreasing and end at t >= 0, got {grid}")
+        if float(schedule.alpha(grid[0])) > 0:
+            return self.prepare(schedule, grid)
+        if len(grid) == 2:
+            return prediction_form_ddim(schedule, grid)
+        return concat_plans(prediction_form_ddim(schedule, grid[:2]), self.prepare(schedule, grid[1:]), grid)
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return num_steps * self.stages

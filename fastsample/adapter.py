@@ -1,0 +1,373 @@
+"""The Diffusers adapter: one stateful base class that implements the pipeline contract once.
+
+A public scheduler is a subclass that declares its own config keys (diffusers' names) in
+``config_keys`` and builds its solver in ``make_solver``; the base class turns the common and
+the declared keys into a real ``@register_to_config __init__`` with an explicit signature, so
+``from_config`` / ``save_pretrained`` / ``from_pretrained`` work as for any diffusers scheduler.
+
+The contract (see DESIGN.md): ``set_timesteps(num_inference_steps, device, sigmas, timesteps,
+mu)``, ``step(model_output, timestep, sample, generator, return_dict)``, ``scale_model_input``,
+``add_noise``, ``scale_noise``, ``set_begin_index``, ``order``, ``init_noise_sigma``,
+``_compatibles``. Diffusers' integer or float ``timestep`` labels exist only in this layer.
+In this layer only, ``sigmas`` has diffusers' meaning: sigma / alpha for VP models (k-diffusion's
+noise level, elsewhere called ``sigma_ve``), and sigma = t for flow models.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.utils import BaseOutput, logging
+
+from . import grids
+from .parameterization import check_prediction_type
+from .sampling import NonFiniteModelOutput, observe, push
+from .schedules import DiscreteVP, RectifiedFlow
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["FastScheduler", "FastSchedulerOutput", "COMMON_CONFIG"]
+
+# Keys every scheduler of ours accepts, with diffusers' names and defaults.
+COMMON_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "linspace",
+    "steps_offset": 0,
+    "use_karras_sigmas": False,
+    "use_lambdas": False,
+    "time_grid": None,
+    "final_sigmas_type": "zero",
+    "use_flow_sigmas": False,
+    "flow_shift": 1.0,
+    "use_dynamic_shifting": False,
+    "time_shift_type": "exponential",
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}
+
+_FLOW_CLASSES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler")
+_FINAL_SIGMAS = ("zero", "sigma_min")
+
+
+@dataclass
+class FastSchedulerOutput(BaseOutput):
+    """``prev_sample``: the next state; ``pred_original_sample``: x0-hat at this step (input dtype)."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+def _is_flow_match_config(config: dict) -> bool:
+    """A FlowMatch* scheduler's config: named so, or with ``shift`` and no beta schedule."""
+    if "use_flow_sigmas" in config:
+        return False
+    if config.get("_class_name") in _FLOW_CLASSES:
+        return True
+    return "shift" in config and "beta_schedule" not in config and "trained_betas" not in config
+
+
+def _build_init(cls):
+    keys = {**COMMON_CONFIG, **cls.config_keys}
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v) for k, v in keys.items()]
+
+    def __init__(self, *args, **kwargs):
+        self._configure()
+
+    __init__.__signature__ = inspect.Signature(params)
+    __init__.__doc__ = f"Config keys and defaults: {keys}"
+    __init__.__qualname__ = f"{cls.__name__}.__init__"
+    cls.__init__ = register_to_config(__init__)
+
+
+class FastScheduler(SchedulerMixin, ConfigMixin):
+    """Base class of every fastsample scheduler (see the module docstring).
+
+    Subclasses set ``config_keys`` (a dict of their own keys and defaults) and implement
+    ``make_solver()`` returning a :class:`fastsample.solvers.base.Solver`.
+    """
+
+    config_name = "scheduler_config.json"
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + list(_FLOW_CLASSES)
+    config_keys: dict = {}
+    order = 1
+    init_noise_sigma = 1.0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "config_keys" in cls.__dict__:
+            _build_init(cls)
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """As diffusers' ``from_config``; a FlowMatch config switches on flow mode (its ``shift`` kept)."""
+        if config is not None and not isinstance(config, dict):
+            config = dict(config)
+        if config is not None and _is_flow_match_config(config):
+            config = dict(config)
+            config["use_flow_sigmas"] = True
+            config["prediction_type"] = "flow_prediction"
+            config["flow_shift"] = config.get("shift", 1.0)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    def make_solver(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _configure(self):
+        c = self.config
+        if c.final_sigmas_type not in _FINAL_SIGMAS:
+            raise ValueError(f"final_sigmas_type must be one of {_FINAL_SIGMAS}, got {c.final_sigmas_type!r}")
+        if c.use_flow_sigmas:
+            self.schedule = RectifiedFlow(c.num_train_timesteps)
+        else:
+            self.schedule = DiscreteVP.from_config(c)
+        self.prediction_type = check_prediction_type(c.prediction_type, self.schedule.is_flow)
+        self.solver = self.make_solver()
+        self.order = self.solver.stages
+        self.plan = None
+        self.num_inference_steps = None
+        self.timesteps = None
+        self.sigmas = None
+        self.steering = None
+        self._grid = None
+        self._begin_index = None
+        self._step_index = None
+        self._reset_run()
+
+    def _reset_run(self):
+        self._history = None
+        self._run_plan = None
+        self._run_offset = 0
+        self._bad_step = None
+
+    def __len__(self):
+        return self.config.num_train_timesteps
+
+    # --- time grid ------------------------------------------------------------------------------
+
+    def make_grid(self, num_inference_steps: int, sigmas=None, timesteps=None, mu=None) -> np.ndarray:
+        """The float64 time grid (n + 1 entries, decreasing) for one call of ``set_timesteps``."""
+        c, s = self.config, self.schedule
+        final_zero = c.final_sigmas_type == "zero"
+        if timesteps is not None:
+            ts = np.asarray(timesteps, dtype=np.float64)
+            grid = np.concatenate([s.t_of_timestep(ts), [0.0 if final_zero else s.t_min]])
+        elif s.is_flow:
+            if c.use_dynamic_shifting and mu is None:
+                raise ValueError("`mu` must be passed when use_dynamic_shifting is True (SD3 / Flux pipelines do)")
+            shift_mu = mu if c.use_dynamic_shifting else None
+            if sigmas is not None:
+                base = np.asarray(sigmas, dtype=np.float64)
+                t = grids.shift_sigmas(base, shift=c.flow_shift, mu=shift_mu, time_shift_type=c.time_shift_type)
+                grid = np.concatenate([t, [0.0]]) if t[-1] > 0 else t
+            else:
+                grid = grids.flow_shift(
+                    s, num_inference_steps, shift=c.flow_shift, mu=shift_mu, time_shift_type=c.time_shift_type
+                )
+            if not final_zero:
+                grid[-1] = grid[-2] * 1e-3
+        else:
+            if sigmas is not None:
+                ve = np.asarray(sigmas, dtype=np.float64)
+                grid = np.concatenate([s.t_of_sigma_ve(ve[ve > 0]), [0.0 if final_zero else s.t_min]])
+            else:
+                name = c.time_grid
+                if name is None:
+                    name = "karras" if c.use_karras_sigmas else "uniform_lambda" if c.use_lambdas else None
+                if name is None:
+                    grid = grids.diffusers_spacing(
+                        s, num_inference_steps, c.timestep_spacing, c.steps_offset, final_zero=final_zero
+                    )
+                else:
+                    grid = grids.make_grid(name, s, num_inference_steps, final_zero=final_zero)
+            grid = self._snap(grid)
+        return grid
+
+    def _snap(self, grid):
+        """Move VP evaluation times onto the integer timesteps the network was trained at."""
+        s = self.schedule
+        inner = grid[:-1]
+        snapped = s.t_of_timestep(np.clip(np.round(s.timestep(inner)), 0, s.num_train_timesteps - 1))
+        out = np.concatenate([snapped, grid[-1:]])
+        if np.any(np.diff(out) >= 0):
+            raise ValueError(
+                f"{len(inner)} steps do not fit in {s.num_train_timesteps} distinct training timesteps on this grid"
+            )
+        return out
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: list[float] | np.ndarray | None = None,
+        timesteps: list[int] | np.ndarray | None = None,
+        mu: float | None = None,
+    ):
+        """Prepare the solver's plan for a run (coefficients in float64 on the CPU, once)."""
+        given = [a is not None for a in (sigmas, timesteps)]
+        if sum(given) > 1:
+            raise ValueError("pass at most one of `sigmas` and `timesteps`")
+        if num_inference_steps is None:
+            if timesteps is not None:
+                num_inference_steps = len(timesteps)
+            elif sigmas is not None:
+                num_inference_steps = int(np.sum(np.asarray(sigmas) > 0))
+            else:
+                raise ValueError("pass num_inference_steps, sigmas or timesteps")
+        if int(num_inference_steps) < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        grid = self.make_grid(int(num_inference_steps), sigmas=sigmas, timesteps=timesteps, mu=mu)
+        self._set_grid(grid, device)
+
+    def _set_grid(self, grid, device=None):
+        s = self.schedule
+        plan = self.solver.plan(s, grid)
+        self._grid, self.plan = grid, plan
+        self.num_inference_steps = len(grid) - 1
+        labels = s.timestep(plan.eval_times)
+        if s.is_flow:
+            self.timesteps = torch.from_numpy(labels.astype(np.float32)).to(device)
+            self.sigmas = torch.from_numpy(grid.astype(np.float32)).to(device)
+        else:
+            self.timesteps = torch.from_numpy(np.round(labels).astype(np.int64)).to(device)
+            self.sigmas = torch.from_numpy(s.sigma_ve(grid).astype(np.float32)).to(device)
+        self._begin_index = None
+        self._step_index = None
+        self._reset_run()
+
+    # --- step bookkeeping ------------------------------------------------------------------------
+
+    @property
+    def step_index(self):
+        return self._step_index
+
+    @property
+    def begin_index(self):
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0):
+        self._begin_index = int(begin_index)
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
+        schedule_timesteps = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        labels = schedule_timesteps.detach().cpu().to(torch.float64)
+        t = torch.as_tensor(timestep).detach().cpu().to(torch.float64)
+        idx = torch.nonzero(torch.isclose(labels, t, rtol=0, atol=1e-4)).flatten()
+        if len(idx) == 0:
+            raise ValueError(f"timestep {float(t)} is not in this scheduler's timesteps {labels.tolist()}")
+        return int(idx[0])
+
+    def _times_for(self, timestep) -> np.ndarray:
+        """Continuous times for diffusers timestep labels (by index into the run when they match)."""
+        ts = torch.as_tensor(timestep).detach().cpu().to(torch.float64).reshape(-1).numpy()
+        if self.timesteps is not None:
+            labels = self.timesteps.detach().cpu().to(torch.float64).numpy()
+            out = []
+            for v in ts:
+                hit = np.flatnonzero(np.abs(labels - v) < 1e-4)
+                out.append(self.plan.eval_times[hit[0]] if len(hit) else self.schedule.t_of_timestep(v))
+            return np.asarray(out, dtype=np.float64)
+        return self.schedule.t_of_timestep(ts)
+
+    def _start_run(self, timestep):
+        if self.plan is None:
+            raise ValueError("call `set_timesteps` before `step`")
+        if self._begin_index is not None:
+            self._step_index = self._begin_index
+        else:
+            self._step_index = self.index_for_timestep(timestep)
+        k0 = self._step_index
+        if k0 == 0:
+            self._run_plan, self._run_offset = self.plan, 0
+            return
+        j = int(self.plan.step_of_eval[k0])
+        if k0 > 0 and int(self.plan.step_of_eval[k0 - 1]) == j:
+            raise ValueError(f"cannot start in the middle of a multi-stage step (evaluation {k0})")
+        # Starting part-way (img2img): the solver warms up again on the remaining grid.
+        self._run_plan, self._run_offset = self.solver.plan(self.schedule, self._grid[j:]), k0
+
+    # --- the contract ----------------------------------------------------------------------------
+
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Identity: our solvers work on x_t = alpha x0 + sigma eps, the network's own input."""
+        return sample
+
+    def _check_finite(self, model_output: torch.Tensor, k: int, last: bool):
+        bad = ~torch.isfinite(model_output).all()
+        if model_output.device.type == "cpu":
+            if bad:
+                raise NonFiniteModelOutput(f"model output is NaN or Inf at step {k}")
+            return
+        # On an accelerator, record the first bad step without synchronising; check once at the end.
+        here = torch.where(bad, k, -1)
+        self._bad_step = here if self._bad_step is None else torch.where(self._bad_step >= 0, self._bad_step, here)
+        if last and int(self._bad_step) >= 0:
+            raise NonFiniteModelOutput(f"model output is NaN or Inf at step {int(self._bad_step)}")
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> FastSchedulerOutput | tuple:
+        """One solver step after one model evaluation; output in ``sample``'s dtype.
+
+        ``generator`` is accepted for pipeline compatibility and unused (deterministic ODE solvers).
+        """
+        if self._step_index is None or self._run_plan is None:
+            self._start_run(timestep)
+        k = self._step_index
+        if k >= self.plan.nfe:
+            raise IndexError(f"step called {k + 1} times, but this run has {self.plan.nfe} model evaluations")
+        plan, local = self._run_plan, k - self._run_offset
+        t = float(plan.eval_times[local])
+        self._check_finite(model_output, k, last=k == self.plan.nfe - 1)
+        x0, eps = observe(model_output, sample, t, self.schedule, self.prediction_type)
+        x = sample.to(x0.dtype)
+        if self.steering is not None:
+            x, x0, eps = self.steering(k, t, x, x0, eps)
+        self._history = push(self._history, x, x0, eps, plan.history_len)
+        prev = plan.step(local, self._history).to(sample.dtype)
+        self._step_index = k + 1
+        if self._step_index == self.plan.nfe:
+            self._reset_run()
+        pred = x0.to(sample.dtype)
+        if not return_dict:
+            return (prev, pred)
+        return FastSchedulerOutput(prev_sample=prev, pred_original_sample=pred)
+
+    def _alpha_sigma(self, timesteps, like: torch.Tensor):
+        t = self._times_for(timesteps)
+        a = torch.as_tensor(self.schedule.alpha(t), dtype=torch.float32, device=like.device)
+        s = torch.as_tensor(self.schedule.sigma(t), dtype=torch.float32, device=like.device)
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return a.reshape(shape), s.reshape(shape)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """x_t = alpha_t x0 + sigma_t eps at diffusers timestep labels (one per sample, or one for all)."""
+        a, s = self._alpha_sigma(timesteps, original_samples)
+        out = a * original_samples.to(torch.float32) + s * noise.to(torch.float32)
+        return out.to(original_samples.dtype)
+
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward process as flow pipelines call it (img2img / inpainting); same as ``add_noise``."""
+        if noise is None:
+            raise ValueError("scale_noise needs `noise`")
+        return self.add_noise(sample, noise, timestep)
