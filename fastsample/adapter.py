@@ -102,6 +102,8 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
     config_name = "scheduler_config.json"
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + list(_FLOW_CLASSES)
     config_keys: dict = {}
+    supports_vp = True  # False for a flow-only scheduler (contract tests then skip VP configs)
+    supports_flow = True  # False for a VP-only scheduler
     order = 1
     init_noise_sigma = 1.0
 

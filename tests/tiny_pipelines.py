@@ -1,0 +1,288 @@
+"""Tiny real Diffusers pipelines with random weights, built offline (no downloads).
+
+Every builder returns a pipeline of the real class with the scheduler that the released model
+ships (SD 1.5: PNDM, SD3 / Flux: FlowMatchEuler) so tests can do
+``pipe.scheduler = X.from_config(pipe.scheduler.config)``. Tokenizers are real
+``CLIPTokenizer`` / ``T5TokenizerFast`` objects built from a tiny character-level vocabulary in
+memory, so pipelines are called with a text prompt, not with precomputed embeddings.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDPMPipeline,
+    DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    PNDMScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+
+__all__ = [
+    "SD15_SCHEDULER",
+    "SDXL_SCHEDULER",
+    "SD3_SCHEDULER",
+    "FLUX_SCHEDULER",
+    "TEXT_LEN",
+    "clip_tokenizer",
+    "t5_tokenizer",
+    "ddpm_pipeline",
+    "sd_pipeline",
+    "sd_img2img_pipeline",
+    "sd3_pipeline",
+    "sd3_img2img_pipeline",
+    "flux_pipeline",
+]
+
+# The scheduler configs the released models ship (values as in their scheduler_config.json).
+SD15_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    skip_prk_steps=True,
+    steps_offset=1,
+    set_alpha_to_one=False,
+    trained_betas=None,
+)
+SDXL_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    timestep_spacing="leading",
+    steps_offset=1,
+    interpolation_type="linear",
+    use_karras_sigmas=False,
+    trained_betas=None,
+)
+SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
+FLUX_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+)
+
+TEXT_LEN = 16  # tokenizer max length = text encoder positions (pass as max_sequence_length)
+HIDDEN = 32
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    """A character-level CLIP BPE tokenizer (no merges): ids 0 / 1 are start / end of text."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TEXT_LEN)
+
+
+def t5_tokenizer() -> T5TokenizerFast:
+    """A character-level unigram T5 tokenizer: <pad> 0, </s> 1, <unk> 2."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + c, -1.0) for c in string.ascii_lowercase] + [(c, -2.0) for c in string.ascii_lowercase]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=TEXT_LEN)
+
+
+def _clip_config(vocab_size: int, projection_dim: int = HIDDEN) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=TEXT_LEN,
+        projection_dim=projection_dim,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_act="gelu",
+    )
+
+
+def _t5_encoder(vocab_size: int) -> T5EncoderModel:
+    cfg = T5Config(
+        vocab_size=vocab_size,
+        d_model=HIDDEN,
+        d_kv=8,
+        d_ff=37,
+        num_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(cfg).eval()
+
+
+def _vae(latent_channels: int = 4, **kwargs) -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=2,
+        sample_size=16,
+        **kwargs,
+    ).eval()
+
+
+def _seed(seed: int):
+    torch.manual_seed(seed)
+
+
+def ddpm_pipeline(seed: int = 0) -> DDPMPipeline:
+    """Pixel-space DDPM with an 8x8 UNet and SD 1.5's beta schedule (a DDPMScheduler)."""
+    _seed(seed)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    ).eval()
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    pipe = DDPMPipeline(unet=unet, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sd_components(seed: int) -> dict:
+    _seed(seed)
+    tok = clip_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=HIDDEN,
+        attention_head_dim=2,
+    ).eval()
+    return dict(
+        unet=unet,
+        scheduler=PNDMScheduler(**SD15_SCHEDULER),
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_clip_config(len(tok))).eval(),
+        tokenizer=tok,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion (SD 1.5 layout and scheduler config); 16x16 images, 8x8 latents."""
+    pipe = StableDiffusionPipeline(**_sd_components(seed))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sd_img2img_pipeline(seed: int = 0) -> StableDiffusionImg2ImgPipeline:
+    pipe = StableDiffusionImg2ImgPipeline(**_sd_components(seed))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sd3_components(seed: int) -> dict:
+    _seed(seed)
+    tok, tok3 = clip_tokenizer(), t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=HIDDEN,
+        caption_projection_dim=HIDDEN,
+        pooled_projection_dim=2 * HIDDEN,
+        pos_embed_max_size=16,
+    ).eval()
+    return dict(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
+        vae=_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModelWithProjection(_clip_config(len(tok))).eval(),
+        tokenizer=tok,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(len(tok))).eval(),
+        tokenizer_2=clip_tokenizer(),
+        text_encoder_3=_t5_encoder(len(tok3)),
+        tokenizer_3=tok3,
+    )
+
+
+def sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    """Stable Diffusion 3 (MMDiT, two CLIPs and a T5); 16x16 images, 8x8 latents."""
+    pipe = StableDiffusion3Pipeline(**_sd3_components(seed))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sd3_img2img_pipeline(seed: int = 0) -> StableDiffusion3Img2ImgPipeline:
+    pipe = StableDiffusion3Img2ImgPipeline(**_sd3_components(seed))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_pipeline(seed: int = 0) -> FluxPipeline:
+    """Flux (CLIP + T5, packed 2x2 latents, dynamic shifting); 16x16 images, 8x8 latents."""
+    _seed(seed)
+    tok, tok2 = clip_tokenizer(), t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=HIDDEN,
+        pooled_projection_dim=HIDDEN,
+        axes_dims_rope=(4, 4, 8),
+    ).eval()
+    pipe = FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
+        vae=_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModel(_clip_config(len(tok))).eval(),
+        tokenizer=tok,
+        text_encoder_2=_t5_encoder(len(tok2)),
+        tokenizer_2=tok2,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
