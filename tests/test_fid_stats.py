@@ -125,3 +125,21 @@ def test_corrupt_files(tmp_path):
     ]:
         with pytest.raises(ValueError, match=match):
             FeatureStatistics.load(tmp_path / f"{name}.npz")
+
+
+def test_lazy_dimension_and_metadata_dicts(tmp_path):
+    s = FeatureStatistics()
+    with pytest.raises(ValueError, match="no features"):
+        _ = s.mean
+    s.update(_features(d=5).double())
+    assert s.dim == 5 and s.sum.dtype == torch.float64
+    s.save(tmp_path / "s.npz", metadata={"features": "tiny", "resize": "none"})
+    back = FeatureStatistics.load(tmp_path / "s.npz")
+    assert back.metadata() == {"feature_network": "tiny", "resize_mode": "none", "dim": 5}
+    back.check_compatible({"features": "tiny", "resize": "none"})
+    with pytest.raises(ValueError, match="feature_network mismatch"):
+        back.check_compatible({"features": "inception-pool3"})
+    with pytest.raises(ValueError, match="unknown statistics metadata key"):
+        back.check_compatible({"colour": "blue"})
+    empty = FeatureStatistics().merge(back)
+    assert empty.n == 300

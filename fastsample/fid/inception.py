@@ -369,10 +369,20 @@ class FIDInceptionV3(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    @classmethod
+    def from_weights(cls, weights: str | os.PathLike | None = None, **kwargs) -> FIDInceptionV3:
+        """``FIDInceptionV3(weights, **kwargs)``: weights from a path, or the torch hub cache when None."""
+        return cls(weights, **kwargs)
+
     @property
     def name(self) -> str:
-        """Feature network name recorded with statistics files."""
-        return "inception-2015-12-05" + ("" if self.dims == 2048 else f"-block{BLOCK_DIMS.index(self.dims)}")
+        """Feature network name recorded with statistics files: "inception-pool3" (2048) or "inception-<dims>"."""
+        return "inception-pool3" if self.dims == 2048 else f"inception-{self.dims}"
+
+    @property
+    def identity(self) -> dict:
+        """Metadata that statistics made with this network carry (see ``FeatureStatistics.check_compatible``)."""
+        return {"feature_network": self.name, "resize_mode": self.resize, "dim": self.dims}
 
     @property
     def num_features(self) -> int:

@@ -41,57 +41,72 @@ class FeatureStatistics:
     """Running float64 statistics of (B, D) feature batches, kept on the features' device.
 
     Args:
-        dim: feature dimension D.
-        device: device of the sums (default CPU; use the features' device to avoid transfers).
+        dim: feature dimension D; ``None`` to take it (and the device, unless given) from the first batch.
+        device: device of the sums (default: the first batch's device, else the CPU).
         feature_network: name of the network that made the features (recorded in files, checked
             before two statistics are compared).
         resize_mode: image preprocessing used ("pytorch-fid", "clean-fid", "torch-fidelity", or any
             string for other networks); recorded and checked like ``feature_network``.
+
+    Attributes ``count`` (0-d), ``sum`` (D,) and ``sum_outer`` (D, D) are float64 tensors.
     """
 
     def __init__(
         self,
-        dim: int,
+        dim: int | None = None,
         device: torch.device | str | None = None,
         feature_network: str = UNKNOWN,
         resize_mode: str = UNKNOWN,
     ):
-        self.dim = int(dim)
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-        self.count = torch.zeros((), dtype=torch.float64, device=dev)
-        self.sum = torch.zeros(self.dim, dtype=torch.float64, device=dev)
-        self.sum_outer = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=dev)
+        self.dim = None if dim is None else int(dim)
+        self._device = torch.device(device) if device is not None else None
+        self.count = self.sum = self.sum_outer = None
+        if self.dim is not None:
+            self._allocate(self.dim, self._device or torch.device("cpu"))
         self.feature_network = feature_network
         self.resize_mode = resize_mode
         self._count_known = True
         self._moments = None  # exact (mean, cov) of loaded files, used until the sums change
         self._reference = None
 
+    def _allocate(self, dim: int, device: torch.device) -> None:
+        self.dim = dim
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.sum_outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
     @property
-    def device(self) -> torch.device:
-        return self.sum.device
+    def device(self) -> torch.device | None:
+        return self.sum.device if self.sum is not None else self._device
 
     @property
     def n(self) -> int:
         """Number of features accumulated (a host sync)."""
-        return int(self.count)
+        return 0 if self.count is None else int(self.count)
 
     def update(self, features: torch.Tensor) -> FeatureStatistics:
         """Accumulate features (B, D) of any float dtype (moved to the statistics' device)."""
         self._require_sums("update")
+        if self.sum is None:
+            if features.ndim != 2:
+                raise ValueError(f"features must have shape (B, D), got {tuple(features.shape)}")
+            self._allocate(features.shape[1], self._device or features.device)
         accumulate_(self.count, self.sum, self.sum_outer, features)
         self._moments = self._reference = None
         return self
 
-    def check_compatible(self, other: FeatureStatistics) -> None:
+    def check_compatible(self, other: FeatureStatistics | dict) -> None:
         """Raise ValueError if ``other`` has another dimension, feature network or resize mode.
 
-        An unknown network or mode (a plain pytorch-fid / clean-fid file) matches anything, with a warning.
+        ``other`` may be a metadata dict (see :meth:`metadata`). An unknown network or mode (a plain
+        pytorch-fid / clean-fid file) matches anything, with a warning.
         """
-        if self.dim != other.dim:
-            raise ValueError(f"feature dimension mismatch: {self.dim} vs {other.dim}")
+        theirs = other.metadata() if isinstance(other, FeatureStatistics) else _canonical(other)
+        dim = theirs.get("dim")
+        if self.dim is not None and dim is not None and self.dim != dim:
+            raise ValueError(f"feature dimension mismatch: {self.dim} vs {dim}")
         for field in ("feature_network", "resize_mode"):
-            a, b = getattr(self, field), getattr(other, field)
+            a, b = getattr(self, field), theirs.get(field, UNKNOWN)
             if a == UNKNOWN or b == UNKNOWN:
                 if a != b:
                     warnings.warn(
@@ -105,11 +120,26 @@ class FeatureStatistics:
                     f"features made another way; recompute one side with the same {field}."
                 )
 
+    def metadata(self) -> dict:
+        """{"feature_network", "resize_mode", "dim"}: what must agree before two statistics are compared."""
+        return {"feature_network": self.feature_network, "resize_mode": self.resize_mode, "dim": self.dim}
+
     def merge(self, other: FeatureStatistics) -> FeatureStatistics:
-        """Add another statistics object's sums into this one (same dimension, network and mode)."""
+        """Add another statistics object's sums into this one (same dimension, network and mode).
+
+        Empty statistics with unknown network / mode take ``other``'s.
+        """
+        if self.sum is None:
+            for field in ("feature_network", "resize_mode"):
+                if getattr(self, field) == UNKNOWN:
+                    setattr(self, field, getattr(other, field))
         self.check_compatible(other)
         self._require_sums("merge")
         other._require_sums("merge")
+        if other.sum is None:
+            return self
+        if self.sum is None:
+            self._allocate(other.dim, self._device or other.device)
         self.count += other.count.to(self.device)
         self.sum += other.sum.to(self.device)
         self.sum_outer += other.sum_outer.to(self.device)
@@ -120,6 +150,8 @@ class FeatureStatistics:
         """Sum the statistics over all processes (``torch.distributed``), in place; no-op when not initialised."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self._require_sums("all_reduce")
+            if self.sum is None:
+                raise ValueError("all_reduce needs the feature dimension: pass dim= when a process may see no features")
             flat = torch.cat([self.count.view(1), self.sum, self.sum_outer.view(-1)])
             torch.distributed.all_reduce(flat, group=group)
             self.count.copy_(flat[0])
@@ -133,6 +165,8 @@ class FeatureStatistics:
         """float64 (D,) mean."""
         if self._moments is not None:
             return self._moments[0]
+        if self.sum is None or float(self.count) < 1:
+            raise ValueError("no features accumulated")
         return self.sum / self.count
 
     @property
@@ -140,7 +174,7 @@ class FeatureStatistics:
         """float64 (D, D) unbiased covariance (divisor n - 1, like ``np.cov``); needs at least 2 features."""
         if self._moments is not None:
             return self._moments[1]
-        if float(self.count) < 2:
+        if self.count is None or float(self.count) < 2:
             raise ValueError(f"the covariance needs at least 2 features, got {float(self.count):g}")
         mu = self.mean
         c = (self.sum_outer - self.count * torch.outer(mu, mu)) / (self.count - 1)
@@ -154,7 +188,9 @@ class FeatureStatistics:
 
     def to(self, device: torch.device | str) -> FeatureStatistics:
         """Move the sums to ``device`` (in place)."""
-        self.count, self.sum, self.sum_outer = (t.to(device) for t in (self.count, self.sum, self.sum_outer))
+        self._device = torch.device(device)
+        if self.sum is not None:
+            self.count, self.sum, self.sum_outer = (t.to(device) for t in (self.count, self.sum, self.sum_outer))
         if self._moments is not None:
             self._moments = tuple(t.to(device) for t in self._moments)
         self._reference = None
@@ -184,8 +220,15 @@ class FeatureStatistics:
         if not self._count_known:
             raise ValueError(f"cannot {what}: these statistics were loaded without a sample count (mu/sigma only)")
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``mu``, ``sigma`` and metadata to an ``.npz`` file readable by pytorch-fid and clean-fid."""
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+        """Write ``mu``, ``sigma`` and metadata to an ``.npz`` file readable by pytorch-fid and clean-fid.
+
+        ``metadata`` may set ``feature_network`` (alias ``features``) and ``resize_mode`` (alias ``resize``).
+        """
+        if metadata:
+            meta = _canonical(metadata)
+            self.feature_network = meta.get("feature_network", self.feature_network)
+            self.resize_mode = meta.get("resize_mode", self.resize_mode)
         np.savez(
             path,
             mu=self.mean.cpu().numpy(),
@@ -259,6 +302,20 @@ class FeatureStatistics:
             f"FeatureStatistics(dim={self.dim}, count={n}, feature_network={self.feature_network!r}, "
             f"resize_mode={self.resize_mode!r}, device={self.device})"
         )
+
+
+_ALIASES = {"features": "feature_network", "resize": "resize_mode"}
+
+
+def _canonical(meta: dict) -> dict:
+    out = {}
+    for k, v in meta.items():
+        key = _ALIASES.get(k, k)
+        if key not in ("feature_network", "resize_mode", "dim"):
+            known = "feature_network (alias features), resize_mode (alias resize), dim"
+            raise ValueError(f"unknown statistics metadata key {k!r}; known: {known}")
+        out[key] = v if key == "dim" or v is None else str(v)
+    return out
 
 
 def fid_from_statistics(a: FeatureStatistics, b: FeatureStatistics) -> float:
