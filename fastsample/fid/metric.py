@@ -1,0 +1,263 @@
+"""torchmetrics metrics: FID on streaming float64 sums, and KID on stored features.
+
+:class:`FrechetInceptionDistance` has the interface of ``torchmetrics.image.fid.FrechetInceptionDistance``
+(``update(imgs, real=...)``, ``compute()``, ``reset()``, ``reset_real_features``, ``feature`` as an int
+or any ``nn.Module`` returning (B, F) features) and the same state names, summed across processes.
+It differs where torchmetrics has pitfalls: float images are quantised by rounding, not truncation;
+TF32 is off during extraction; the distance uses the symmetric float64 form of
+:mod:`fastsample.fid.distance`, and the reference side (real set or a statistics file given to
+:meth:`set_reference`) is factored once and cached while it does not change.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from .distance import ReferenceStatistics
+from .inception import FIDInceptionV3
+from .kid import kernel_inception_distance
+from .stats import UNKNOWN, FeatureStatistics, accumulate_
+
+__all__ = ["FrechetInceptionDistance", "KernelInceptionDistance"]
+
+
+def _feature_net(feature, weights, resize, input_range) -> tuple[nn.Module, bool]:
+    if isinstance(feature, int):
+        return FIDInceptionV3(weights, dims=feature, resize=resize, input_range=input_range), False
+    if isinstance(feature, nn.Module):
+        return feature, True
+    raise TypeError(f"feature must be an int (64, 192, 768, 2048) or an nn.Module, got {type(feature).__name__}")
+
+
+def _num_features(net: nn.Module, num_features: int | None, input_img_size, normalize: bool) -> int:
+    if num_features is not None:
+        return int(num_features)
+    n = getattr(net, "num_features", None)
+    if isinstance(n, Tensor):
+        return int(n.item())
+    if isinstance(n, int):
+        return n
+    if normalize:
+        dummy = torch.rand(1, *input_img_size)
+    else:
+        dummy = torch.randint(0, 256, (1, *input_img_size), dtype=torch.uint8)
+    with torch.no_grad():
+        return int(net(dummy).shape[-1])
+
+
+class FrechetInceptionDistance(Metric):
+    """FID between real and generated images (Heusel et al., arXiv 1706.08500) with float64 streaming sums.
+
+    Args:
+        feature: 64, 192, 768 or 2048 for the FID InceptionV3 (:class:`FIDInceptionV3`), or any
+            ``nn.Module`` mapping an image batch to (B, F) features (e.g. a small classifier's penultimate layer).
+        reset_real_features: whether ``reset()`` also clears the real statistics.
+        normalize: accepted for torchmetrics compatibility. With the built-in network the dtype decides
+            (uint8 in [0, 255], float in ``input_range``); a custom module receives the images unchanged.
+            For a custom module without ``num_features``, it selects the dtype of the probe image.
+        input_img_size: image size (C, H, W) of the probe that infers a custom module's feature dimension.
+        feature_extractor_weights_path: Inception weights file (None: the torch hub cache; "random": untrained).
+        resize: preprocessing of the built-in network, one of ``RESIZE_MODES``.
+        input_range: range of float images, (0, 1) or (-1, 1).
+        num_features: feature dimension of a custom module (skips the probe).
+        **kwargs: passed to ``torchmetrics.Metric``.
+
+    ``compute()`` returns the distance as a float64 0-d tensor.
+    """
+
+    higher_is_better = False
+    is_differentiable = False
+    full_state_update = False
+    plot_lower_bound = 0.0
+
+    def __init__(
+        self,
+        feature: int | nn.Module = 2048,
+        reset_real_features: bool = True,
+        normalize: bool = False,
+        input_img_size: tuple[int, int, int] = (3, 299, 299),
+        feature_extractor_weights_path: str | os.PathLike | None = None,
+        resize: str = "pytorch-fid",
+        input_range: tuple[float, float] = (0.0, 1.0),
+        num_features: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(reset_real_features, bool):
+            raise ValueError("Argument `reset_real_features` expected to be a bool")
+        if not isinstance(normalize, bool):
+            raise ValueError("Argument `normalize` expected to be a bool")
+        self.reset_real_features, self.normalize = reset_real_features, normalize
+        self.inception, self.used_custom_model = _feature_net(
+            feature, feature_extractor_weights_path, resize, input_range
+        )
+        d = _num_features(self.inception, num_features, input_img_size, normalize)
+        self.num_features = d
+        for side in ("real", "fake"):
+            self.add_state(f"{side}_features_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_features_cov_sum", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_features_num_samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self._fixed_reference: ReferenceStatistics | None = None
+        self._ref_key = None
+        self._ref_cache: ReferenceStatistics | None = None
+
+    @property
+    def identity(self) -> dict:
+        """Metadata of the feature network (network name, resize mode, dimension)."""
+        if isinstance(self.inception, FIDInceptionV3):
+            return self.inception.identity
+        return {"feature_network": type(self.inception).__name__, "resize_mode": UNKNOWN, "dim": self.num_features}
+
+    def update(self, imgs: Tensor, real: bool) -> None:
+        """Extract features of a batch and add them to the real or the fake sums."""
+        if real and self._fixed_reference is not None:
+            raise RuntimeError("the real side is fixed by set_reference(); update only with real=False")
+        features = self.inception(imgs)
+        if features.ndim == 1:
+            features = features.unsqueeze(0)
+        side = "real" if real else "fake"
+        accumulate_(
+            getattr(self, f"{side}_features_num_samples"),
+            getattr(self, f"{side}_features_sum"),
+            getattr(self, f"{side}_features_cov_sum"),
+            features,
+        )
+
+    def _statistics(self, side: str) -> FeatureStatistics:
+        meta = self.identity
+        s = FeatureStatistics(None, feature_network=meta["feature_network"], resize_mode=meta["resize_mode"])
+        s.dim = self.num_features
+        s.count = getattr(self, f"{side}_features_num_samples").double()
+        s.sum = getattr(self, f"{side}_features_sum")
+        s.sum_outer = getattr(self, f"{side}_features_cov_sum")
+        return s
+
+    def real_statistics(self) -> FeatureStatistics:
+        """The real set's statistics (views of this process's states)."""
+        return self._statistics("real")
+
+    def fake_statistics(self) -> FeatureStatistics:
+        """The generated set's statistics (views of this process's states)."""
+        return self._statistics("fake")
+
+    def set_reference(self, reference: FeatureStatistics | str | os.PathLike) -> None:
+        """Fix the real side to precomputed statistics (a :class:`FeatureStatistics` or an ``.npz`` path).
+
+        Checked against this metric's feature network and resize mode; real updates are refused afterwards.
+        """
+        if not isinstance(reference, FeatureStatistics):
+            reference = FeatureStatistics.load(reference)
+        reference.check_compatible(self.identity)
+        self._fixed_reference = ReferenceStatistics(reference.mean, reference.cov, device=self.device)
+
+    def _reference(self) -> ReferenceStatistics:
+        if self._fixed_reference is not None:
+            return self._fixed_reference
+        n = self.real_features_num_samples
+        if int(n) < 2:
+            raise RuntimeError("More than one sample is required for both the real and fake distributed to compute FID")
+        key = (int(n), float(self.real_features_sum.sum()), float(self.real_features_cov_sum.trace()))
+        if self._ref_key != key:
+            real = self.real_statistics()
+            self._ref_cache, self._ref_key = ReferenceStatistics(real.mean, real.cov), key
+        return self._ref_cache
+
+    def compute(self) -> Tensor:
+        """FID between the real (or fixed reference) and the generated statistics, float64 0-d tensor."""
+        if int(self.fake_features_num_samples) < 2:
+            raise RuntimeError("More than one sample is required for both the real and fake distributed to compute FID")
+        fake = self.fake_statistics()
+        return self._reference().distance_tensor(fake.mean, fake.cov)
+
+    def reset(self) -> None:
+        """Reset the states; the real ones only when ``reset_real_features``."""
+        if self.reset_real_features:
+            super().reset()
+            return
+        keep = {k: getattr(self, k).clone() for k in self._defaults if k.startswith("real_")}
+        super().reset()
+        for k, v in keep.items():
+            setattr(self, k, v)
+
+
+class KernelInceptionDistance(Metric):
+    """KID (Binkowski et al., arXiv 1801.01401) with the interface of torchmetrics' ``KernelInceptionDistance``.
+
+    Stores features (float32, on the metric's device): at most ``max_features`` per side and process
+    (default 50,000, i.e. 400 MB at 2048 dims); further features are dropped with a warning.
+    ``compute()`` returns (mean, std) over ``subsets`` subsets of ``subset_size`` (std with ddof 1, like
+    torchmetrics). Other arguments as :class:`FrechetInceptionDistance`.
+    """
+
+    higher_is_better = False
+    is_differentiable = False
+    full_state_update = False
+    plot_lower_bound = 0.0
+
+    def __init__(
+        self,
+        feature: int | nn.Module = 2048,
+        subsets: int = 100,
+        subset_size: int = 1000,
+        degree: int = 3,
+        gamma: float | None = None,
+        coef: float = 1.0,
+        reset_real_features: bool = True,
+        normalize: bool = False,
+        feature_extractor_weights_path: str | os.PathLike | None = None,
+        resize: str = "pytorch-fid",
+        input_range: tuple[float, float] = (0.0, 1.0),
+        max_features: int = 50_000,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.inception, self.used_custom_model = _feature_net(
+            feature, feature_extractor_weights_path, resize, input_range
+        )
+        self.subsets, self.subset_size, self.degree, self.gamma, self.coef = subsets, subset_size, degree, gamma, coef
+        self.reset_real_features, self.normalize = reset_real_features, normalize
+        self.max_features, self.seed = max_features, seed
+        self.add_state("real_features", [], dist_reduce_fx="cat")
+        self.add_state("fake_features", [], dist_reduce_fx="cat")
+
+    def update(self, imgs: Tensor, real: bool) -> None:
+        """Extract and store the features of a batch (up to ``max_features`` per side)."""
+        features = self.inception(imgs)
+        if features.ndim == 1:
+            features = features.unsqueeze(0)
+        store = self.real_features if real else self.fake_features
+        room = self.max_features - sum(f.shape[0] for f in store)
+        if features.shape[0] > room:
+            warnings.warn(
+                f"KID keeps at most max_features={self.max_features} features per side; dropping "
+                f"{features.shape[0] - max(room, 0)}",
+                stacklevel=2,
+            )
+            features = features[: max(room, 0)]
+        if features.shape[0]:
+            store.append(features.detach().float())
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """(KID mean, KID std) as float64 0-d tensors."""
+        if not len(self.real_features) or not len(self.fake_features):
+            raise RuntimeError("KID needs features of both the real and the generated images")
+        real = torch.cat(self.real_features) if isinstance(self.real_features, list) else self.real_features
+        fake = torch.cat(self.fake_features) if isinstance(self.fake_features, list) else self.fake_features
+        g = torch.Generator().manual_seed(self.seed)
+        mean, std = kernel_inception_distance(
+            real, fake, self.subsets, self.subset_size, self.degree, self.gamma, self.coef, generator=g, ddof=1
+        )
+        return torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+
+    def reset(self) -> None:
+        """Reset the stored features; the real ones only when ``reset_real_features``."""
+        keep = list(self.real_features) if not self.reset_real_features else None
+        super().reset()
+        if keep is not None:
+            self.real_features = keep
