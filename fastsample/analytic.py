@@ -104,7 +104,10 @@ class GaussianMixture:
         return torch.einsum("bk,bkd->bd", r, cond)
 
     def denoise(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        """E[x0 | x_t = x] for x_t = alpha x0 + sigma eps; x of shape (B, D), float64."""
+        """E[x0 | x_t = x] for x_t = alpha x0 + sigma eps; x of shape (B, D), float64; the data mean at alpha = 0."""
+        if alpha == 0:
+            m, _, lw = self._tensors(x.device)
+            return (torch.exp(lw)[:, None] * m).sum(0).expand_as(x).clone()
         return self.denoise_ve(x / alpha, sigma / alpha)
 
     def model_fn(self, schedule, prediction_type: str = "epsilon") -> Callable:
@@ -163,7 +166,25 @@ class GaussianMixture:
         return yv.reshape(shape)
 
     def ode_solve(self, x, schedule, t_start: float, t_end: float, rtol=1e-12, atol=1e-12) -> np.ndarray:
-        """Exact probability-flow ODE map x(t_start) -> x(t_end) for ``schedule``; x: (B, D)."""
+        """Exact probability-flow ODE map x(t_start) -> x(t_end) for ``schedule``; x: (B, D).
+
+        A flow may start at alpha = 0 (t = 1): the first stretch, to t = 0.9, is then integrated in t
+        as dx/dt = eps_hat - x0_hat, which is smooth there.
+        """
+        if float(schedule.alpha(t_start)) == 0 and t_end < 0.9:
+            if not schedule.is_flow:
+                raise ValueError("an ODE start at alpha = 0 is supported for flow schedules only")
+            x = np.asarray(x, dtype=np.float64)
+
+            def velocity(t, xflat):
+                xx = torch.from_numpy(xflat.reshape(x.shape))
+                x0 = self.denoise(xx, 1.0 - t, t)
+                return ((xx - x0) / t).numpy().reshape(-1)
+
+            sol = solve_ivp(velocity, (t_start, 0.9), x.reshape(-1), method="DOP853", rtol=rtol, atol=atol)
+            if not sol.success:
+                raise RuntimeError(f"reference ODE solve failed: {sol.message}")
+            x, t_start = sol.y[:, -1].reshape(x.shape), 0.9
         a0, s0 = float(schedule.alpha(t_start)), float(schedule.sigma(t_start))
         a1, s1 = float(schedule.alpha(t_end)), float(schedule.sigma(t_end))
         y = self.ode_solve_ve(np.asarray(x, dtype=np.float64) / a0, s0 / a0, s1 / a1, rtol, atol)

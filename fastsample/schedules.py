@@ -229,12 +229,25 @@ class EDM(NoiseSchedule):
 
 
 class RectifiedFlow(NoiseSchedule):
-    """Rectified flow: x_t = (1 - t) x0 + t eps, velocity v = eps - x0; timestep = 1000 t."""
+    """Rectified flow: x_t = (1 - t) x0 + t eps, velocity v = eps - x0; timestep = 1000 t.
+
+    ``reversed_labels=True`` gives the label N (1 - t) of checkpoints trained with noise at time 0
+    (Liu et al.'s RectifiedFlow code); the times and the ODE are unchanged.
+    """
 
     is_flow = True
 
-    def __init__(self, num_train_timesteps: int = 1000):
+    def __init__(self, num_train_timesteps: int = 1000, reversed_labels: bool = False):
         self.num_train_timesteps = int(num_train_timesteps)
+        self.reversed_labels = bool(reversed_labels)
+
+    def timestep(self, t):
+        t = _arr(t)
+        return (1.0 - t if self.reversed_labels else t) * self.num_train_timesteps
+
+    def t_of_timestep(self, timestep):
+        t = _arr(timestep) / self.num_train_timesteps
+        return 1.0 - t if self.reversed_labels else t
 
     def alpha(self, t):
         return 1.0 - _arr(t)
