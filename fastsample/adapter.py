@@ -345,7 +345,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         x = sample.to(x0.dtype)
         if self.steering is not None:
             x, x0, eps = self.steering(k, t, x, x0, eps)
-        self._history = push(self._history, x, x0, eps, plan.history_len)
+        self._history = plan.correct(local, push(self._history, x, x0, eps, plan.history_len))
         prev = plan.step(local, self._history).to(sample.dtype)
         self._step_index = k + 1
         if self._step_index == self.plan.nfe:

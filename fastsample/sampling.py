@@ -66,6 +66,6 @@ def sample(
         xw = x.to(x0.dtype)
         if steering is not None:
             xw, x0, eps = steering(k, float(t), xw, x0, eps)
-        history = push(history, xw, x0, eps, keep)
+        history = plan.correct(k, push(history, xw, x0, eps, keep))
         x = plan.step(k, history).to(dtype)
     return x

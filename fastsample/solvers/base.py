@@ -75,6 +75,13 @@ class Plan:
         m = max(self.w_eps.shape[1], self.w_x0.shape[1])
         return max(m, int(self.ref.max()) + 1) if self.nfe else 1
 
+    def correct(self, k: int, history: History) -> History:
+        """The history with the newest state x[k] replaced by a corrected one (UniC-style correctors).
+
+        Called after evaluation k is pushed and before :meth:`step`; pure. The base plan has no corrector.
+        """
+        return history
+
     def step(self, k: int, history: History) -> torch.Tensor:
         return linear_step(self, k, history)
 

@@ -1,0 +1,759 @@
+"""Empirical model statistics (EMS) for DPM-Solver-v3 (Zheng et al., arXiv 2310.13268, sec. 3 and App. C).
+
+On a grid uniform in lambda = log(alpha / sigma), for x_t = alpha x0 + sigma eps with x0 from the data:
+
+- l = E[diag(sigma d eps_theta / dx)], by forward-mode JVPs (``torch.func.jvp``) with one random
+  Rademacher (or Gaussian) probe v per sample: diag(J) = E_v[v * J v];
+- with f = (sigma eps_theta - l x) / alpha and f' = df/dlambda along the probability-flow ODE
+  dx/dlambda = (dlog alpha / dlambda) x - sigma eps_theta (one JVP along (dx/dlambda, dt/dlambda); dl/dlambda
+  by central differences on the grid), s and b are the per-element least-squares fit f' ~ s f + b:
+  s = Cov(f, f') / Var(f), b = E[f'] - s E[f].
+
+Statistics, model, latent shape, prediction type, noise schedule, t range, grid and guidance scale form
+one matched set: :class:`EMS` stores them together in a safetensors file and :meth:`EMS.check` refuses a
+mismatch. Memory: one batch of JVPs at a time, float64 per-element sums (O(grid x elements)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .parameterization import check_prediction_type, to_x0_eps
+from .schedules import DiscreteVP, RectifiedFlow
+
+__all__ = [
+    "EMS",
+    "EMSFileError",
+    "EMSMismatchError",
+    "FORMAT_VERSION",
+    "compute_ems",
+    "schedule_for_config",
+    "schedule_fingerprint",
+    "model_fingerprint",
+    "analytic_model_fn",
+    "unet_model_fn",
+    "vae_latents",
+    "add_subparser",
+    "main",
+]
+
+FORMAT_VERSION = 1
+_META_KEY = "fastsample_ems"
+
+
+class EMSFileError(ValueError):
+    """A statistics file that cannot be read: truncated, corrupt or of another format."""
+
+
+class EMSMismatchError(ValueError):
+    """Statistics used with a model, shape, schedule, prediction type or guidance scale they were not computed for."""
+
+
+# --- identities -------------------------------------------------------------------------------------
+
+
+def schedule_for_config(config) -> tuple:
+    """(schedule, canonical prediction_type) for a diffusers scheduler config (dict or FrozenDict)."""
+    cfg = dict(config)
+    flow = bool(cfg.get("use_flow_sigmas")) or (
+        "use_flow_sigmas" not in cfg
+        and (
+            str(cfg.get("_class_name", "")).startswith("FlowMatch")
+            or ("shift" in cfg and "beta_schedule" not in cfg and "trained_betas" not in cfg)
+        )
+    )
+    if flow:
+        schedule = RectifiedFlow(cfg.get("num_train_timesteps", 1000))
+        ptype = "flow_prediction"
+    else:
+        schedule = DiscreteVP.from_config(cfg)
+        ptype = cfg.get("prediction_type", "epsilon")
+    return schedule, check_prediction_type(ptype, schedule.is_flow)
+
+
+def schedule_fingerprint(schedule, t_start: float, t_end: float) -> str:
+    """Short hash of lambda(t) on [t_end, t_start] (rounded to 1e-8): equal schedules, equal fingerprints."""
+    t = np.linspace(t_end, t_start, 257)
+    with np.errstate(divide="ignore"):
+        lam = np.round(np.asarray(schedule.lambda_(t), dtype=np.float64), 8)
+    return schedule.describe()["family"] + ":" + hashlib.sha256(lam.tobytes()).hexdigest()[:16]
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Short hash of a module's parameter names, shapes and values (float64 sums and the first values)."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in sorted(model.state_dict().items()):
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            if p.is_floating_point() and p.numel():
+                q = p.detach().reshape(-1).to(torch.float64)
+                vals = torch.stack([q.sum(), (q * q).sum(), q[:: max(1, q.numel() // 64)][:64].sum()])
+                h.update(np.round(vals.cpu().numpy(), 6).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- the statistics container ---------------------------------------------------------------------
+
+
+class EMS:
+    """Empirical model statistics on a lambda grid, with the metadata that makes them a matched set.
+
+    Attributes:
+        lambdas: float64 (K,), increasing (noise end first).
+        l, s, b: float32 (K, *shape), loaded lazily from the file when opened with :meth:`load`.
+        metadata: dict with ``format_version``, ``model_id``, ``model_hash``, ``shape``, ``prediction_type``,
+            ``schedule`` (fingerprint), ``t_start``, ``t_end``, ``grid_size`` (K), ``guidance_scale``,
+            ``num_samples``, ``probe``, ``seed``.
+    """
+
+    def __init__(self, lambdas=None, l=None, s=None, b=None, metadata: dict | None = None, path=None):
+        self.metadata = dict(metadata or {})
+        self.path = None if path is None else Path(path)
+        self._arrays = None
+        if lambdas is not None:
+            arrays = {"lambdas": np.asarray(lambdas, dtype=np.float64)}
+            for name, v in (("l", l), ("s", s), ("b", b)):
+                arrays[name] = np.asarray(v, dtype=np.float32)
+            self._set_arrays(arrays)
+
+    def _set_arrays(self, arrays: dict):
+        lam = arrays["lambdas"]
+        k = len(lam)
+        for name in ("l", "s", "b"):
+            if arrays[name].shape[0] != k:
+                raise EMSFileError(f"statistics {name!r} have {arrays[name].shape[0]} grid points, lambdas {k}")
+            if not np.all(np.isfinite(arrays[name])):
+                raise EMSFileError(f"statistics {name!r} contain NaN or Inf")
+        if np.any(np.diff(lam) <= 0):
+            raise EMSFileError("statistics lambdas must be strictly increasing")
+        self._arrays = arrays
+
+    def _get(self, name):
+        if self._arrays is None:
+            self._read_arrays()
+        return self._arrays[name]
+
+    lambdas = property(lambda self: self._get("lambdas"))
+    l = property(lambda self: self._get("l"))  # noqa: E741
+    s = property(lambda self: self._get("s"))
+    b = property(lambda self: self._get("b"))
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.metadata["shape"])
+
+    @property
+    def guidance_scale(self) -> float:
+        return float(self.metadata.get("guidance_scale", 1.0))
+
+    def _checksum(self, arrays) -> str:
+        h = hashlib.sha256()
+        for name in ("lambdas", "l", "s", "b"):
+            h.update(np.ascontiguousarray(arrays[name]).tobytes())
+        return h.hexdigest()
+
+    # --- files ---
+
+    def save(self, path) -> Path:
+        """Write a safetensors file (arrays plus JSON metadata, with a checksum of the arrays)."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        arrays = {k: np.ascontiguousarray(self._get(k)) for k in ("lambdas", "l", "s", "b")}
+        meta = dict(self.metadata, format_version=FORMAT_VERSION, sha256=self._checksum(arrays))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(arrays, str(tmp), metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+        self.metadata, self.path = meta, path
+        return path
+
+    @classmethod
+    def load(cls, path) -> EMS:
+        """Open a statistics file: reads and validates the header now, the arrays on first use."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise EMSFileError(f"statistics file {str(path)!r} does not exist; compute it with `fastsample ems`")
+        try:
+            with safe_open(str(path), framework="np") as f:
+                raw = (f.metadata() or {}).get(_META_KEY)
+                keys = set(f.keys())
+        except Exception as e:  # safetensors raises its own error type for truncated or corrupt files
+            raise EMSFileError(f"statistics file {str(path)!r} is truncated or corrupt ({e})") from e
+        if raw is None or keys != {"lambdas", "l", "s", "b"}:
+            raise EMSFileError(f"{str(path)!r} is not a fastsample statistics file (no {_META_KEY!r} metadata)")
+        meta = json.loads(raw)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise EMSFileError(
+                f"statistics file {str(path)!r} has format version {meta.get('format_version')}, "
+                f"this fastsample reads version {FORMAT_VERSION}; recompute it"
+            )
+        return cls(metadata=meta, path=path)
+
+    def _read_arrays(self):
+        from safetensors.numpy import load_file
+
+        if self.path is None:
+            raise EMSFileError("statistics have no arrays and no file")
+        try:
+            arrays = load_file(str(self.path))
+        except Exception as e:
+            raise EMSFileError(f"statistics file {str(self.path)!r} is truncated or corrupt ({e})") from e
+        if self._checksum(arrays) != self.metadata.get("sha256"):
+            raise EMSFileError(f"statistics file {str(self.path)!r} is corrupt (checksum mismatch)")
+        if tuple(arrays["l"].shape[1:]) != self.shape or len(arrays["lambdas"]) != self.metadata["grid_size"]:
+            raise EMSFileError(f"statistics file {str(self.path)!r}: arrays do not match their metadata")
+        self._set_arrays(arrays)
+
+    # --- matching ---
+
+    def check(
+        self,
+        *,
+        prediction_type: str | None = None,
+        schedule=None,
+        shape=None,
+        guidance_scale: float | None = None,
+        model: torch.nn.Module | None = None,
+        model_hash: str | None = None,
+    ) -> None:
+        """Raise :class:`EMSMismatchError` naming every given property that differs from the statistics'."""
+        m = self.metadata
+        bad = []
+        if prediction_type is not None:
+            p = check_prediction_type(prediction_type)
+            if p != m["prediction_type"]:
+                bad.append(f"prediction type {p!r} (statistics: {m['prediction_type']!r})")
+        if schedule is not None:
+            fp = schedule_fingerprint(schedule, m["t_start"], m["t_end"])
+            if fp != m["schedule"]:
+                bad.append(f"noise schedule {fp} (statistics: {m['schedule']})")
+        if shape is not None and tuple(shape) != self.shape:
+            bad.append(f"sample shape {tuple(shape)} (statistics: {self.shape})")
+        if guidance_scale is not None and not math.isclose(float(guidance_scale), self.guidance_scale, rel_tol=1e-6):
+            bad.append(f"guidance scale {float(guidance_scale)} (statistics: {self.guidance_scale})")
+        if model is not None:
+            model_hash = model_fingerprint(model)
+        if model_hash is not None and model_hash != m.get("model_hash"):
+            bad.append(f"model {model_hash} (statistics: {m.get('model_id')!r}, {m.get('model_hash')})")
+        if bad:
+            where = f" in {str(self.path)!r}" if self.path else ""
+            raise EMSMismatchError(
+                f"statistics{where} do not match: " + "; ".join(bad) + ". Statistics are valid only for the model, "
+                "sample shape, schedule, prediction type and guidance scale they were computed with; "
+                "recompute them with `fastsample ems`."
+            )
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (
+            f"EMS(model={m.get('model_id')!r}, shape={m.get('shape')}, grid_size={m.get('grid_size')}, "
+            f"guidance_scale={m.get('guidance_scale')}, num_samples={m.get('num_samples')})"
+        )
+
+
+# --- computing ------------------------------------------------------------------------------------------
+
+
+def _point_scalars(schedule, lam: float, ptype: str, delta: float = 1e-5) -> dict:
+    """Scalars at one lambda: alpha, sigma, timestep label and their lambda-derivatives, eps = cx x + cm m."""
+
+    def at(lv):
+        t = float(schedule.t_of_lambda(lv))
+        a, s = float(schedule.alpha(t)), float(schedule.sigma(t))
+        one = torch.ones((), dtype=torch.float64)
+        _, cx = to_x0_eps(torch.zeros((), dtype=torch.float64), one, a, s, ptype)
+        _, cm = to_x0_eps(one, torch.zeros((), dtype=torch.float64), a, s, ptype)
+        return t, a, s, float(schedule.timestep(t)), float(cx), float(cm)
+
+    t, a, s, ts, cx, cm = at(lam)
+    hi, lo = at(lam + delta), at(lam - delta)
+
+    def d(i):
+        return (hi[i] - lo[i]) / (2 * delta)
+
+    return {
+        "t": t,
+        "alpha": a,
+        "sigma": s,
+        "timestep": ts,
+        "dtimestep": d(3),
+        "dlog_alpha": (math.log(hi[1]) - math.log(lo[1])) / (2 * delta),
+        "cx": cx,
+        "cm": cm,
+        "d_sigma_cx": (hi[2] * hi[4] - lo[2] * lo[4]) / (2 * delta),
+        "d_sigma_cm": (hi[2] * hi[5] - lo[2] * lo[5]) / (2 * delta),
+    }
+
+
+def _jvp(model_fn, x, ts, vx, vts):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode derivative
+        return torch.func.jvp(model_fn, (x, ts), (vx, vts))
+
+
+def _settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def compute_ems(
+    model_fn: Callable,
+    scheduler_config,
+    x0,
+    *,
+    grid_size: int = 250,
+    num_samples: int = 1024,
+    batch_size: int = 16,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    guidance_scale: float = 1.0,
+    model_id: str = "",
+    model_hash: str = "",
+    probe: str = "rademacher",
+    seed: int = 0,
+    l=None,
+    checkpoint=None,
+    progress: bool = True,
+    accelerator=None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> EMS:
+    """Compute l, s, b on ``grid_size`` points uniform in lambda (arXiv 2310.13268, sec. 3).
+
+    Args:
+        model_fn: ``model_fn(x, timestep) -> output`` with x (B, *shape) and timestep a float tensor (B,)
+            of diffusers' labels; output as the config's ``prediction_type`` says. Must be differentiable
+            by ``torch.func.jvp`` in both inputs (guidance, if any, inside it).
+        scheduler_config: the model's diffusers scheduler config (schedule and prediction type).
+        x0: data, a tensor (N, *shape) (cycled), or a callable ``x0(indices) -> tensor``.
+        grid_size: number of lambda points K (the statistics' resolution).
+        num_samples: samples per lambda point (each with fresh noise and probe).
+        batch_size: samples per JVP; memory holds one batch of JVPs at a time.
+        t_start, t_end: time range (default: the schedule's [t_max, t_min]).
+        l: optional precomputed l (K, *shape): skips the first pass.
+        checkpoint: a file for partial sums; an interrupted run restarts from it with the same settings.
+        accelerator: an ``accelerate.Accelerator``; each process takes its share of the samples and the
+            sums are all-reduced. Default: the running ``accelerate`` state if it has several processes.
+        dtype: dtype of the model inputs (sums are always float64).
+    Returns:
+        an :class:`EMS` (not yet saved).
+    """
+    schedule, ptype = schedule_for_config(scheduler_config)
+    t0 = schedule.t_max if t_start is None else float(t_start)
+    t1 = schedule.t_min if t_end is None else float(t_end)
+    if not t0 > t1 > 0:
+        raise ValueError(f"need t_start > t_end > 0, got {t0}, {t1}")
+    if grid_size < 2 or num_samples < 2 or batch_size < 1:
+        raise ValueError("need grid_size >= 2, num_samples >= 2 and batch_size >= 1")
+    if probe not in ("rademacher", "gaussian"):
+        raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
+    lambdas = np.linspace(float(schedule.lambda_(t0)), float(schedule.lambda_(t1)), grid_size)
+    points = [_point_scalars(schedule, float(v), ptype) for v in lambdas]
+
+    if accelerator is None:
+        try:
+            from accelerate.state import PartialState
+
+            state = PartialState()
+            if state.num_processes > 1:
+                accelerator = state
+        except Exception:  # accelerate not initialised: a single process
+            accelerator = None
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    if device is None:
+        device = accelerator.device if accelerator is not None else torch.device("cpu")
+    device = torch.device(device)
+
+    get_x0 = x0 if callable(x0) else (lambda idx, data=x0: data[idx % len(data)])
+    shape = tuple(get_x0(torch.arange(1)).shape[1:])
+    D = int(np.prod(shape))
+    settings = {
+        "schedule": schedule_fingerprint(schedule, t0, t1),
+        "prediction_type": ptype,
+        "grid_size": grid_size,
+        "num_samples": num_samples,
+        "batch_size": batch_size,
+        "world": world,
+        "t_start": t0,
+        "t_end": t1,
+        "guidance_scale": float(guidance_scale),
+        "probe": probe,
+        "seed": seed,
+        "shape": list(shape),
+        "model_hash": model_hash,
+        "l_given": l is not None,
+    }
+    key = _settings_key(settings)
+    state = {"key": key, "l_sum": torch.zeros(grid_size, D, dtype=torch.float64), "l_done": np.zeros(grid_size, bool)}
+    state["sb_sum"] = torch.zeros(4, grid_size, D, dtype=torch.float64)
+    state["sb_done"] = np.zeros(grid_size, bool)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved.get("key") != key:
+            raise ValueError(f"checkpoint {str(checkpoint)!r} was written with other settings; remove it or match them")
+        state = saved
+    main_process = rank == 0
+
+    def save_state():
+        if checkpoint is not None and main_process:
+            tmp = str(checkpoint) + ".tmp"
+            torch.save(state, tmp)
+            os.replace(tmp, checkpoint)
+
+    mine = torch.arange(rank, num_samples, world)
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    todo = (0 if l is not None else int((~state["l_done"]).sum()) * len(batches)) + int(
+        (~state["sb_done"]).sum()
+    ) * len(batches)
+    bar = None
+    if progress and main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=todo, desc="EMS (JVP batches)", unit="batch")
+
+    def reduce(t):
+        if accelerator is None or world == 1:
+            return t
+        return accelerator.reduce(t, reduction="sum") if hasattr(accelerator, "reduce") else _all_reduce(t)
+
+    def draw(pass_id, i, idx):
+        g = torch.Generator().manual_seed(hash((seed, pass_id, i, int(idx[0]))) & 0x7FFFFFFF)
+        xb = get_x0(idx).to(torch.float64)
+        noise = torch.randn(xb.shape, generator=g, dtype=torch.float64)
+        if probe == "rademacher":
+            v = torch.randint(0, 2, xb.shape, generator=g).to(dtype) * 2 - 1
+        else:
+            v = torch.randn(xb.shape, generator=g).to(dtype)
+        return xb, noise, v
+
+    def run(x, ts, vx, vts):
+        m, dm = _jvp(model_fn, x, ts, vx, vts)
+        return m.to(torch.float64), dm.to(torch.float64)
+
+    with torch.no_grad():
+        # pass 1: l = sigma (cx + cm E[v * dm/dx v])
+        if l is None:
+            for i, pt in enumerate(points):
+                if state["l_done"][i]:
+                    continue
+                acc = torch.zeros(D, dtype=torch.float64, device=device)
+                for idx in batches:
+                    xb, noise, v = draw(1, i, idx)
+                    x = (pt["alpha"] * xb + pt["sigma"] * noise).to(device, dtype)
+                    ts = torch.full((len(idx),), pt["timestep"], device=device, dtype=dtype)
+                    _, dm = run(x, ts, v.to(device), torch.zeros_like(ts))
+                    acc += (v.to(device, torch.float64) * dm).reshape(len(idx), -1).sum(0)
+                    del dm, x
+                    if bar is not None:
+                        bar.update(1)
+                state["l_sum"][i] = reduce(acc).cpu()
+                state["l_done"][i] = True
+                save_state()
+            l_arr = np.stack(
+                [
+                    p["sigma"] * (p["cx"] + p["cm"] * state["l_sum"][i].numpy() / num_samples)
+                    for i, p in enumerate(points)
+                ]
+            )
+        else:
+            l_arr = np.asarray(l, dtype=np.float64).reshape(grid_size, D)
+        dl = np.gradient(l_arr, lambdas, axis=0)
+
+        # pass 2: f = (N - l x) / alpha and f' along the ODE; per-element sums of f, f', f^2, f f'
+        for i, pt in enumerate(points):
+            if state["sb_done"][i]:
+                continue
+            li = torch.as_tensor(l_arr[i], device=device)
+            dli = torch.as_tensor(dl[i], device=device)
+            acc = torch.zeros(4, D, dtype=torch.float64, device=device)
+            a, s = pt["alpha"], pt["sigma"]
+            for idx in batches:
+                xb, noise, _ = draw(2, i, idx)
+                x = (a * xb + s * noise).to(device, dtype)
+                ts = torch.full((len(idx),), pt["timestep"], device=device, dtype=dtype)
+                m = model_fn(x, ts).to(torch.float64)
+                xd = x.to(torch.float64).reshape(len(idx), -1)
+                N = s * (pt["cx"] * xd + pt["cm"] * m.reshape(len(idx), -1))
+                dx = pt["dlog_alpha"] * xd - N
+                vx = dx.reshape(x.shape).to(x.dtype)
+                m, dm = run(x, ts, vx, torch.full_like(ts, pt["dtimestep"]))
+                m, dm = m.reshape(len(idx), -1), dm.reshape(len(idx), -1)
+                dN = pt["d_sigma_cx"] * xd + s * pt["cx"] * dx + pt["d_sigma_cm"] * m + s * pt["cm"] * dm
+                f = (N - li * xd) / a
+                fp = (dN - dli * xd - li * dx) / a - f * pt["dlog_alpha"]
+                acc += torch.stack([f.sum(0), fp.sum(0), (f * f).sum(0), (f * fp).sum(0)])
+                del m, dm, x, xd, N, dx, f, fp
+                if bar is not None:
+                    bar.update(1)
+            state["sb_sum"][:, i] = reduce(acc).cpu()
+            state["sb_done"][i] = True
+            save_state()
+    if bar is not None:
+        bar.close()
+
+    sums = state["sb_sum"].numpy() / num_samples
+    ef, efp, eff, effp = sums
+    var = eff - ef * ef
+    cov = effp - ef * efp
+    tiny = 1e-12 * np.maximum(eff, 1e-30)
+    s_arr = np.where(var > tiny, cov / np.where(var > tiny, var, 1.0), 0.0)
+    b_arr = efp - s_arr * ef
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model_id": model_id,
+        "model_hash": model_hash,
+        "shape": list(shape),
+        "prediction_type": ptype,
+        "schedule": settings["schedule"],
+        "t_start": t0,
+        "t_end": t1,
+        "grid_size": grid_size,
+        "guidance_scale": float(guidance_scale),
+        "num_samples": num_samples,
+        "probe": probe,
+        "seed": seed,
+    }
+    return EMS(
+        lambdas,
+        l_arr.reshape((grid_size,) + shape),
+        s_arr.reshape((grid_size,) + shape),
+        b_arr.reshape((grid_size,) + shape),
+        meta,
+    )
+
+
+def _all_reduce(t):
+    import torch.distributed as dist
+
+    dist.all_reduce(t)
+    return t
+
+
+# --- model wrappers -------------------------------------------------------------------------------------
+
+
+def analytic_model_fn(mixture, scheduler_config) -> Callable:
+    """The exact model of a :class:`~fastsample.analytic.GaussianMixture` as ``model_fn(x, timestep)``.
+
+    Differentiable in x and in the timestep label (alpha and sigma computed in torch from the
+    schedule's log-alpha, piecewise linear in t for a discrete schedule), so EMS can be computed for it.
+    """
+    from .parameterization import from_x0_eps
+
+    schedule, ptype = schedule_for_config(scheduler_config)
+    if isinstance(schedule, DiscreteVP):
+        tn = torch.as_tensor(schedule.t_nodes)
+        la = torch.as_tensor(schedule.log_alpha_nodes)
+
+        def log_alpha(t):
+            i = torch.clamp(torch.searchsorted(tn, t.detach(), right=True) - 1, 0, len(tn) - 2)
+            return la[i] + (t - tn[i]) * (la[i + 1] - la[i]) / (tn[i + 1] - tn[i])
+
+        def alpha_sigma(ts):
+            lg = log_alpha((ts.to(torch.float64) + 1.0) / schedule.num_train_timesteps)
+            return torch.exp(lg), torch.sqrt(-torch.expm1(2 * lg))
+    else:
+
+        def alpha_sigma(ts):
+            t = ts.to(torch.float64) / schedule.num_train_timesteps
+            return 1 - t, t
+
+    m, v, lw = (torch.as_tensor(a) for a in (mixture.means, mixture.variances, mixture.log_weights))
+
+    def model_fn(x, timestep):
+        a, s = alpha_sigma(timestep)
+        a, s = a[:, None], s[:, None]
+        y = x.reshape(len(x), -1).to(torch.float64) / a
+        rho = s / a
+        s2 = v[None] + (rho * rho)[:, :, None]  # (B, K, D)
+        diff = y[:, None, :] - m[None]
+        logp = lw[None] - 0.5 * (torch.log(2 * math.pi * s2).sum(-1) + (diff * diff / s2).sum(-1))
+        r = torch.softmax(logp, dim=1)
+        x0 = torch.einsum("bk,bkd->bd", r, m[None] + v[None] / s2 * diff)
+        xf = x.reshape(len(x), -1).to(torch.float64)
+        eps = (xf - a * x0) / s
+        if ptype == "epsilon":
+            out = eps
+        elif ptype == "sample":
+            out = x0
+        elif ptype == "v_prediction":
+            out = a * eps - s * x0
+        else:
+            out = from_x0_eps(x0, eps, 0.0, 0.0, ptype)
+        return out.reshape(x.shape).to(x.dtype)
+
+    return model_fn
+
+
+def unet_model_fn(
+    unet, encoder_hidden_states=None, negative_encoder_hidden_states=None, guidance_scale: float = 1.0, **extra
+):
+    """``model_fn(x, timestep)`` for a diffusers UNet: ``UNet2DModel`` (no conditioning) or an SD/SDXL
+    ``UNet2DConditionModel`` with classifier-free guidance eps_u + w (eps_c - eps_u) at ``guidance_scale``.
+
+    ``encoder_hidden_states`` (P, seq, dim) are cycled over the batch; SDXL's ``added_cond_kwargs`` go in
+    ``extra`` as ``added_cond_kwargs`` / ``negative_added_cond_kwargs`` dicts of (P, ...) tensors.
+    """
+
+    def rows(t, b):
+        return t[torch.arange(b, device=t.device) % len(t)]
+
+    def model_fn(x, timestep):
+        if encoder_hidden_states is None:
+            return unet(x, timestep).sample
+        b = len(x)
+        cond = rows(encoder_hidden_states, b)
+        add = extra.get("added_cond_kwargs")
+        add_c = None if add is None else {k: rows(v, b) for k, v in add.items()}
+        if guidance_scale == 1.0:
+            return unet(x, timestep, encoder_hidden_states=cond, added_cond_kwargs=add_c).sample
+        unc = rows(negative_encoder_hidden_states, b)
+        nadd = extra.get("negative_added_cond_kwargs")
+        add_in = None
+        if add_c is not None:
+            add_in = {k: torch.cat([rows(nadd[k], b), add_c[k]]) for k in add_c}
+        out = unet(
+            torch.cat([x, x]),
+            torch.cat([timestep, timestep]),
+            encoder_hidden_states=torch.cat([unc, cond]),
+            added_cond_kwargs=add_in,
+        ).sample
+        eu, ec = out.chunk(2)
+        return eu + guidance_scale * (ec - eu)
+
+    return model_fn
+
+
+@torch.no_grad()
+def vae_latents(vae, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Latents (mean of the posterior, times the VAE's scaling factor) of images in [-1, 1], (N, 3, H, W)."""
+    dev = next(vae.parameters()).device
+    dt = next(vae.parameters()).dtype
+    out = []
+    for i in range(0, len(images), batch_size):
+        z = vae.encode(images[i : i + batch_size].to(dev, dt)).latent_dist.mean
+        out.append((z * vae.config.scaling_factor).float().cpu())
+    return torch.cat(out)
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+
+def add_subparser(subparsers) -> argparse.ArgumentParser:
+    """Register ``fastsample ems`` on an argparse subparsers object."""
+    p = subparsers.add_parser("ems", help="compute DPM-Solver-v3 empirical model statistics")
+    _add_arguments(p)
+    p.set_defaults(func=_run)
+    return p
+
+
+def _add_arguments(p):
+    p.add_argument("--model", required=True, help="'demo-ddpm', or a local diffusers pipeline directory / hub id")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--data", default=None, help="images in [-1, 1] as .npy/.pt (N, C, H, W); 'self' for SD's own")
+    p.add_argument("--prompts", default=None, help="text file, one prompt per line (SD/SDXL)")
+    p.add_argument("--guidance-scale", type=float, default=1.0)
+    p.add_argument("--grid-size", type=int, default=250, help="number of lambda points")
+    p.add_argument("--num-samples", type=int, default=1024, help="samples per lambda point")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--t-start", type=float, default=None)
+    p.add_argument("--t-end", type=float, default=None)
+    p.add_argument("--height", type=int, default=None, help="SD image height (latents are height / 8)")
+    p.add_argument("--checkpoint", default=None, help="partial-sums file for resuming")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _load_images(path):
+    if path.endswith(".npy"):
+        return torch.from_numpy(np.load(path)).float()
+    return torch.load(path).float()
+
+
+def _run(args) -> Path:
+    from accelerate import Accelerator
+
+    acc = Accelerator()
+    device = torch.device(args.device) if args.device else acc.device
+    common = dict(
+        grid_size=args.grid_size,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        t_start=args.t_start,
+        t_end=args.t_end,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        progress=not args.no_progress,
+        accelerator=acc,
+        device=device,
+    )
+    if args.model == "demo-ddpm":
+        from .demo import digits_split, load_ddpm_pipeline
+
+        pipe = load_ddpm_pipeline()
+        unet = pipe.unet.to(device).eval()
+        data = _load_images(args.data) if args.data else digits_split()[0].images
+        ems = compute_ems(
+            unet_model_fn(unet),
+            pipe.scheduler.config,
+            data,
+            model_id="fastsample/demo-ddpm",
+            model_hash=model_fingerprint(unet),
+            **common,
+        )
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(args.model).to(device)
+        unet = pipe.unet.eval()
+        if getattr(unet.config, "cross_attention_dim", None) is None:
+            data = _load_images(args.data)
+            fn = unet_model_fn(unet)
+            guidance = 1.0
+        else:
+            prompts = Path(args.prompts).read_text().splitlines() if args.prompts else [""]
+            pe, ne = pipe.encode_prompt(prompts, device, 1, args.guidance_scale > 1.0)[:2]
+            fn = unet_model_fn(unet, pe, ne, args.guidance_scale)
+            guidance = args.guidance_scale
+            if args.data == "self":
+                h = args.height or unet.config.sample_size * pipe.vae_scale_factor
+                data = pipe(prompts, height=h, width=h, output_type="latent", guidance_scale=guidance).images.cpu()
+            else:
+                data = vae_latents(pipe.vae, _load_images(args.data))
+        ems = compute_ems(
+            fn,
+            pipe.scheduler.config,
+            data,
+            guidance_scale=guidance,
+            model_id=args.model,
+            model_hash=model_fingerprint(unet),
+            **common,
+        )
+    if acc.is_main_process:
+        return ems.save(args.out)
+    return Path(args.out)
+
+
+def main(argv=None) -> Path:
+    """``fastsample ems ...`` as a function: parse ``argv`` and compute, save and return the file path."""
+    p = argparse.ArgumentParser(prog="fastsample ems", description="compute DPM-Solver-v3 empirical model statistics")
+    _add_arguments(p)
+    return _run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""``DPMSolverV3Scheduler``: DPM-Solver-v3 (Zheng et al., arXiv 2310.13268) as a drop-in Diffusers scheduler.
+
+Config keys: ``ems_path`` (a statistics file from ``fastsample ems``; None = no statistics, l = 1,
+s = b = 0, i.e. DPM-Solver++ with exact Taylor weights), ``guidance_scale`` (the scale the pipeline
+samples with; checked against the statistics), and the solver options ``solver_order``,
+``predictor_pseudo``, ``use_corrector``, ``corrector_pseudo``, ``lower_order_final``, ``half_corrector``;
+each left at None takes the paper's preset for the number of steps (:func:`~fastsample.solvers.dpmsolver_v3.preset`),
+as does the time grid when neither ``time_grid`` nor ``sigmas``/``timesteps`` is given (unguided: uniform
+lambda, guided: uniform t). The statistics load lazily; :meth:`DPMSolverV3Scheduler.use_ems` also takes an
+:class:`~fastsample.ems.EMS` object.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import grids
+from ..adapter import FastScheduler
+from ..ems import EMS, EMSMismatchError
+from ..solvers.dpmsolver_v3 import DPMSolverV3, preset
+
+
+class DPMSolverV3Scheduler(FastScheduler):
+    config_keys = {
+        "ems_path": None,
+        "guidance_scale": None,
+        "solver_order": None,
+        "predictor_pseudo": None,
+        "use_corrector": None,
+        "corrector_pseudo": None,
+        "lower_order_final": None,
+        "half_corrector": None,
+    }
+
+    # --- statistics ---------------------------------------------------------------------------------
+
+    @property
+    def ems(self) -> EMS | None:
+        """The statistics (header read on first use, arrays when a grid is first prepared), or None."""
+        if getattr(self, "_ems", None) is None and self.config.ems_path is not None:
+            self._ems = EMS.load(self.config.ems_path)
+            self._check_ems(self._ems)
+        return getattr(self, "_ems", None)
+
+    def use_ems(self, ems: EMS | str | None) -> DPMSolverV3Scheduler:
+        """Use these statistics (an :class:`EMS`, a file path, or None); a saved file's path goes in the config."""
+        if ems is None or isinstance(ems, EMS):
+            self.register_to_config(ems_path=None if ems is None or ems.path is None else str(ems.path))
+            self._ems = ems
+            if ems is not None:
+                self._check_ems(ems)
+        else:
+            self.register_to_config(ems_path=str(ems))
+            self._ems = None
+            _ = self.ems
+        self.plan = None
+        self.solver = self.make_solver()
+        return self
+
+    def _check_ems(self, ems: EMS):
+        g = self.config.guidance_scale
+        if g is None and ems.guidance_scale != 1.0:
+            raise EMSMismatchError(
+                f"these statistics were computed with guidance scale {ems.guidance_scale}; set the scheduler's "
+                "`guidance_scale` to the scale the pipeline samples with"
+            )
+        ems.check(prediction_type=self.prediction_type, schedule=self.schedule, guidance_scale=g)
+
+    def check_model(self, model) -> None:
+        """Raise :class:`~fastsample.ems.EMSMismatchError` unless the statistics were computed for ``model``."""
+        if self.ems is not None:
+            self.ems.check(model=model)
+
+    # --- solver and grid ----------------------------------------------------------------------------
+
+    def _guided(self) -> bool:
+        g = self.config.guidance_scale
+        return g is not None and g > 1.0
+
+    def _options(self, nfe: int) -> dict:
+        c = self.config
+        p = preset(nfe, self._guided(), c.guidance_scale or 1.0)
+        given = {
+            "order": c.solver_order,
+            "predictor_pseudo": c.predictor_pseudo,
+            "use_corrector": c.use_corrector,
+            "corrector_pseudo": c.corrector_pseudo,
+            "lower_order_final": c.lower_order_final,
+            "half_corrector": c.half_corrector,
+        }
+        p.update({k: v for k, v in given.items() if v is not None})
+        return p
+
+    def make_solver(self, nfe: int = 10):
+        opts = self._options(nfe)
+        opts.pop("time_grid")
+        return DPMSolverV3(stats=self.ems, **opts)
+
+    def make_grid(self, num_inference_steps: int, sigmas=None, timesteps=None, mu=None) -> np.ndarray:
+        """As the base class; with no grid option given, the preset grid (uniform lambda or uniform t)."""
+        self.solver = self.make_solver(num_inference_steps)
+        c, s = self.config, self.schedule
+        explicit = sigmas is not None or timesteps is not None or c.time_grid or c.use_karras_sigmas or c.use_lambdas
+        if explicit or s.is_flow:
+            return super().make_grid(num_inference_steps, sigmas=sigmas, timesteps=timesteps, mu=mu)
+        name = self._options(num_inference_steps)["time_grid"]
+        ems = self.ems
+        kw = {} if ems is None else {"t_start": ems.metadata["t_start"], "t_end": ems.metadata["t_end"]}
+        grid = grids.make_grid(name, s, num_inference_steps, final_zero=c.final_sigmas_type == "zero", **kw)
+        return self._snap(grid)
+
+    def step(self, model_output, timestep, sample, *args, **kwargs):
+        ems = self.ems
+        if ems is not None and tuple(sample.shape[1:]) != ems.shape:
+            raise EMSMismatchError(
+                f"sample shape {tuple(sample.shape[1:])} does not match the statistics' shape {ems.shape} "
+                f"({str(ems.path) if ems.path else 'in memory'}); statistics are per element of one latent shape"
+            )
+        return super().step(model_output, timestep, sample, *args, **kwargs)
