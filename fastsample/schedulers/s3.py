@@ -1,0 +1,82 @@
+"""``S3Scheduler``: runs an S^3 / USF solver schedule (Liu et al., arXiv 2312.07243) as a drop-in Diffusers scheduler.
+
+``S3Scheduler.from_schedule(path)`` (config key ``schedule_file``) executes a schedule file: its
+own time grid, per-step prediction type, Taylor order, derivative estimates and correctors. Its NFE
+is fixed, so ``num_inference_steps`` must equal it (ScheduleError otherwise). Without a file the
+scheduler runs the converter named by ``builtin_schedule`` (``unipc-bh2``, ``dpmsolver++2m``, ...;
+see :data:`fastsample.usf.schedule.BUILTINS`) on the usual grid for any number of steps. VP and
+flow models; a schedule with the analytical first step sets ``init_noise_sigma`` to sigma_1 / sigma_0,
+which VP pipelines multiply their starting noise by.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from diffusers.utils import logging
+
+from ..adapter import FastScheduler
+from ..solvers.base import Solver
+from ..usf.executor import USFSolver
+from ..usf.schedule import ScheduleError, SolverSchedule, builtin, load
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["S3Scheduler"]
+
+
+class _ScheduleSolver(Solver):
+    """The adapter's solver: the USF executor on the schedule chosen by the last ``set_timesteps``."""
+
+    name = "usf"
+
+    def __init__(self):
+        self.current: SolverSchedule | None = None
+        self.order = 1
+
+    def plan(self, schedule, grid):
+        if self.current is None:
+            raise ValueError("call `set_timesteps` first")
+        skip = self.current.num_steps - (len(grid) - 1)
+        return USFSolver(self.current.tail(skip)).plan(schedule, grid)
+
+
+class S3Scheduler(FastScheduler):
+    config_keys = {"schedule_file": None, "builtin_schedule": "unipc-bh2"}
+
+    @classmethod
+    def from_schedule(cls, path, **kwargs) -> S3Scheduler:
+        """A scheduler for the schedule file at ``path`` (other config keys as for ``from_config``)."""
+        return cls(schedule_file=os.fspath(path), **kwargs)
+
+    def make_solver(self):
+        path = self.config.schedule_file
+        self.solver_schedule = load(path) if path else None
+        if self.solver_schedule is None:
+            builtin(self.config.builtin_schedule, 1)  # an unknown name fails at construction
+        return _ScheduleSolver()
+
+    def make_grid(self, num_inference_steps: int, sigmas=None, timesteps=None, mu=None) -> np.ndarray:
+        sch, s = self.solver_schedule, self.schedule
+        if sch is None:
+            grid = super().make_grid(num_inference_steps, sigmas=sigmas, timesteps=timesteps, mu=mu)
+            first = bool(s.alpha(grid[0]) > 0)
+            self.solver.current = builtin(self.config.builtin_schedule, len(grid) - 1, first_usable=first)
+            return grid
+        sch.check_nfe(num_inference_steps)
+        if sigmas is not None or timesteps is not None:
+            logger.warning(
+                "S3Scheduler: the schedule file fixes the time grid; the `sigmas`/`timesteps` passed are ignored"
+            )
+        if sch.afs != "none" and s.is_flow:
+            raise ScheduleError("schedules with the analytical first step run on VP pipelines only")
+        grid = sch.times(s)
+        if not s.is_flow:
+            grid = self._snap(grid)
+        self.solver.current = sch
+        return grid
+
+    def _set_grid(self, grid, device=None):
+        super()._set_grid(grid, device)
+        self.init_noise_sigma = float(self.plan.info.get("x_scale", 1.0))
