@@ -245,7 +245,7 @@ class USFSolver(Solver):
             xs = [key[1] for key, v in row.items() if key[0] == "x"]
             if xs:
                 ref[k], a[k] = k - xs[0], row[("x", xs[0])]
-            idx = [key[1] for key, v in row.items() if key[0] != "x" and v != 0]
+            idx = [key[1] for key in row if key[0] != "x"]
             if any(j > k or j < 0 for j in idx + xs):
                 raise AssertionError(f"internal: update {k} reads outside the history")
             cols.append(max([k - j for j in idx], default=0) + 1)

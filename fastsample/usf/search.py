@@ -1,0 +1,605 @@
+"""S^3 search: find a solver schedule for a model and an NFE budget (Liu et al., arXiv 2312.07243).
+
+An evolutionary search over USF's decision space (the time grid, and per step the prediction
+type, Taylor order, low-order derivative estimation, a linear derivative scaling 1 + c h and the
+corrector; the analytical first step as a variant with one more step), in which a surrogate
+predictor (a small MLP on schedule features, trained on every schedule evaluated so far) ranks the
+offspring of each generation and only the best-ranked ones are evaluated: the S^3 idea. Fitness is
+the RMSE of the final samples against a reference solution from the same noise (the exact ODE
+solution for analytic models, a high-NFE run otherwise) or, optionally, the Frechet distance of
+sample features (:func:`fastsample.fid.frechet_distance`). Evaluation is multi-fidelity: every
+candidate on a few samples, the promising ones on more; the result is the best at high fidelity.
+``timestep_only=True`` keeps a base solver's decisions and searches the grid alone (AutoDiffusion,
+Li et al., arXiv 2309.10438). State is checkpointed atomically after every generation and resumed.
+
+:func:`evaluate_baselines` and :func:`report` give the held-out check: the found schedule's
+fitness on seeds not used in the search next to every fixed-schedule solver's at the same NFE.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .. import grids
+from ..sampling import sample as generic_sample
+from .executor import sample as usf_sample
+from .schedule import Corrector, Derivative, ScheduleError, SolverSchedule, Step, builtin
+
+__all__ = ["SearchProblem", "SearchResult", "search", "evaluate_baselines", "report", "baseline_solvers"]
+
+MAX_ORDER = 3
+
+
+# --- the problem: model, noise, reference -----------------------------------------------------------
+
+
+@dataclass
+class SearchProblem:
+    """What the search optimises on.
+
+    Args:
+        model_fn: ``f(x, t) -> output`` of ``prediction_type`` (as for :func:`fastsample.sampling.sample`).
+        noise_schedule: a :class:`~fastsample.schedules.NoiseSchedule`.
+        noise: ``noise(n, seed) -> x_T`` tensor of n starting points (deterministic in seed).
+        reference: ``reference(x_T) -> x_end`` tensor, the target final samples from the same noise.
+        features: optional ``features(x) -> (n, d)`` tensor for the Frechet-distance fitness.
+        t_start, t_end: the integration interval (t_end = 0: exact data).
+        description: model identity for the provenance (JSON-serialisable).
+        dtype: sampling dtype (float64 for analytic models).
+    """
+
+    model_fn: Callable
+    noise_schedule: object
+    noise: Callable
+    reference: Callable
+    prediction_type: str = "epsilon"
+    features: Callable | None = None
+    t_start: float = 1.0
+    t_end: float = 0.0
+    description: dict = field(default_factory=dict)
+    dtype: torch.dtype = torch.float64
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def analytic(cls, mixture, noise_schedule, t_start: float = 1.0, t_end: float = 0.0, name: str = "analytic-gmm"):
+        """A Gaussian-mixture model with its exact denoiser and exact ODE solution as the reference."""
+
+        def noise(n, seed):
+            return torch.from_numpy(mixture.prior_sample(n, noise_schedule, t_start=t_start, seed=seed))
+
+        def reference(x):
+            return torch.from_numpy(mixture.ode_solve(x.double().numpy(), noise_schedule, t_start, t_end))
+
+        desc = {
+            "name": name,
+            "dim": mixture.dim,
+            "components": len(mixture.weights),
+            "noise_schedule": noise_schedule.describe(),
+        }
+        return cls(
+            mixture.model_fn(noise_schedule), noise_schedule, noise, reference, "epsilon", None, t_start, t_end, desc
+        )
+
+    @classmethod
+    def from_model(
+        cls,
+        model_fn,
+        noise_schedule,
+        shape,
+        prediction_type: str = "epsilon",
+        reference_steps: int = 200,
+        features=None,
+        t_start: float | None = None,
+        t_end: float = 0.0,
+        description: dict | None = None,
+        dtype=torch.float32,
+    ):
+        """Any denoiser; the reference is UniPC-3 with ``reference_steps`` steps on a uniform-lambda grid."""
+        t0 = noise_schedule.t_max if t_start is None else t_start
+
+        def noise(n, seed):
+            g = torch.Generator().manual_seed(int(seed))
+            return torch.randn((n, *shape), generator=g, dtype=dtype) * float(noise_schedule.sigma(t0))
+
+        ref_grid = grids.uniform_lambda(noise_schedule, reference_steps, t_start=t0, final_zero=t_end == 0)
+        ref_sched = builtin("unipc3-bh2", reference_steps).with_grid(ref_grid)
+
+        def reference(x):
+            return usf_sample(model_fn, x, noise_schedule, ref_sched, prediction_type=prediction_type)
+
+        return cls(
+            model_fn,
+            noise_schedule,
+            noise,
+            reference,
+            prediction_type,
+            features,
+            t0,
+            t_end,
+            dict(description or {}),
+            dtype,
+        )
+
+    # cached batches: (x_T, reference) per (seed, n)
+    def batch(self, seed: int, n: int):
+        key = (int(seed), int(n))
+        if key not in self._cache:
+            x = self.noise(n, seed).to(self.dtype)
+            self._cache[key] = (x, self.reference(x).to(torch.float64))
+        return self._cache[key]
+
+    def run(self, schedule: SolverSchedule, x: torch.Tensor, grid=None) -> torch.Tensor:
+        return usf_sample(self.model_fn, x, self.noise_schedule, schedule, grid, self.prediction_type)
+
+
+def _rmse(a, b) -> float:
+    return float(torch.sqrt(torch.mean((a.double().reshape(len(a), -1) - b.double().reshape(len(b), -1)) ** 2)))
+
+
+def _fid(problem, a, b) -> float:
+    from ..fid import frechet_distance
+
+    fa = problem.features(a).double() if problem.features is not None else a.double().reshape(len(a), -1)
+    fb = problem.features(b).double() if problem.features is not None else b.double().reshape(len(b), -1)
+    return frechet_distance(fa.mean(0), torch.cov(fa.T), fb.mean(0), torch.cov(fb.T))
+
+
+def fitness_of(problem: SearchProblem, out: torch.Tensor, ref: torch.Tensor, metric: str) -> float:
+    """``rmse`` against the reference from the same noise, or ``fid`` (Frechet distance of features)."""
+    if not torch.isfinite(out).all():
+        return math.inf
+    return _rmse(out, ref) if metric == "rmse" else _fid(problem, out, ref)
+
+
+# --- genotype helpers ---------------------------------------------------------------------------------
+
+
+def _u_of_t(ns, t, t_start, t_end_pos):
+    """Karras (rho = 7) coordinate in [0, 1] of time t between t_start and the last positive time."""
+    rho = 7.0
+    a, b = float(ns.sigma_ve(t_start)) ** (1 / rho), float(ns.sigma_ve(t_end_pos)) ** (1 / rho)
+    return (np.asarray(ns.sigma_ve(t)) ** (1 / rho) - a) / (b - a)
+
+
+def _t_of_u(ns, u, t_start, t_end_pos):
+    rho = 7.0
+    a, b = float(ns.sigma_ve(t_start)) ** (1 / rho), float(ns.sigma_ve(t_end_pos)) ** (1 / rho)
+    return np.asarray(ns.t_of_sigma_ve((a + np.asarray(u) * (b - a)) ** rho), dtype=np.float64)
+
+
+def _make_step(i, n, prediction, order, npts, coef, corrector, final_zero):
+    """A step with valid decisions: order capped by history, data order 1 into sigma = 0."""
+    order = max(1, min(order, i + 1, MAX_ORDER))
+    last = i == n - 1
+    if last and final_zero and prediction == "data":
+        order = 1
+    if last and final_zero:
+        coef = 0.0
+    ders = []
+    for k in range(1, order):
+        if k == 1:
+            pts = tuple(range(1, max(1, min(npts, order - 1)) + 1))
+            ders.append(Derivative(pts, "linear" if coef else "none", coef))
+        else:
+            ders.append(Derivative(tuple(range(1, order))))
+    corr = None
+    if corrector and not last:
+        cpts = (-1,) + tuple(range(1, order))
+        corr = Corrector(order + 1, tuple(Derivative(cpts) for _ in range(order)))
+    return Step(prediction, order, tuple(ders), 0, corr)
+
+
+def _step_genes(step: Step):
+    npts = len(step.derivatives[0].points) if step.derivatives else 1
+    coef = step.derivatives[0].coef if step.derivatives and step.derivatives[0].scaling == "linear" else 0.0
+    return [step.prediction, step.order, npts, coef, step.corrector is not None]
+
+
+def _rebuild(steps_genes, grid, afs, final_zero) -> SolverSchedule:
+    n = len(steps_genes)
+    steps = tuple(_make_step(i, n, *g, final_zero) for i, g in enumerate(steps_genes))
+    if afs:
+        steps = (Step(steps[0].prediction, 1, (), 0, steps[0].corrector),) + steps[1:]
+    return SolverSchedule(steps, grid, "t", "zero_x0" if afs else "none")
+
+
+def _features(s: SolverSchedule, nfe: int, ns, t_start, t_end_pos) -> np.ndarray:
+    """Fixed-length features for the surrogate: AFS flag, grid coordinates, per-step decisions."""
+    n_max = nfe + 1
+    f = [float(s.afs != "none"), float(s.num_steps)]
+    inner = _u_of_t(ns, s.grid[1:-1], t_start, t_end_pos) if s.num_steps > 1 else np.zeros(0)
+    f += list(np.pad(inner, (0, n_max - 1 - len(inner)), constant_values=1.0))
+    for i in range(n_max):
+        if i < s.num_steps:
+            p, o, k, c, corr = _step_genes(s.steps[i])
+            f += [float(p == "data"), o / MAX_ORDER, k / MAX_ORDER, c, float(corr)]
+        else:
+            f += [0.0] * 5
+    return np.asarray(f, dtype=np.float64)
+
+
+def _key(s: SolverSchedule) -> str:
+    return json.dumps({"g": [round(float(v), 6) for v in s.grid], "s": [x.to_dict() for x in s.steps], "a": s.afs})
+
+
+# --- baselines ------------------------------------------------------------------------------------------
+
+
+def _grid_for(name, ns, n, t_start, t_end):
+    final_zero = t_end == 0
+    kw = dict(t_start=t_start, final_zero=final_zero)
+    if not final_zero:
+        kw["t_end"] = t_end
+    if name == "time_uniform":
+        return grids.uniform_t(ns, n, **kw)
+    if name == "time_quadratic":
+        return grids.quadratic_t(ns, n, **kw)
+    if name == "logSNR":
+        return grids.uniform_lambda(ns, n, **kw)
+    if name == "karras":
+        return grids.karras(ns, n, **kw)
+    raise ValueError(name)
+
+
+BASELINE_GRIDS = ("time_uniform", "time_quadratic", "logSNR", "karras")
+SCHEDULE_BASELINES = ("ddim", "dpmsolver++2m", "dpmsolver++3m", "unipc-bh1", "unipc-bh2", "unipc3-bh2", "deis-logrho3")
+
+
+def baseline_solvers():
+    """name -> ('schedule', builtin name) or ('solver', Solver): the fixed-schedule solvers we and Diffusers offer."""
+    from ..solvers import DEISSolver
+
+    out = {name: ("schedule", name) for name in SCHEDULE_BASELINES}
+    for variant in ("tab", "rhoab", "logrho", "ipndm"):
+        for order in (2, 3, 4):
+            out[f"deis-{variant}{order}"] = ("solver", DEISSolver(variant, order))
+    return out
+
+
+def evaluate_baselines(problem: SearchProblem, nfe: int, seeds, n: int, metric: str = "rmse") -> list[dict]:
+    """Fitness of every baseline solver x standard grid at ``nfe`` on the given seeds (sorted, best first)."""
+    rows = []
+    for name, (kind, obj) in baseline_solvers().items():
+        for gname in BASELINE_GRIDS:
+            grid = _grid_for(gname, problem.noise_schedule, nfe, problem.t_start, problem.t_end)
+            vals = []
+            for seed in seeds:
+                x, ref = problem.batch(seed, n)
+                try:
+                    if kind == "schedule":
+                        out = problem.run(builtin(obj, nfe).with_grid(grid), x)
+                    else:
+                        out = generic_sample(
+                            problem.model_fn,
+                            x,
+                            problem.noise_schedule,
+                            obj,
+                            grid,
+                            problem.prediction_type,
+                            check_finite=False,
+                        )
+                    vals.append(fitness_of(problem, out, ref, metric))
+                except (ScheduleError, ValueError, FloatingPointError):
+                    vals.append(math.inf)
+            rows.append({"solver": name, "grid": gname, "fitness": float(np.mean(vals))})
+    return sorted(rows, key=lambda r: r["fitness"])
+
+
+# --- the search -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    schedule: SolverSchedule
+    fitness: float
+    evaluations: int
+    generations: int
+    history: list
+    seconds: float
+
+
+def _atomic_json(path, obj):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+class _Surrogate:
+    """MLP (or ridge) regressor of log fitness on schedule features: ranks candidates before evaluation."""
+
+    def __init__(self, kind: str, seed: int):
+        self.kind, self.seed, self.model = kind, seed, None
+
+    def fit(self, X, y):
+        from sklearn.linear_model import Ridge
+        from sklearn.neural_network import MLPRegressor
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        if len(y) < 8:
+            self.model = None
+            return
+        if self.kind == "ridge":
+            reg = Ridge(alpha=1.0)
+        else:
+            reg = MLPRegressor(hidden_layer_sizes=(64, 32), alpha=1e-3, max_iter=400, random_state=self.seed)
+        self.model = make_pipeline(StandardScaler(), reg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model.fit(X, y)
+
+    def predict(self, X):
+        if self.model is None:
+            return np.zeros(len(X))
+        return self.model.predict(X)
+
+
+def search(
+    problem: SearchProblem,
+    nfe: int,
+    generations: int = 30,
+    offspring: int = 200,
+    evaluate_per_generation: int = 16,
+    promote: int = 4,
+    low_fidelity: int = 32,
+    high_fidelity: int = 256,
+    search_seed: int = 1000,
+    metric: str = "rmse",
+    predictor: str = "mlp",
+    timestep_only: bool = False,
+    base: str = "unipc-bh2",
+    allow_afs: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    time_budget_s: float | None = None,
+) -> SearchResult:
+    """Search a schedule of exactly ``nfe`` model calls for ``problem`` (see the module docstring).
+
+    Low fidelity: ``low_fidelity`` samples from seed ``search_seed``; high fidelity: ``high_fidelity``
+    samples from seed ``search_seed + 1``. Each generation makes ``offspring`` candidates by mutation and
+    crossover, the surrogate (``predictor``: ``"mlp"`` or ``"ridge"``) picks ``evaluate_per_generation`` of
+    them (plus two at random), and the ``promote`` best low-fidelity schedules not yet checked are
+    evaluated at high fidelity. With ``checkpoint`` the state is written atomically after each generation
+    and a later call with the same path resumes. ``out``: where the best schedule is written (JSON).
+    """
+    from tqdm.auto import tqdm
+
+    ns, t0, t1 = problem.noise_schedule, problem.t_start, problem.t_end
+    final_zero = t1 == 0
+    t_end_pos = ns.t_min if final_zero else t1
+    if final_zero and t_end_pos <= 0:
+        t_end_pos = float(ns.t_of_lambda(np.array([12.0]))[0])
+    rng = np.random.default_rng(seed)
+    archive: dict[str, dict] = {}
+    start_gen, elapsed0 = 0, 0.0
+    config = dict(
+        nfe=nfe,
+        metric=metric,
+        low=low_fidelity,
+        high=high_fidelity,
+        search_seed=search_seed,
+        timestep_only=timestep_only,
+        base=base,
+    )
+    if checkpoint is not None and os.path.exists(checkpoint):
+        with open(checkpoint) as f:
+            state = json.load(f)
+        if state.get("config") != config:
+            raise ValueError(f"checkpoint {checkpoint} was written for another search: {state.get('config')}")
+        archive = {k: v for k, v in state["archive"].items()}
+        start_gen, elapsed0 = state["generation"], state["seconds"]
+        rng.bit_generator.state = state["rng"]
+
+    def sched_of(entry) -> SolverSchedule:
+        return SolverSchedule.from_dict(entry["schedule"])
+
+    def evaluate(s: SolverSchedule, fidelity: str) -> float:
+        k = _key(s)
+        entry = archive.setdefault(k, {"schedule": s.to_dict(), "low": None, "high": None})
+        if entry[fidelity] is None:
+            n, sd = (low_fidelity, search_seed) if fidelity == "low" else (high_fidelity, search_seed + 1)
+            x, ref = problem.batch(sd, n)
+            try:
+                entry[fidelity] = fitness_of(problem, problem.run(s, x), ref, metric)
+            except (ScheduleError, FloatingPointError, ValueError):
+                entry[fidelity] = math.inf
+        return entry[fidelity]
+
+    # -- the initial population: converter schedules on standard grids, with and without AFS
+    def seeds_population():
+        pop = []
+        names = [base] if timestep_only else list(SCHEDULE_BASELINES)
+        for name in names:
+            for gname in BASELINE_GRIDS:
+                grid = _grid_for(gname, ns, nfe, t0, t1)
+                pop.append(builtin(name, nfe).with_grid(grid))
+                if allow_afs and not timestep_only:
+                    grid = _grid_for(gname, ns, nfe + 1, t0, t1)
+                    b = builtin(name, nfe + 1)
+                    steps = (Step(b.steps[0].prediction, 1),) + b.steps[1:]
+                    try:
+                        pop.append(SolverSchedule(steps, grid, "t", "zero_x0"))
+                    except ScheduleError:
+                        pass
+        return pop
+
+    def mutate(s: SolverSchedule) -> SolverSchedule:
+        genes = [_step_genes(st) for st in s.steps]
+        n = len(genes)
+        u = _u_of_t(ns, s.grid[1 : n if final_zero else n], t0, t_end_pos)
+        sigma_u = rng.choice([0.02, 0.05, 0.1])
+        mask = rng.random(len(u)) < 0.5
+        u = np.clip(u + mask * rng.normal(0, sigma_u, len(u)), 1e-3, 1 - 1e-3)
+        u = np.sort(u)
+        if np.any(np.diff(u) < 1e-3):
+            u = np.sort(rng.uniform(0.01, 0.99, len(u))) if len(u) else u
+        inner = _t_of_u(ns, u, t0, t_end_pos)
+        tail = [0.0] if final_zero else [s.grid[-1]]
+        if not final_zero:
+            end_u = float(np.clip(_u_of_t(ns, s.grid[-1], t0, t_end_pos), 0.9, 1.0))
+            tail = [float(_t_of_u(ns, end_u, t0, t_end_pos))]
+        grid = np.concatenate([[s.grid[0]], inner, tail])
+        if not timestep_only:
+            p = 1.5 / n
+            for g in genes:
+                if rng.random() < p:
+                    g[0] = "noise" if g[0] == "data" else "data"
+                if rng.random() < p:
+                    g[1] = int(rng.choice([1, 2, 3], p=[0.2, 0.45, 0.35]))
+                if rng.random() < p:
+                    g[2] = int(rng.integers(1, 3))
+                if rng.random() < 2 * p:
+                    g[3] = float(np.clip(g[3] + rng.normal(0, 0.1), -1.5, 1.5)) if rng.random() < 0.8 else 0.0
+                if rng.random() < p:
+                    g[4] = not g[4]
+        return _rebuild(genes, grid, s.afs != "none", final_zero)
+
+    def crossover(a: SolverSchedule, b: SolverSchedule) -> SolverSchedule:
+        if a.num_steps != b.num_steps or a.afs != b.afs:
+            return a
+        ga, gb = [_step_genes(x) for x in a.steps], [_step_genes(x) for x in b.steps]
+        genes = [copy.copy(ga[i] if rng.random() < 0.5 else gb[i]) for i in range(len(ga))]
+        grid = a.grid if rng.random() < 0.5 else b.grid
+        if rng.random() < 0.3:
+            w = rng.random()
+            ua = _u_of_t(ns, a.grid[1:-1], t0, t_end_pos)
+            ub = _u_of_t(ns, b.grid[1:-1], t0, t_end_pos)
+            grid = np.concatenate(
+                [[a.grid[0]], _t_of_u(ns, np.sort(w * ua + (1 - w) * ub), t0, t_end_pos), [a.grid[-1]]]
+            )
+        return _rebuild(genes, grid, a.afs != "none", final_zero)
+
+    def ranked(fid: str):
+        items = [(v[fid], k) for k, v in archive.items() if v[fid] is not None and math.isfinite(v[fid])]
+        return sorted(items)
+
+    t_begin = time.time()
+    if not archive:
+        for s in seeds_population():
+            evaluate(s, "low")
+    surrogate = _Surrogate(predictor, seed)
+    history = []
+    bar = tqdm(range(start_gen, generations), desc=f"S3 search nfe={nfe}", disable=not progress, leave=False)
+    gen = start_gen
+    for gen in bar:
+        if time_budget_s is not None and time.time() - t_begin + elapsed0 > time_budget_s:
+            break
+        keys = [k for k, v in archive.items() if v["low"] is not None and math.isfinite(v["low"])]
+        X = np.stack([_features(sched_of(archive[k]), nfe, ns, t0, t_end_pos) for k in keys])
+        y = np.log10(np.array([archive[k]["low"] for k in keys]) + 1e-12)
+        surrogate.fit(X, y)
+        parents = [archive[k] for _, k in ranked("low")[:12]]
+        cands, seen = [], set(archive)
+        tries = 0
+        while len(cands) < offspring and tries < offspring * 5:
+            tries += 1
+            pa = sched_of(parents[int(rng.integers(len(parents)))])
+            try:
+                if rng.random() < 0.3 and len(parents) > 1:
+                    child = crossover(pa, sched_of(parents[int(rng.integers(len(parents)))]))
+                    child = mutate(child) if rng.random() < 0.5 else child
+                else:
+                    child = mutate(pa)
+            except (ScheduleError, ValueError):
+                continue
+            k = _key(child)
+            if k in seen:
+                continue
+            seen.add(k)
+            cands.append(child)
+        if not cands:
+            break
+        pred = surrogate.predict(np.stack([_features(c, nfe, ns, t0, t_end_pos) for c in cands]))
+        order = list(np.argsort(pred)[:evaluate_per_generation])
+        rest = [i for i in range(len(cands)) if i not in order]
+        order += list(rng.choice(rest, size=min(2, len(rest)), replace=False)) if rest else []
+        for i in order:
+            evaluate(cands[i], "low")
+        promoted = 0
+        for _, k in ranked("low"):
+            if promoted >= promote:
+                break
+            if archive[k]["high"] is None:
+                evaluate(sched_of(archive[k]), "high")
+                promoted += 1
+        best_high = ranked("high")[0][0] if ranked("high") else math.inf
+        history.append(
+            {"generation": gen, "evaluated": len(archive), "best_low": ranked("low")[0][0], "best_high": best_high}
+        )
+        bar.set_postfix(best=f"{best_high:.4g}", evals=len(archive))
+        if checkpoint is not None:
+            _atomic_json(
+                checkpoint,
+                {
+                    "config": config,
+                    "generation": gen + 1,
+                    "seconds": elapsed0 + time.time() - t_begin,
+                    "rng": rng.bit_generator.state,
+                    "archive": archive,
+                },
+            )
+    bar.close()
+    # final: the top low-fidelity ones all checked at high fidelity
+    for _, k in ranked("low")[: 3 * promote]:
+        evaluate(sched_of(archive[k]), "high")
+    best_fit, best_key = ranked("high")[0]
+    seconds = elapsed0 + time.time() - t_begin
+    best = sched_of(archive[best_key]).with_metadata(
+        nfe=nfe,
+        model=problem.description,
+        guidance_scale=None,
+        provenance={
+            "method": "S3 evolutionary search with surrogate predictor"
+            + (" (timesteps only)" if timestep_only else ""),
+            "reference": "arXiv 2312.07243",
+            "fitness": {"metric": metric, "value": best_fit, "samples": high_fidelity, "seed": search_seed + 1},
+            "low_fidelity": {"samples": low_fidelity, "seed": search_seed},
+            "predictor": predictor,
+            "generations": gen + 1 - start_gen + (start_gen if start_gen else 0),
+            "evaluations": len(archive),
+            "seconds": round(seconds, 2),
+            "search_seed": seed,
+            "library": "fastsample",
+        },
+    )
+    if out is not None:
+        best.save(out)
+    return SearchResult(best, best_fit, len(archive), gen + 1, history, seconds)
+
+
+def report(problem: SearchProblem, schedule: SolverSchedule, seeds=(7, 8, 9, 10), n: int = 512, metric="rmse") -> dict:
+    """Held-out check: the schedule's fitness on ``seeds`` (not used by the search) and every baseline's."""
+    vals = []
+    for sd in seeds:
+        x, ref = problem.batch(sd, n)
+        vals.append(fitness_of(problem, problem.run(schedule, x), ref, metric))
+    found = float(np.mean(vals))
+    base = evaluate_baselines(problem, schedule.nfe, seeds, n, metric)
+    best = base[0]
+    return {
+        "nfe": schedule.nfe,
+        "metric": metric,
+        "heldout_seeds": list(seeds),
+        "samples_per_seed": n,
+        "found": found,
+        "best_baseline": best,
+        "ratio": found / best["fitness"] if best["fitness"] > 0 else math.inf,
+        "improvement": 1.0 - found / best["fitness"] if best["fitness"] > 0 else 0.0,
+        "baselines": base,
+    }
