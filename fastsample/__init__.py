@@ -8,9 +8,10 @@ steering hooks, the Diffusers adapter (:mod:`.adapter`) and the public scheduler
 
 from .analytic import GaussianMixture
 from .ems import EMS, compute_ems
+from .flowchef import FlowChef
 from .sampling import NonFiniteModelOutput, sample
 from .schedulers import *  # noqa: F403
 from .schedulers import __all__ as _schedulers
 
 __version__ = "0.1.0"
-__all__ = ["EMS", "compute_ems", "GaussianMixture", "NonFiniteModelOutput", "sample", *_schedulers]
+__all__ = ["EMS", "compute_ems", "FlowChef", "GaussianMixture", "NonFiniteModelOutput", "sample", *_schedulers]
