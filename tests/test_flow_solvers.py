@@ -14,7 +14,7 @@ from fastsample.solvers.base import History
 from fastsample.solvers.flow import FLOW_SOLVERS, ExpMultistepSolver, make_flow_solver
 
 FLOW = RectifiedFlow()
-ORDERS = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4, "multistep2": 2, "multistep3": 3}
+ORDERS = {"euler": 1, "heun": 2, "midpoint": 2, "rk3": 3, "rk4": 4, "multistep2": 2, "multistep3": 3}
 T_END = 0.05
 
 
@@ -95,7 +95,7 @@ def test_final_step_to_zero_never_evaluates_at_zero(name):
     plan = solver.plan(FLOW, grid)
     assert plan.eval_times.min() > 0 and plan.eval_times[0] == 1.0
     assert plan.nfe == solver.nfe(5, final_zero=True)
-    assert plan.nfe == {"heun": 9, "midpoint": 10, "rk4": 19}.get(name, 5)
+    assert plan.nfe == {"heun": 9, "midpoint": 10, "rk3": 15, "rk4": 19}.get(name, 5)
 
 
 @pytest.mark.parametrize("shift,mu", [(1.0, None), (3.0, None), (1.0, 0.8)])

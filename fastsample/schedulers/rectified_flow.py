@@ -5,9 +5,11 @@ follow that class: ``shift`` (static shift, kept equal to the common key ``flow_
 ``use_dynamic_shifting`` with the ``mu`` the pipelines pass, ``time_shift_type``, ``shift_terminal``;
 plus our own:
 
-- ``solver``: ``euler`` | ``heun`` | ``midpoint`` | ``rk4`` | ``multistep2`` | ``multistep3``
+- ``solver``: ``euler`` | ``heun`` | ``midpoint`` | ``rk3`` | ``rk4`` | ``multistep2`` | ``multistep3``
   (:mod:`fastsample.solvers.flow`; every stage of a Runge-Kutta step is one pipeline call, and
-  ``order`` is the number of calls per step, as diffusers' Heun scheduler reports it).
+  ``order`` is the number of calls per step, as diffusers' Heun scheduler reports it). Default
+  ``multistep2``: one call per step, so ``num_inference_steps`` is the NFE, as pipelines assume;
+  at equal NFE ``midpoint`` is often more accurate (benchmarks/results/flow.md).
 - ``velocity_convention``: what the network predicts. ``diffusers``: v = eps - x0 at label 1000 t
   (SD3, Flux). ``rectified_flow``: Liu et al.'s code, noise at time 0, v = data - noise, label
   N (1 - t) (set ``num_train_timesteps=999`` for their ``t * 999`` labels). ``instaflow``:
@@ -36,7 +38,7 @@ _FLOW_CLASSES = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteSchedu
 class RectifiedFlowScheduler(FastScheduler):
     """Flow-ODE scheduler with Euler, Heun, midpoint, RK4 and multistep exponential-integrator solvers."""
 
-    config_keys = {"shift": 1.0, "solver": "multistep3", "velocity_convention": "diffusers", "shift_terminal": None}
+    config_keys = {"shift": 1.0, "solver": "multistep2", "velocity_convention": "diffusers", "shift_terminal": None}
     _compatibles = _FLOW_CLASSES + ["RectifiedFlowScheduler"]
     supports_vp = False
 

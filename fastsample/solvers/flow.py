@@ -6,12 +6,13 @@ linear :class:`~.base.Plan` kernel:
 
 - ``euler``: x' = x + (t' - t) v, which is exactly DDIM in prediction form
   x' = alpha' x0 + sigma' eps (reused from :func:`~.base.prediction_form_ddim`). Order 1.
-- ``heun`` (order 2), ``midpoint`` (order 2), ``rk4`` (order 4): explicit Runge-Kutta in t
-  (Butcher tableaus shared with :mod:`.deis`). Every stage is a model call at its own time; the
-  stage input is x_start + h sum_j A_sj v_j, so ``Plan.ref`` points back to the step's start.
-  A stage may not evaluate at t = 0, so the step into t = 0 drops the end-point stage: Heun's
-  last step is Euler (as in EDM, arXiv 2206.00364, and diffusers' FlowMatchHeun), RK4's last
-  step is Heun's third-order rule (nodes 0, 1/3, 2/3; local order 4 keeps global order 4).
+- ``heun`` (order 2), ``midpoint`` (order 2), ``rk3`` (Kutta's third order), ``rk4`` (order 4):
+  explicit Runge-Kutta in t (Butcher tableaus shared with :mod:`.deis`). Every stage is a model
+  call at its own time; the stage input is x_start + h sum_j A_sj v_j, so ``Plan.ref`` points
+  back to the step's start. A stage may not evaluate at t = 0, so the step into t = 0 drops the
+  end-point stage: Heun's last step is Euler (as in EDM, arXiv 2206.00364, and diffusers'
+  FlowMatchHeun); the last step of RK3 and RK4 is Heun's third-order rule (nodes 0, 1/3, 2/3;
+  local order 4 keeps global order 4).
   Runge-Kutta in t is finite at t = 1 (alpha = 0), so these start there directly.
 - ``multistep2`` / ``multistep3``: DPM-Solver++(2M) / (3M) (Lu et al., arXiv 2211.01095) in the
   half log-SNR lambda = log(alpha / sigma) = log((1 - t) / t), data-prediction form:
@@ -33,8 +34,9 @@ from .deis import RK_TABLEAUS
 
 __all__ = ["FlowEulerSolver", "FlowRKSolver", "ExpMultistepSolver", "FLOW_SOLVERS", "make_flow_solver"]
 
-_RK_ORDER = {"heun": 2, "midpoint": 2, "rk4": 4}
-_RK_FINAL = {"heun": "euler", "midpoint": "midpoint", "rk4": "heun3"}
+_RK_ORDER = {"heun": 2, "midpoint": 2, "rk3": 3, "rk4": 4}
+_RK_FINAL = {"heun": "euler", "midpoint": "midpoint", "rk3": "heun3", "rk4": "heun3"}
+_TABLEAU = {"heun": "heun", "midpoint": "midpoint", "rk3": "kutta3", "rk4": "rk4", "heun3": "heun3"}
 _EULER = ((0.0,), ((),), (1.0,))
 
 
@@ -62,9 +64,9 @@ class FlowRKSolver(Solver):
     """Explicit Runge-Kutta in t on the flow ODE dx/dt = v (see the module docstring).
 
     Args:
-        method: ``"heun"`` (order 2, 2 calls per step), ``"midpoint"`` (order 2, 2 calls) or
-            ``"rk4"`` (classical RK4, order 4, 4 calls). The step into t = 0 uses one call fewer
-            for Heun and RK4.
+        method: ``"heun"`` (order 2, 2 calls per step), ``"midpoint"`` (order 2, 2 calls), ``"rk3"``
+            (Kutta's third order, 3 calls) or ``"rk4"`` (classical RK4, order 4, 4 calls). The step
+            into t = 0 uses one call fewer for Heun and RK4.
     """
 
     def __init__(self, method: str = "heun"):
@@ -72,11 +74,11 @@ class FlowRKSolver(Solver):
             raise ValueError(f"unknown Runge-Kutta method {method!r}; allowed: {', '.join(_RK_ORDER)}")
         self.method, self.name = method, method
         self.order = _RK_ORDER[method]
-        self.stages = len(RK_TABLEAUS[method][0])
+        self.stages = len(RK_TABLEAUS[_TABLEAU[method]][0])
 
     def _tableau(self, final: bool):
         name = _RK_FINAL[self.method] if final else self.method
-        return _EULER if name == "euler" else RK_TABLEAUS[name]
+        return _EULER if name == "euler" else RK_TABLEAUS[_TABLEAU[name]]
 
     def nfe(self, num_steps: int, final_zero: bool = False) -> int:
         return (num_steps - 1) * self.stages + len(self._tableau(final_zero)[0])
@@ -174,7 +176,7 @@ class ExpMultistepSolver(Solver):
         )
 
 
-FLOW_SOLVERS = ("euler", "heun", "midpoint", "rk4", "multistep2", "multistep3")
+FLOW_SOLVERS = ("euler", "heun", "midpoint", "rk3", "rk4", "multistep2", "multistep3")
 
 
 def make_flow_solver(name: str) -> Solver:
