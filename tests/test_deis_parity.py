@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler, DEISMultistepScheduler
 from scipy.integrate import quad
 
-from fastsample.grids import karras, quadratic_t, uniform_lambda, uniform_t
+from fastsample.grids import flow_shift, karras, quadratic_t, uniform_lambda, uniform_t
 from fastsample.sampling import sample
 from fastsample.schedules import DiscreteVP, LinearVP
 from fastsample.solvers import DDIMSolver, DEISSolver
@@ -153,3 +153,24 @@ def test_attributes():
     s = DEISSolver("tab", 3)
     assert (s.order, s.stages, s.name, s.nfe(10)) == (3, 1, "deis_tab3", 10)
     assert DDIMSolver().order == 1 and DDIMSolver().name == "ddim"
+
+
+def test_flow_grid_from_t1(schedules, mixture):
+    """At t = 1 (alpha = 0) the first step is DDIM as x' = alpha' x0 + sigma' eps; RK in rho refuses."""
+    schedule = schedules["flow"]
+    grid = flow_shift(schedule, 8, shift=3.0)
+    for variant in MULTISTEP:
+        plan = DEISSolver(variant, 3).prepare(schedule, grid)
+        assert plan.a[0] == 0 and plan.w_x0[0, 0] == 1 - grid[1] and plan.w_eps[0, 0] == grid[1]
+        assert list(plan.info["degrees"][:4]) == [0, 0, 1, 2]
+        out = sample(
+            mixture.model_fn(schedule, "flow_prediction"),
+            torch.zeros(4, 6),
+            schedule,
+            DEISSolver(variant, 3),
+            grid,
+            "flow_prediction",
+        )
+        assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="alpha > 0"):
+        DEISSolver("rhork", 2).prepare(schedule, grid)
