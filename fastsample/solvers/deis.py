@@ -171,6 +171,10 @@ class DEISSolver(Solver):
             3 (Kutta), 4 (classical RK4).
         lower_order_final: multistep only; with fewer than 15 steps the last step has degree 0 and the
             one before degree at most 1 (diffusers' ``lower_order_final`` rule).
+
+    ``prepare(schedule, grid)`` takes n + 1 decreasing float64 times and returns a float64 :class:`Plan`
+    with ``w_eps`` of shape (nfe, order) (multistep) or (nfe, stages) (``rhork``); ``plan.info`` holds the
+    per-step polynomial degrees (multistep) or the tableau name (``rhork``).
     """
 
     def __init__(self, variant: str = "tab", order: int = 3, lower_order_final: bool = False):
