@@ -194,3 +194,33 @@ def test_bad_inputs(setup):
 
     with pytest.raises(ValueError, match="flow models only"):
         chef.attach(DEISScheduler())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_flowchef_pipelines(kind):
+    """The SD3 / Flux subclasses run steered (latent inpainting) inside the real pipelines, tiny random weights."""
+    import tiny_pipelines as tp
+
+    from fastsample.pipelines.flowchef import FlowChefFluxPipeline, FlowChefStableDiffusion3Pipeline
+
+    cls, builder = {
+        "sd3": (FlowChefStableDiffusion3Pipeline, tp.sd3_pipeline),
+        "flux": (FlowChefFluxPipeline, tp.flux_pipeline),
+    }[kind]
+    pipe = cls(**builder().components)
+    pipe.set_progress_bar_config(disable=True)
+    source = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(16, 16)
+    mask[:, :8] = 1
+    chef = pipe.make_flowchef("inpainting", source, mask=mask, height=16, width=16, lr=0.5)
+    kw = dict(prompt="a cat", height=16, width=16, num_inference_steps=4, max_sequence_length=tp.TEXT_LEN)
+    plain = pipe(output_type="latent", generator=torch.Generator().manual_seed(0), **kw).images
+    steered = pipe(output_type="latent", flowchef=chef, generator=torch.Generator().manual_seed(0), **kw).images
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"  # restored after the call
+    assert chef.loss(steered.float()).item() < 0.5 * chef.loss(plain.float()).item()
+    images = pipe(output_type="np", flowchef=pipe.make_flowchef("super_resolution", source[..., ::2, ::2], factor=2,
+                  height=16, width=16, lr=0.1), generator=torch.Generator().manual_seed(0), **kw).images  # fmt: skip
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+    with pytest.raises(ValueError, match="mask has shape"):
+        pipe.make_flowchef("inpainting", source, mask=torch.ones(8, 8), height=16, width=16)
