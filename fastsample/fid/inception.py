@@ -345,24 +345,26 @@ class FIDInceptionV3(nn.Module):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.dims, self.resize, self.input_range = dims, resize, tuple(float(v) for v in input_range)
-        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = InceptionA(192, pool_features=32)
-        self.Mixed_5c = InceptionA(256, pool_features=64)
-        self.Mixed_5d = InceptionA(288, pool_features=64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = InceptionC(768, channels_7x7=192)
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = InceptionE(1280, pool="avg")
-        self.Mixed_7c = InceptionE(2048, pool="max")
-        self.fc = nn.Linear(2048, 1008)
+        with torch.device("meta"):  # no default initialisation: the weights are loaded or drawn below
+            self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+            self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+            self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+            self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+            self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+            self.Mixed_5b = InceptionA(192, pool_features=32)
+            self.Mixed_5c = InceptionA(256, pool_features=64)
+            self.Mixed_5d = InceptionA(288, pool_features=64)
+            self.Mixed_6a = InceptionB(288)
+            self.Mixed_6b = InceptionC(768, channels_7x7=128)
+            self.Mixed_6c = InceptionC(768, channels_7x7=160)
+            self.Mixed_6d = InceptionC(768, channels_7x7=160)
+            self.Mixed_6e = InceptionC(768, channels_7x7=192)
+            self.Mixed_7a = InceptionD(768)
+            self.Mixed_7b = InceptionE(1280, pool="avg")
+            self.Mixed_7c = InceptionE(2048, pool="max")
+            self.fc = nn.Linear(2048, 1008)
         if isinstance(weights, str) and weights == "random":
+            self.to_empty(device="cpu")
             self.init_random_()
         else:
             self.load_weights(find_weights(weights))
@@ -395,11 +397,14 @@ class FIDInceptionV3(nn.Module):
         own = self.state_dict()
         missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in state if k not in own]
-        if missing or unexpected:
+        bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or unexpected or bad:
             raise ValueError(
-                f"{path} is not an FID Inception state dict: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                f"{path} is not an FID Inception state dict: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"wrong shapes {bad[:5]}"
             )
-        self.load_state_dict({**own, **state})
+        full = {k: state[k] if k in state else torch.zeros((), dtype=torch.long) for k in own}
+        self.load_state_dict(full, assign=True)
 
     @torch.no_grad()
     def init_random_(self, seed: int = 0) -> FIDInceptionV3:
@@ -411,6 +416,7 @@ class FIDInceptionV3(nn.Module):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
             elif isinstance(m, nn.BatchNorm2d):
                 n = m.num_features
+                m.num_batches_tracked.zero_()
                 m.weight.copy_(1 + 0.1 * torch.randn(n, generator=g))
                 m.bias.copy_(0.1 * torch.randn(n, generator=g))
                 m.running_mean.copy_(0.1 * torch.randn(n, generator=g))

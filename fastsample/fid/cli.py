@@ -1,0 +1,149 @@
+"""``fastsample fid A B``: the Frechet distance between two image folders or ``.npz`` statistics files.
+
+Behaves like pytorch-fid's command line (``python -m pytorch_fid A B``): same arguments
+(``--batch-size``, ``--num-workers``, ``--device``, ``--dims``, ``--save-stats A OUT.npz``) and the
+same output line ``FID:  <value>``, plus ``--weights PATH`` (the Inception weights file; default: the
+torch hub cache) and ``--resize {pytorch-fid,clean-fid,torch-fidelity}``, which is recorded in the
+statistics files we write and checked against the files we read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .inception import BLOCK_DIMS, RESIZE_MODES, FIDInceptionV3
+from .stats import FeatureStatistics, fid_from_statistics
+
+__all__ = ["IMAGE_EXTENSIONS", "add_subparser", "compute_statistics", "main"]
+
+IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}
+DESCRIPTION = "Frechet distance between two image folders or .npz statistics files (pytorch-fid compatible)."
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=str, nargs=2, help="paths to image folders or .npz statistics files")
+    p.add_argument("--batch-size", type=int, default=50, help="batch size (default 50)")
+    p.add_argument("--num-workers", type=int, help="data loader processes (default min(8, CPU count))")
+    p.add_argument("--device", type=str, default=None, help="device, e.g. cuda:0 or cpu (default: cuda if available)")
+    p.add_argument("--dims", type=int, default=2048, choices=list(BLOCK_DIMS), help="Inception features to use")
+    p.add_argument(
+        "--weights",
+        type=str,
+        default=None,
+        help="Inception weights file (default: the torch hub cache; 'random': untrained, for tests)",
+    )
+    p.add_argument("--resize", choices=RESIZE_MODES, default="pytorch-fid", help="input resizing (default pytorch-fid)")
+    p.add_argument(
+        "--save-stats",
+        action="store_true",
+        help="compute the statistics of the first path (a folder) and save them to the second (.npz)",
+    )
+
+
+def add_subparser(subparsers) -> argparse.ArgumentParser:
+    """Register ``fid`` on an ``argparse`` subparsers object; the handler is ``args.func(args)``."""
+    p = subparsers.add_parser("fid", help=DESCRIPTION, description=DESCRIPTION)
+    _add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+class _ImageFolder(torch.utils.data.Dataset):
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as img:
+            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+    if not files:
+        raise ValueError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files
+
+
+@torch.no_grad()
+def compute_statistics(
+    folder: str | os.PathLike, model: FIDInceptionV3, batch_size: int = 50, num_workers: int = 0
+) -> FeatureStatistics:
+    """Statistics of the Inception features of every image in ``folder`` (images of any sizes)."""
+    files = _list_images(Path(folder))
+    device = model.fc.weight.device
+    loader = torch.utils.data.DataLoader(
+        _ImageFolder(files), batch_size=min(batch_size, len(files)), num_workers=num_workers, collate_fn=list
+    )
+    stats = FeatureStatistics(model.dims, device=device, feature_network=model.name, resize_mode=model.resize)
+    for batch in loader:
+        if len({im.shape for im in batch}) == 1:
+            feats = model(torch.stack(batch))
+        else:
+            x = torch.cat([model.preprocess(im[None]) for im in batch])
+            feats = model.forward_normalized(x)
+        stats.update(feats)
+    return stats
+
+
+def _statistics(path: str, model_factory, args) -> FeatureStatistics:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"invalid path: {p}")
+    if p.is_file():
+        if p.suffix != ".npz":
+            raise ValueError(f"{p}: expected a folder of images or an .npz statistics file")
+        return FeatureStatistics.load(p)
+    return compute_statistics(p, model_factory(), args.batch_size, args.num_workers)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute parsed arguments; prints ``FID:  <value>`` (or saves statistics) and returns the exit code."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.num_workers is None:
+        args.num_workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    model = None
+
+    def model_factory() -> FIDInceptionV3:
+        nonlocal model
+        if model is None:
+            model = FIDInceptionV3(args.weights, dims=args.dims, resize=args.resize).to(device)
+        return model
+
+    identity = {"feature_network": "inception-pool3" if args.dims == 2048 else f"inception-{args.dims}"}
+    identity.update(resize_mode=args.resize, dim=args.dims)
+    try:
+        if args.save_stats:
+            src, out = args.path
+            if not Path(src).is_dir():
+                raise ValueError(f"--save-stats needs an image folder as the first path, got {src}")
+            if Path(out).exists():
+                raise ValueError(f"{out} exists already; not overwriting")
+            compute_statistics(src, model_factory(), args.batch_size, args.num_workers).save(out)
+            return 0
+        a, b = (_statistics(p, model_factory, args) for p in args.path)
+        a.check_compatible(identity)
+        b.check_compatible(identity)
+        print("FID: ", fid_from_statistics(a, b))
+        return 0
+    except (FileNotFoundError, ValueError) as e:
+        print(f"fastsample fid: error: {e}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``main(["A", "B", "--dims", "2048"])``."""
+    p = argparse.ArgumentParser(prog="fastsample fid", description=DESCRIPTION)
+    _add_arguments(p)
+    return run(p.parse_args(argv))
