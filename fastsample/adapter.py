@@ -241,12 +241,15 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         self._grid, self.plan = grid, plan
         self.num_inference_steps = len(grid) - 1
         labels = s.timestep(plan.eval_times)
+        # One noise level per model evaluation, then the end level: sigmas[i] belongs to timesteps[i],
+        # as in diffusers (its Heun schedulers repeat levels), since pipelines index sigmas by loop index.
+        levels = np.append(plan.eval_times, grid[-1])
         if s.is_flow:
             self.timesteps = torch.from_numpy(labels.astype(np.float32)).to(device)
-            self.sigmas = torch.from_numpy(grid.astype(np.float32)).to(device)
+            self.sigmas = torch.from_numpy(levels.astype(np.float32)).to(device)
         else:
             self.timesteps = torch.from_numpy(np.round(labels).astype(np.int64)).to(device)
-            self.sigmas = torch.from_numpy(s.sigma_ve(grid).astype(np.float32)).to(device)
+            self.sigmas = torch.from_numpy(s.sigma_ve(levels).astype(np.float32)).to(device)
         self._begin_index = None
         self._step_index = None
         self._reset_run()

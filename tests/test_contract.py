@@ -57,6 +57,8 @@ CASES = [(cls, {}) for cls in PUBLIC] + [
     (DEISScheduler, {"deis_variant": "rhork", "solver_order": 2}),
     (DEISScheduler, {"deis_variant": "logrho", "solver_order": 2}),
 ]
+if hasattr(public, "RectifiedFlowScheduler"):  # a multi-stage flow solver (two model calls per step)
+    CASES.append((public.RectifiedFlowScheduler, {"solver": "heun"}))
 
 SOURCES = {
     "sd15_pndm": (PNDMScheduler, SD15_SCHEDULER, "vp"),
@@ -274,8 +276,15 @@ def test_len_timesteps_is_nfe_and_order(case, kind):
         assert sched.order == sched.solver.stages
         if sched.order == 1:
             assert len(sched.timesteps) == n
-        assert len(sched.sigmas) == n + 1 and float(sched.sigmas[-1]) == 0.0
-        assert torch.all(sched.sigmas[1:] < sched.sigmas[:-1])
+        # diffusers' convention (its Heun schedulers too): sigmas[i] is the level of timesteps[i], plus the end
+        assert len(sched.sigmas) == len(sched.timesteps) + 1 and float(sched.sigmas[-1]) == 0.0
+        assert torch.all(sched.sigmas[1:] <= sched.sigmas[:-1])
+        levels = sched.plan.eval_times
+        if kind == "flow":
+            np.testing.assert_allclose(sched.sigmas[:-1].numpy(), levels, rtol=1e-6)
+            np.testing.assert_allclose(sched.timesteps.numpy(), sched.schedule.timestep(levels), rtol=1e-5)
+        else:
+            np.testing.assert_allclose(sched.sigmas[:-1].numpy(), sched.schedule.sigma_ve(levels), rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["vp", "flow"])
@@ -369,7 +378,7 @@ def test_set_timesteps_with_sigmas_flow(case):
     ref = FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER)
     ref.set_timesteps(sigmas=sigmas)
     sched.set_timesteps(sigmas=sigmas)
-    torch.testing.assert_close(sched.sigmas, ref.sigmas.float(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(sched.plan.grid, ref.sigmas.double().numpy(), rtol=0, atol=1e-6)
     torch.testing.assert_close(sched.timesteps[_first_evals(sched)], ref.timesteps.float(), rtol=0, atol=1e-3)
 
 
@@ -383,7 +392,7 @@ def test_set_timesteps_with_mu_flux(case, mu):
     ref = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
     ref.set_timesteps(sigmas=np.linspace(1.0, 1 / 4, 4), mu=mu)
     sched.set_timesteps(4, mu=mu)
-    torch.testing.assert_close(sched.sigmas, ref.sigmas.float(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(sched.plan.grid, ref.sigmas.double().numpy(), rtol=0, atol=1e-6)
     torch.testing.assert_close(sched.timesteps[_first_evals(sched)], ref.timesteps.float(), rtol=0, atol=1e-3)
 
 
@@ -450,7 +459,7 @@ def test_add_noise_and_scale_noise_flow(case):
     x0, eps = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
     k = int(_first_evals(sched)[2])
     t = sched.timesteps[k : k + 1].repeat(2)
-    s = float(sched.sigmas[2])
+    s = float(sched.sigmas[k])
     want = (1 - s) * x0 + s * eps
     torch.testing.assert_close(sched.add_noise(x0, eps, t), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sched.scale_noise(x0, t, eps), want, rtol=1e-5, atol=1e-5)
