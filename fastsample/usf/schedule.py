@@ -439,8 +439,14 @@ def _warmup(i: int, first_usable: bool) -> int:
     return i if first_usable else max(i - 1, 0)
 
 
-def ddim(num_steps: int, prediction: str = "data", grid=None, unit: str = "t") -> SolverSchedule:
-    """DDIM (Song et al., arXiv 2010.02502): every step order 1 (data and noise forms are identical)."""
+def ddim(
+    num_steps: int, prediction: str = "data", first_usable: bool = True, grid=None, unit: str = "t"
+) -> SolverSchedule:
+    """DDIM (Song et al., arXiv 2010.02502): every step order 1 (data and noise forms are identical).
+
+    ``first_usable`` (whether the first grid point may estimate derivatives) is accepted for a uniform
+    converter signature; DDIM estimates none.
+    """
     steps = tuple(Step(prediction, 1) for _ in range(num_steps))
     return SolverSchedule(steps, grid, unit, metadata=_meta("ddim"))
 

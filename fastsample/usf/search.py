@@ -18,7 +18,6 @@ fitness on seeds not used in the search next to every fixed-schedule solver's at
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -54,6 +53,8 @@ class SearchProblem:
         noise: ``noise(n, seed) -> x_T`` tensor of n starting points (deterministic in seed).
         reference: ``reference(x_T) -> x_end`` tensor, the target final samples from the same noise.
         features: optional ``features(x) -> (n, d)`` tensor for the Frechet-distance fitness.
+        target_features: optional (m, d) features of data: the ``fid`` fitness then compares with them
+            instead of the reference samples (as FID-driven searches do); ``reference`` may then be None.
         t_start, t_end: the integration interval (t_end = 0: exact data).
         description: model identity for the provenance (JSON-serialisable).
         dtype: sampling dtype (float64 for analytic models).
@@ -69,6 +70,7 @@ class SearchProblem:
     t_end: float = 0.0
     description: dict = field(default_factory=dict)
     dtype: torch.dtype = torch.float64
+    target_features: torch.Tensor | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -98,25 +100,27 @@ class SearchProblem:
         noise_schedule,
         shape,
         prediction_type: str = "epsilon",
-        reference_steps: int = 200,
+        reference_steps: int | None = 200,
         features=None,
         t_start: float | None = None,
         t_end: float = 0.0,
         description: dict | None = None,
         dtype=torch.float32,
     ):
-        """Any denoiser; the reference is UniPC-3 with ``reference_steps`` steps on a uniform-lambda grid."""
+        """Any denoiser; reference: UniPC-3 with ``reference_steps`` steps on a uniform-lambda grid (None: none)."""
         t0 = noise_schedule.t_max if t_start is None else t_start
 
         def noise(n, seed):
             g = torch.Generator().manual_seed(int(seed))
             return torch.randn((n, *shape), generator=g, dtype=dtype) * float(noise_schedule.sigma(t0))
 
-        ref_grid = grids.uniform_lambda(noise_schedule, reference_steps, t_start=t0, final_zero=t_end == 0)
-        ref_sched = builtin("unipc3-bh2", reference_steps).with_grid(ref_grid)
+        reference = None
+        if reference_steps is not None:
+            ref_grid = grids.uniform_lambda(noise_schedule, reference_steps, t_start=t0, final_zero=t_end == 0)
+            ref_sched = builtin("unipc3-bh2", reference_steps).with_grid(ref_grid)
 
-        def reference(x):
-            return usf_sample(model_fn, x, noise_schedule, ref_sched, prediction_type=prediction_type)
+            def reference(x):
+                return usf_sample(model_fn, x, noise_schedule, ref_sched, prediction_type=prediction_type)
 
         return cls(
             model_fn,
@@ -136,7 +140,7 @@ class SearchProblem:
         key = (int(seed), int(n))
         if key not in self._cache:
             x = self.noise(n, seed).to(self.dtype)
-            self._cache[key] = (x, self.reference(x).to(torch.float64))
+            self._cache[key] = (x, None if self.reference is None else self.reference(x).to(torch.float64))
         return self._cache[key]
 
     def run(self, schedule: SolverSchedule, x: torch.Tensor, grid=None) -> torch.Tensor:
@@ -151,7 +155,10 @@ def _fid(problem, a, b) -> float:
     from ..fid import frechet_distance
 
     fa = problem.features(a).double() if problem.features is not None else a.double().reshape(len(a), -1)
-    fb = problem.features(b).double() if problem.features is not None else b.double().reshape(len(b), -1)
+    if problem.target_features is not None:
+        fb = problem.target_features.double()
+    else:
+        fb = problem.features(b).double() if problem.features is not None else b.double().reshape(len(b), -1)
     return frechet_distance(fa.mean(0), torch.cov(fa.T), fb.mean(0), torch.cov(fb.T))
 
 
@@ -159,7 +166,13 @@ def fitness_of(problem: SearchProblem, out: torch.Tensor, ref: torch.Tensor, met
     """``rmse`` against the reference from the same noise, or ``fid`` (Frechet distance of features)."""
     if not torch.isfinite(out).all():
         return math.inf
-    return _rmse(out, ref) if metric == "rmse" else _fid(problem, out, ref)
+    if metric == "rmse":
+        if ref is None:
+            raise ValueError("the rmse fitness needs a reference solution")
+        return _rmse(out, ref)
+    if metric != "fid":
+        raise ValueError(f"unknown fitness metric {metric!r}; allowed: rmse, fid")
+    return _fid(problem, out, ref)
 
 
 # --- genotype helpers ---------------------------------------------------------------------------------
@@ -204,14 +217,6 @@ def _step_genes(step: Step):
     npts = len(step.derivatives[0].points) if step.derivatives else 1
     coef = step.derivatives[0].coef if step.derivatives and step.derivatives[0].scaling == "linear" else 0.0
     return [step.prediction, step.order, npts, coef, step.corrector is not None]
-
-
-def _rebuild(steps_genes, grid, afs, final_zero) -> SolverSchedule:
-    n = len(steps_genes)
-    steps = tuple(_make_step(i, n, *g, final_zero) for i, g in enumerate(steps_genes))
-    if afs:
-        steps = (Step(steps[0].prediction, 1, (), 0, steps[0].corrector),) + steps[1:]
-    return SolverSchedule(steps, grid, "t", "zero_x0" if afs else "none")
 
 
 def _features(s: SolverSchedule, nfe: int, ns, t_start, t_end_pos) -> np.ndarray:
@@ -440,50 +445,55 @@ def search(
         return pop
 
     def mutate(s: SolverSchedule) -> SolverSchedule:
-        genes = [_step_genes(st) for st in s.steps]
-        n = len(genes)
+        n = s.num_steps
         u = _u_of_t(ns, s.grid[1 : n if final_zero else n], t0, t_end_pos)
         sigma_u = rng.choice([0.02, 0.05, 0.1])
         mask = rng.random(len(u)) < 0.5
-        u = np.clip(u + mask * rng.normal(0, sigma_u, len(u)), 1e-3, 1 - 1e-3)
-        u = np.sort(u)
-        if np.any(np.diff(u) < 1e-3):
-            u = np.sort(rng.uniform(0.01, 0.99, len(u))) if len(u) else u
+        u = np.sort(np.clip(u + mask * rng.normal(0, sigma_u, len(u)), 1e-3, 1 - 1e-3))
+        if len(u) and np.any(np.diff(u) < 1e-3):
+            u = np.sort(rng.uniform(0.01, 0.99, len(u)))
         inner = _t_of_u(ns, u, t0, t_end_pos)
-        tail = [0.0] if final_zero else [s.grid[-1]]
-        if not final_zero:
-            end_u = float(np.clip(_u_of_t(ns, s.grid[-1], t0, t_end_pos), 0.9, 1.0))
+        if final_zero:
+            tail = [0.0]
+        else:
+            end_u = float(np.clip(_u_of_t(ns, s.grid[-1], t0, t_end_pos) + rng.normal(0, 0.02), 0.9, 1.0))
             tail = [float(_t_of_u(ns, end_u, t0, t_end_pos))]
         grid = np.concatenate([[s.grid[0]], inner, tail])
-        if not timestep_only:
-            p = 1.5 / n
-            for g in genes:
-                if rng.random() < p:
-                    g[0] = "noise" if g[0] == "data" else "data"
-                if rng.random() < p:
-                    g[1] = int(rng.choice([1, 2, 3], p=[0.2, 0.45, 0.35]))
-                if rng.random() < p:
-                    g[2] = int(rng.integers(1, 3))
-                if rng.random() < 2 * p:
-                    g[3] = float(np.clip(g[3] + rng.normal(0, 0.1), -1.5, 1.5)) if rng.random() < 0.8 else 0.0
-                if rng.random() < p:
-                    g[4] = not g[4]
-        return _rebuild(genes, grid, s.afs != "none", final_zero)
+        if timestep_only:
+            return SolverSchedule(s.steps, grid, "t", s.afs)
+        steps = list(s.steps)
+        p = 1.5 / n
+        for i, st in enumerate(steps):
+            if i == 0 and s.afs != "none":
+                continue
+            g = _step_genes(st)
+            old = list(g)
+            if rng.random() < p:
+                g[0] = "noise" if g[0] == "data" else "data"
+            if rng.random() < p:
+                g[1] = int(rng.choice([1, 2, 3], p=[0.2, 0.45, 0.35]))
+            if rng.random() < p:
+                g[2] = int(rng.integers(1, 3))
+            if rng.random() < 2 * p:
+                g[3] = float(np.clip(g[3] + rng.normal(0, 0.1), -1.5, 1.5)) if rng.random() < 0.8 else 0.0
+            if rng.random() < p:
+                g[4] = not g[4]
+            if g != old:
+                steps[i] = _make_step(i, n, *g, final_zero)
+        return SolverSchedule(tuple(steps), grid, "t", s.afs)
 
     def crossover(a: SolverSchedule, b: SolverSchedule) -> SolverSchedule:
         if a.num_steps != b.num_steps or a.afs != b.afs:
             return a
-        ga, gb = [_step_genes(x) for x in a.steps], [_step_genes(x) for x in b.steps]
-        genes = [copy.copy(ga[i] if rng.random() < 0.5 else gb[i]) for i in range(len(ga))]
+        steps = a.steps if timestep_only else tuple(x if rng.random() < 0.5 else y for x, y in zip(a.steps, b.steps))
         grid = a.grid if rng.random() < 0.5 else b.grid
         if rng.random() < 0.3:
             w = rng.random()
             ua = _u_of_t(ns, a.grid[1:-1], t0, t_end_pos)
             ub = _u_of_t(ns, b.grid[1:-1], t0, t_end_pos)
-            grid = np.concatenate(
-                [[a.grid[0]], _t_of_u(ns, np.sort(w * ua + (1 - w) * ub), t0, t_end_pos), [a.grid[-1]]]
-            )
-        return _rebuild(genes, grid, a.afs != "none", final_zero)
+            inner = _t_of_u(ns, np.sort(w * ua + (1 - w) * ub), t0, t_end_pos)
+            grid = np.concatenate([[a.grid[0]], inner, [a.grid[-1]]])
+        return SolverSchedule(steps, grid, "t", a.afs)
 
     def ranked(fid: str):
         items = [(v[fid], k) for k, v in archive.items() if v[fid] is not None and math.isfinite(v[fid])]
