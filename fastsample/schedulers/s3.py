@@ -31,11 +31,16 @@ class _ScheduleSolver(Solver):
 
     name = "usf"
 
-    def __init__(self):
+    def __init__(self, builtin_name: str | None):
+        self.builtin_name = builtin_name
         self.current: SolverSchedule | None = None
         self.order = 1
 
     def plan(self, schedule, grid):
+        """A builtin is made for the grid's length (img2img restarts it afresh); a file's schedule is truncated."""
+        if self.builtin_name is not None:
+            sch = builtin(self.builtin_name, len(grid) - 1, first_usable=bool(schedule.alpha(grid[0]) > 0))
+            return USFSolver(sch).plan(schedule, grid)
         if self.current is None:
             raise ValueError("call `set_timesteps` first")
         skip = self.current.num_steps - (len(grid) - 1)
@@ -55,15 +60,13 @@ class S3Scheduler(FastScheduler):
         self.solver_schedule = load(path) if path else None
         if self.solver_schedule is None:
             builtin(self.config.builtin_schedule, 1)  # an unknown name fails at construction
-        return _ScheduleSolver()
+            return _ScheduleSolver(self.config.builtin_schedule)
+        return _ScheduleSolver(None)
 
     def make_grid(self, num_inference_steps: int, sigmas=None, timesteps=None, mu=None) -> np.ndarray:
         sch, s = self.solver_schedule, self.schedule
         if sch is None:
-            grid = super().make_grid(num_inference_steps, sigmas=sigmas, timesteps=timesteps, mu=mu)
-            first = bool(s.alpha(grid[0]) > 0)
-            self.solver.current = builtin(self.config.builtin_schedule, len(grid) - 1, first_usable=first)
-            return grid
+            return super().make_grid(num_inference_steps, sigmas=sigmas, timesteps=timesteps, mu=mu)
         sch.check_nfe(num_inference_steps)
         if sigmas is not None or timesteps is not None:
             logger.warning(
