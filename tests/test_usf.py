@@ -411,3 +411,38 @@ def test_timestep_only_search_keeps_decisions():
         progress=False,
     )
     assert [s.to_dict() for s in res.schedule.steps] == [s.to_dict() for s in S.dpmsolver_multistep(4, 2).steps]
+
+
+def test_cli_search(tmp_path, capsys):
+    from fastsample.cli import main
+
+    out = tmp_path / "g.json"
+    rc = main(
+        [
+            "search",
+            "--model",
+            "gmm",
+            "--gmm-dim",
+            "3",
+            "--gmm-components",
+            "2",
+            "--nfe",
+            "3",
+            "--out",
+            str(out),
+            "--generations",
+            "1",
+            "--offspring",
+            "10",
+            "--evaluate",
+            "2",
+            "--low-fidelity",
+            "8",
+            "--high-fidelity",
+            "8",
+            "--predictor",
+            "ridge",
+            "--quiet",
+        ]
+    )
+    assert rc == 0 and load(out).nfe == 3 and "wrote" in capsys.readouterr().out
