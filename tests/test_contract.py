@@ -70,6 +70,12 @@ SOURCES = {
     "sdxl_euler": (EulerDiscreteScheduler, SDXL_SCHEDULER, "vp"),
     "sd3": (FlowMatchEulerDiscreteScheduler, SD3_SCHEDULER, "flow"),
     "flux": (FlowMatchEulerDiscreteScheduler, FLUX_SCHEDULER, "flow"),
+    # Sana / Wan style: a diffusers multistep solver switched to flow sigmas by its own keys
+    "sana_dpm": (
+        DPMSolverMultistepScheduler,
+        dict(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction"),
+        "flow",
+    ),
 }
 KIND_SOURCE = {"vp": "sd15_pndm", "flow": "sd3"}
 
@@ -160,8 +166,8 @@ def test_from_released_config(cls, source, via, tmp_path, diffusers_warnings):
     assert isinstance(sched, cls)
     if kind == "flow":
         assert c.use_flow_sigmas and c.prediction_type == "flow_prediction" and sched.schedule.is_flow
-        assert c.flow_shift == src.config.shift
-        assert c.use_dynamic_shifting == src.config.use_dynamic_shifting
+        assert c.flow_shift == src.config.get("shift", src.config.get("flow_shift"))
+        assert c.use_dynamic_shifting == src.config.get("use_dynamic_shifting", False)
         if c.use_dynamic_shifting:
             for key in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len"):
                 assert c[key] == src.config[key], key
@@ -356,6 +362,17 @@ def test_set_timesteps_with_timesteps_vp(case):
     assert sched.timesteps[_first_evals(sched)].tolist() == custom
     if sched.order == 1:
         assert sched.timesteps.tolist() == custom
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_set_timesteps_with_timesteps_flow(case):
+    """Explicit float labels (1000 sigma) are used as given: no shift, then a final step to 0."""
+    sched = _make(case, "flow")
+    custom = [1000.0, 900.0, 700.0, 450.0, 200.0]
+    sched.set_timesteps(timesteps=custom)
+    assert sched.num_inference_steps == len(custom) and sched.timesteps.dtype == torch.float32
+    np.testing.assert_allclose(sched.timesteps[_first_evals(sched)].numpy(), custom, rtol=1e-6)
+    np.testing.assert_allclose(sched.plan.grid, np.append(np.asarray(custom) / 1000, 0.0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
