@@ -4,22 +4,38 @@
 - :mod:`.inception`: :class:`FIDInceptionV3` with pytorch-fid / clean-fid / torch-fidelity preprocessing.
 - :mod:`.stats`: :class:`FeatureStatistics` (float64 sums, merge, all-reduce, ``.npz`` files).
 - :mod:`.kid`: kernel inception distance and Inception Score.
-- :mod:`.metric`: torchmetrics metrics (imported lazily: torchmetrics is slow to import).
+- :mod:`.metric`: torchmetrics metrics (imported on first use: torchmetrics is slow to import).
 - :mod:`.cli`: the ``fastsample fid`` command.
 """
 
 from .distance import ReferenceStatistics, frechet_distance, sqrtm_psd
 from .inception import RESIZE_MODES, FIDInceptionV3, find_weights, images_to_uint8
+from .kid import inception_score, kernel_inception_distance, poly_mmd2
 from .stats import FeatureStatistics, fid_from_statistics
 
 __all__ = [
     "RESIZE_MODES",
     "FIDInceptionV3",
     "FeatureStatistics",
+    "FrechetInceptionDistance",
+    "KernelInceptionDistance",
     "ReferenceStatistics",
     "fid_from_statistics",
     "find_weights",
     "frechet_distance",
     "images_to_uint8",
+    "inception_score",
+    "kernel_inception_distance",
+    "poly_mmd2",
     "sqrtm_psd",
 ]
+
+_LAZY = {"FrechetInceptionDistance": ".metric", "KernelInceptionDistance": ".metric"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

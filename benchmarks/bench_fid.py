@@ -1,0 +1,408 @@
+"""Benchmark of the FID engine against pytorch-fid, torchmetrics and torch-fidelity.
+
+Sections (each timed against its competitors in the same run; speed is reported as ratios):
+
+- ``distance``: Frechet distance of two 2048-dim Gaussians: ours from scratch and per sweep cell with the
+  reference factor cached, pytorch-fid's ``calculate_frechet_distance`` (scipy ``sqrtm``) and
+  torchmetrics' ``_compute_fid`` (``eigvals`` of C1 C2); the values must agree.
+- ``streaming``: statistics of N x 2048 features (default 50k) in batches: ours vs torchmetrics'
+  ``FrechetInceptionDistance`` accumulation; time and peak resident memory (Linux VmHWM, reset per method).
+- ``extraction``: Inception feature extraction, images/s at equal batch size: ours (pytorch-fid and
+  torch-fidelity resizing) vs torchmetrics' ``NoTrainInceptionV3`` (random weights; speed only).
+- ``gpu`` (only with CUDA): distance on the GPU vs pytorch-fid on the CPU, features/s in fp32 and in
+  bf16 autocast with channels_last, and the FID change bf16 causes on a 10k set.
+
+Usage: ``python benchmarks/bench_fid.py [--threads 2] [--sections distance,streaming,extraction,gpu]``.
+Writes ``benchmarks/results/fid.json`` and ``fid.md`` (after every section, so partial runs keep results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _threads_from_argv(argv) -> int:
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return 2
+
+
+_THREADS = _threads_from_argv(sys.argv)
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = str(_THREADS)
+
+import json  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from fastsample.fid import FeatureStatistics, FIDInceptionV3, ReferenceStatistics, frechet_distance  # noqa: E402
+from fastsample.fid.inception import no_tf32  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _timed(fn, repeat: int = 1):
+    """(best seconds, all seconds, last result)."""
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), times, out
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _gaussian_pair(d: int, n: int, seed: int = 0):
+    """Two sets of correlated non-negative 'features' (like pool3 activations): means and covariances."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5
+    out = []
+    for shift in (0.0, 0.1):
+        x = torch.relu(torch.randn(n, d, generator=g, dtype=torch.float64) @ w + shift)
+        out.append((x.mean(0), torch.cov(x.T)))
+    return out
+
+
+def bench_distance(d: int, n: int) -> dict:
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    from torchmetrics.image.fid import _compute_fid
+
+    (m1, c1), (m2, c2) = _gaussian_pair(d, n)
+    n1, s1, n2, s2 = (t.numpy() for t in (m1, c1, m2, c2))
+    res = {"dim": d, "samples_per_set": n}
+    t_ours, all_ours, v_ours = _timed(lambda: frechet_distance(m1, c1, m2, c2), repeat=2)
+    t_ref, _, ref = _timed(lambda: ReferenceStatistics(m1, c1))
+    t_cell, all_cell, v_cell = _timed(lambda: ref.distance(m2, c2), repeat=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t_pf, _, v_pf = _timed(lambda: float(calculate_frechet_distance(n1, s1, n2, s2)))
+    t_tm, _, v_tm = _timed(lambda: float(_compute_fid(m1, c1, m2, c2)))
+    fastest = min(t_pf, t_tm)
+    res.update(
+        values={"ours": v_ours, "ours_cached": v_cell, "pytorch_fid": v_pf, "torchmetrics": v_tm},
+        rel_diff_vs_pytorch_fid=abs(v_ours - v_pf) / abs(v_pf),
+        rel_diff_vs_torchmetrics=abs(v_ours - v_tm) / abs(v_tm),
+        seconds={
+            "ours_from_scratch": t_ours,
+            "ours_from_scratch_all": all_ours,
+            "ours_reference_factor_once": t_ref,
+            "ours_per_cell_cached": t_cell,
+            "ours_per_cell_cached_all": all_cell,
+            "pytorch_fid_scipy_sqrtm": t_pf,
+            "torchmetrics_eigvals": t_tm,
+        },
+        speedup_from_scratch_vs_pytorch_fid=t_pf / t_ours,
+        speedup_from_scratch_vs_torchmetrics=t_tm / t_ours,
+        speedup_per_cell_vs_pytorch_fid=t_pf / t_cell,
+        speedup_per_cell_vs_torchmetrics=t_tm / t_cell,
+        speedup_per_cell_vs_faster_competitor=fastest / t_cell,
+        speedup_from_scratch_vs_faster_competitor=fastest / t_ours,
+    )
+    return res
+
+
+def bench_streaming(n: int, d: int, batch: int) -> dict:
+    from torchmetrics.image.fid import FrechetInceptionDistance as TMFID
+
+    class Identity(torch.nn.Module):
+        num_features = d
+
+        def forward(self, x):
+            return x
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.rand(batch, d, generator=g) for _ in range(4)]  # float32 features, reused cyclically
+    steps = n // batch
+    res = {"features": steps * batch, "dim": d, "batch": batch}
+
+    def ours():
+        s = FeatureStatistics(d)
+        for i in range(steps):
+            s.update(batches[i % 4])
+        return s
+
+    def theirs():
+        m = TMFID(feature=Identity())
+        for i in range(steps):
+            m.update(batches[i % 4], real=True)
+        return m
+
+    for name, fn in (("ours", ours), ("torchmetrics", theirs)):
+        base = _rss_kib("VmRSS")
+        can = _reset_peak_rss()
+        t, _, obj = _timed(fn)
+        peak = _rss_kib("VmHWM")
+        res[name] = {"seconds": t, "features_per_s": steps * batch / t}
+        if can and base is not None and peak is not None:
+            res[name]["peak_rss_above_start_mib"] = (peak - base) / 1024
+        res[f"_{name}_obj"] = obj
+    s, m = res.pop("_ours_obj"), res.pop("_torchmetrics_obj")
+    res["ours"]["state_bytes"] = (d * d + d + 1) * 8
+    res["torchmetrics"]["state_bytes"] = 2 * (d * d + d + 1) * 8  # real and fake states are both allocated
+    res["transient_bytes_per_update"] = {"ours": batch * d * 8, "torchmetrics": batch * d * 8 + d * d * 8}
+    res["max_abs_diff_sum_outer"] = float((s.sum_outer - m.real_features_cov_sum).abs().max())
+    res["speedup_vs_torchmetrics"] = res["torchmetrics"]["seconds"] / res["ours"]["seconds"]
+    return res
+
+
+def bench_extraction(batch: int, repeat: int, size: int) -> dict:
+    import torchmetrics.image.fid as tmfid
+
+    ours = FIDInceptionV3("random")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "w.pth")
+        torch.save(ours.state_dict(), path)
+        tm = tmfid.NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=path
+        )
+    fidelity_mode = FIDInceptionV3("random", resize="torch-fidelity")
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g)
+    res = {"batch": batch, "image_size": size, "repeat": repeat}
+    runners = {
+        "ours_pytorch_fid_resize": lambda: ours(imgs),
+        "ours_torch_fidelity_resize": lambda: fidelity_mode(imgs),
+        "torchmetrics": lambda: tm(imgs),
+    }
+    outs = {}
+    with torch.no_grad():
+        for name, fn in runners.items():
+            t, _, outs[name] = _timed(fn, repeat)
+            res[name] = {"seconds_per_batch": t, "images_per_s": batch / t}
+    ref = outs["torchmetrics"].reshape(batch, -1)
+    res["max_rel_diff_torch_fidelity_mode_vs_torchmetrics_antialias"] = float(
+        (outs["ours_torch_fidelity_resize"] - ref).abs().max() / ref.abs().max()
+    )
+    tm.use_antialias = False  # torch-fidelity's TF1 bilinear resize, which our torch-fidelity mode imitates
+    with torch.no_grad():
+        ref1 = tm(imgs[:1]).reshape(1, -1)
+    res["max_rel_diff_torch_fidelity_mode_vs_torchmetrics_no_antialias"] = float(
+        (outs["ours_torch_fidelity_resize"][:1] - ref1).abs().max() / ref1.abs().max()
+    )
+    ips = {k: res[k]["images_per_s"] for k in runners}
+    res["speedup_vs_torchmetrics"] = ips["ours_pytorch_fid_resize"] / ips["torchmetrics"]
+    return res
+
+
+def bench_gpu(n_images: int = 10_000, batch: int = 250) -> dict:
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    if not torch.cuda.is_available():
+        return {"skipped": "CUDA not available"}
+    dev = torch.device("cuda")
+    res = {"device": torch.cuda.get_device_name(dev)}
+    (m1, c1), (m2, c2) = _gaussian_pair(2048, 4096)
+    g1, h1, g2, h2 = (t.to(dev) for t in (m1, c1, m2, c2))
+    frechet_distance(g1, h1, g2, h2)  # warm-up (cusolver handles)
+
+    def on_gpu():
+        out = frechet_distance(g1, h1, g2, h2)
+        torch.cuda.synchronize()
+        return out
+
+    t_gpu, _, v_gpu = _timed(on_gpu, 3)
+    ref = ReferenceStatistics(g1, h1)
+
+    def cell():
+        out = ref.distance(g2, h2)
+        torch.cuda.synchronize()
+        return out
+
+    t_cell, _, _ = _timed(cell, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t_pf, _, v_pf = _timed(lambda: float(calculate_frechet_distance(*(t.numpy() for t in (m1, c1, m2, c2)))))
+    res["distance"] = {
+        "seconds_gpu_from_scratch": t_gpu,
+        "seconds_gpu_per_cell_cached": t_cell,
+        "seconds_pytorch_fid_cpu": t_pf,
+        "speedup_from_scratch": t_pf / t_gpu,
+        "speedup_per_cell": t_pf / t_cell,
+        "rel_diff": abs(v_gpu - v_pf) / abs(v_pf),
+    }
+    model = FIDInceptionV3("random").to(dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def images(i):
+        gen.manual_seed(i)
+        return torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=dev, generator=gen)
+
+    def extract(bf16: bool, stats: FeatureStatistics, count: int):
+        with no_tf32():
+            return _extract(bf16, stats, count)
+
+    def _extract(bf16: bool, stats: FeatureStatistics, count: int):
+        for i in range(count // batch):
+            x = model.preprocess(images(i))
+            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+                if bf16:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                stats.update(model.forward_normalized(x))
+        torch.cuda.synchronize()
+        return stats
+
+    for name, bf16 in (("fp32", False), ("bf16_channels_last", True)):
+        if bf16:
+            model.to(memory_format=torch.channels_last)
+        extract(bf16, FeatureStatistics(2048, device=dev), 2 * batch)  # warm-up
+        t, _, stats = _timed(lambda bf16=bf16: extract(bf16, FeatureStatistics(2048, device=dev), n_images))
+        res[name] = {"images_per_s": n_images / t, "seconds": t}
+        res[f"_{name}"] = stats
+    a, b = res.pop("_fp32"), res.pop("_bf16_channels_last")
+    res["fid_fp32_vs_bf16_same_images"] = a.reference().distance(b.mean, b.cov)
+    res["images"] = n_images
+    return res
+
+
+def _md(results: dict) -> str:
+    lines = [
+        "# FID engine benchmark",
+        "",
+        f"Machine: {results['machine']}; torch threads: {results['threads']}. CPU shared with other jobs, so "
+        "absolute times are noisy; compare ratios measured in the same run.",
+        "",
+    ]
+    d = results.get("distance")
+    if d:
+        s = d["seconds"]
+        lines += [
+            f"## Frechet distance, {d['dim']}-dim statistics",
+            "",
+            "| method | seconds | ours is faster by |",
+            "|---|---|---|",
+            f"| ours, from scratch (eigh + 2 matmuls + eigvalsh) | {s['ours_from_scratch']:.3g} | - |",
+            f"| ours, per sweep cell (reference factor cached) | {s['ours_per_cell_cached']:.3g} | - |",
+            f"| pytorch-fid (scipy sqrtm) | {s['pytorch_fid_scipy_sqrtm']:.3g} | "
+            f"{d['speedup_from_scratch_vs_pytorch_fid']:.2f}x scratch, "
+            f"{d['speedup_per_cell_vs_pytorch_fid']:.2f}x cell |",
+            f"| torchmetrics (eigvals of C1 C2) | {s['torchmetrics_eigvals']:.3g} | "
+            f"{d['speedup_from_scratch_vs_torchmetrics']:.2f}x scratch, "
+            f"{d['speedup_per_cell_vs_torchmetrics']:.2f}x cell |",
+            "",
+            f"Values: ours {d['values']['ours']:.10g}, pytorch-fid {d['values']['pytorch_fid']:.10g}, torchmetrics "
+            f"{d['values']['torchmetrics']:.10g} (relative differences {d['rel_diff_vs_pytorch_fid']:.1e}, "
+            f"{d['rel_diff_vs_torchmetrics']:.1e}). Target >= 5x faster than the faster competitor: from scratch "
+            f"{d['speedup_from_scratch_vs_faster_competitor']:.2f}x, "
+            f"per cell {d['speedup_per_cell_vs_faster_competitor']:.2f}x.",
+            "",
+        ]
+    s = results.get("streaming")
+    if s:
+        o, t = s["ours"], s["torchmetrics"]
+        lines += [
+            f"## Streaming statistics, {s['features']} x {s['dim']} features, batch {s['batch']}",
+            "",
+            "| method | seconds | features/s | peak RSS growth (MiB) | state bytes |",
+            "|---|---|---|---|---|",
+            f"| ours | {o['seconds']:.3g} | {o['features_per_s']:.0f} | "
+            f"{o.get('peak_rss_above_start_mib', float('nan')):.1f} | {o['state_bytes']} |",
+            f"| torchmetrics | {t['seconds']:.3g} | {t['features_per_s']:.0f} | "
+            f"{t.get('peak_rss_above_start_mib', float('nan')):.1f} | {t['state_bytes']} |",
+            "",
+            f"Speed ratio {s['speedup_vs_torchmetrics']:.2f}x; both do the same float64 (D x B)(B x D) product per "
+            f"batch. Max |difference| of the outer-product sums: {s['max_abs_diff_sum_outer']:.2e}.",
+            "",
+        ]
+    e = results.get("extraction")
+    if e:
+        lines += [
+            f"## Feature extraction, batch {e['batch']} of {e['image_size']}x{e['image_size']} uint8 images (CPU)",
+            "",
+            "| method | images/s |",
+            "|---|---|",
+            f"| ours, pytorch-fid resize | {e['ours_pytorch_fid_resize']['images_per_s']:.3g} |",
+            f"| ours, torch-fidelity resize | {e['ours_torch_fidelity_resize']['images_per_s']:.3g} |",
+            f"| torchmetrics NoTrainInceptionV3 | {e['torchmetrics']['images_per_s']:.3g} |",
+            "",
+            f"Ratio {e['speedup_vs_torchmetrics']:.2f}x. Ours in torch-fidelity mode vs torchmetrics, same weights, "
+            "max |difference| / max |feature|: "
+            f"{e['max_rel_diff_torch_fidelity_mode_vs_torchmetrics_antialias']:.1e} with torchmetrics' default "
+            "antialiased resize, "
+            f"{e['max_rel_diff_torch_fidelity_mode_vs_torchmetrics_no_antialias']:.1e} with antialias=False.",
+            "",
+        ]
+    gpu = results.get("gpu")
+    if gpu:
+        lines += ["## GPU", ""]
+        if "skipped" in gpu:
+            lines += [f"Not run: {gpu['skipped']}.", ""]
+        else:
+            lines += ["```", json.dumps(gpu, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sections", default="distance,streaming,extraction,gpu")
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--samples", type=int, default=3000, help="samples per set for the distance statistics")
+    p.add_argument("--stream-features", type=int, default=50_000)
+    p.add_argument("--stream-batch", type=int, default=500)
+    p.add_argument("--extract-batch", type=int, default=8)
+    p.add_argument("--extract-repeat", type=int, default=1)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "threads": args.threads,
+        "torch": torch.__version__,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write():
+        (args.out / "fid.json").write_text(json.dumps(results, indent=1) + "\n")
+        (args.out / "fid.md").write_text(_md(results))
+
+    sections = args.sections.split(",")
+    if "distance" in sections:
+        results["distance"] = bench_distance(args.dim, args.samples)
+        write()
+        print(json.dumps(results["distance"], indent=1), flush=True)
+    if "streaming" in sections:
+        results["streaming"] = bench_streaming(args.stream_features, args.dim, args.stream_batch)
+        write()
+        print(json.dumps(results["streaming"], indent=1), flush=True)
+    if "extraction" in sections:
+        results["extraction"] = bench_extraction(args.extract_batch, args.extract_repeat, 32)
+        write()
+        print(json.dumps(results["extraction"], indent=1), flush=True)
+    if "gpu" in sections:
+        results["gpu"] = bench_gpu()
+        write()
+        print(json.dumps(results["gpu"], indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
