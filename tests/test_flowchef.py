@@ -224,3 +224,19 @@ def test_flowchef_pipelines(kind):
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
     with pytest.raises(ValueError, match="mask has shape"):
         pipe.make_flowchef("inpainting", source, mask=torch.ones(8, 8), height=16, width=16)
+
+
+@pytest.mark.slow
+def test_flowchef_memory_vs_dps():
+    """Peak memory of a FlowChef run <= 1.2x plain sampling; a DPS-style run (backprop through the UNet) costs more."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_flow", Path(__file__).parents[1] / "benchmarks" / "bench_flow.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.memory_comparison(batch=64, steps=3, repeats=1)["results"]
+    assert r["flowchef"]["memory_ratio_to_plain"] <= 1.2, r
+    assert r["dps"]["peak_rise_mib"] > 1.5 * r["flowchef"]["peak_rise_mib"], r
