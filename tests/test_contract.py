@@ -519,6 +519,27 @@ def _gen():
     return torch.Generator().manual_seed(0)
 
 
+def _run_capturing(pipe, **kwargs):
+    """Run the pipeline; returns (images, the final latents as the scheduler's last step returned them).
+
+    Parity is checked on the latents too: a random-weight pipeline's images can saturate in [0, 1].
+    """
+    sched, last = pipe.scheduler, {}
+    step = sched.step
+
+    def spy(*args, **kw):
+        out = step(*args, **kw)
+        last["x"] = out[0] if isinstance(out, tuple) else out.prev_sample
+        return out
+
+    sched.step = spy
+    try:
+        images = pipe(**kwargs).images
+    finally:
+        del sched.step
+    return images, last["x"]
+
+
 PROMPT = dict(prompt="a cat", negative_prompt="dog", height=16, width=16, output_type="np")
 
 
@@ -541,6 +562,8 @@ def test_ddpm_pipeline(case, pipes):
         h.remove()
     _check_image(images, (2, 8, 8, 3))
     assert len(calls) == len(pipe.scheduler.timesteps)
+    again = pipe(batch_size=2, num_inference_steps=5, generator=_gen(), output_type="np").images
+    np.testing.assert_array_equal(again, images)  # a second run with the same scheduler object starts afresh
 
 
 @pytest.mark.slow
@@ -696,16 +719,22 @@ FIRST_ORDER = [DDIMTestScheduler, DEISScheduler]
 FIRST_ORDER_KW = {DDIMTestScheduler: {}, DEISScheduler: {"solver_order": 1}}
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("ours", FIRST_ORDER, ids=lambda c: c.__name__)
-def test_ddpm_pipeline_matches_ddim(ours, pipes):
+def test_ddpm_pipeline_matches_ddim(ours, prediction_type, pipes):
     """DDIM (eta 0) in DDPMPipeline: 'trailing' spacing is the same integer grid in both."""
     pipe = pipes("ddpm")
-    ddim = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing", clip_sample=False)
+    ddim = DDIMScheduler.from_config(
+        pipe.scheduler.config, timestep_spacing="trailing", clip_sample=False, prediction_type=prediction_type
+    )
+    kw = dict(batch_size=2, num_inference_steps=5, output_type="np")
     pipe.scheduler = ddim
-    want = pipe(batch_size=2, num_inference_steps=5, generator=_gen(), output_type="np").images
+    want, want_x = _run_capturing(pipe, generator=_gen(), **kw)
     pipe.scheduler = ours.from_config(ddim.config, **FIRST_ORDER_KW[ours])
-    got = pipe(batch_size=2, num_inference_steps=5, generator=_gen(), output_type="np").images
+    assert pipe.scheduler.config.prediction_type == prediction_type
+    got, got_x = _run_capturing(pipe, generator=_gen(), **kw)
     assert pipe.scheduler.timesteps.tolist() == ddim.timesteps.tolist()
+    torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
@@ -718,9 +747,10 @@ def test_sd3_pipeline_matches_flowmatch_euler(ours, pipes):
     kw = dict(num_inference_steps=4, guidance_scale=5.0, max_sequence_length=TEXT_LEN, **PROMPT)
     sigmas = np.linspace(1.0, 1 / 4, 4)
     pipe.scheduler = ref
-    want = pipe(generator=_gen(), sigmas=sigmas, **kw).images
+    want, want_x = _run_capturing(pipe, generator=_gen(), sigmas=sigmas, **kw)
     pipe.scheduler = ours.from_config(ref.config, **FIRST_ORDER_KW[ours])
-    got = pipe(generator=_gen(), sigmas=sigmas, **kw).images
+    got, got_x = _run_capturing(pipe, generator=_gen(), sigmas=sigmas, **kw)
+    torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
@@ -732,9 +762,10 @@ def test_flux_pipeline_matches_flowmatch_euler(ours, pipes):
     ref = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
     kw = dict(prompt="a cat", height=16, width=16, num_inference_steps=4, max_sequence_length=TEXT_LEN)
     pipe.scheduler = ref
-    want = pipe(generator=_gen(), output_type="np", **kw).images
+    want, want_x = _run_capturing(pipe, generator=_gen(), output_type="np", **kw)
     pipe.scheduler = ours.from_config(ref.config, **FIRST_ORDER_KW[ours])
-    got = pipe(generator=_gen(), output_type="np", **kw).images
+    got, got_x = _run_capturing(pipe, generator=_gen(), output_type="np", **kw)
+    torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
@@ -748,8 +779,9 @@ def test_sd_pipeline_matches_ddim(ours, pipes):
     )
     kw = dict(num_inference_steps=5, guidance_scale=6.0, **PROMPT)
     pipe.scheduler = ddim
-    want = pipe(generator=_gen(), **kw).images
+    want, want_x = _run_capturing(pipe, generator=_gen(), **kw)
     pipe.scheduler = ours.from_config(ddim.config, **FIRST_ORDER_KW[ours])
-    got = pipe(generator=_gen(), **kw).images
+    got, got_x = _run_capturing(pipe, generator=_gen(), **kw)
     assert pipe.scheduler.timesteps.tolist() == ddim.timesteps.tolist()
+    torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
