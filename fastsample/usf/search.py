@@ -314,6 +314,14 @@ class SearchResult:
     seconds: float
 
 
+def _spearman(a, b) -> float:
+    """Rank correlation of the surrogate's predictions with the measured fitness of the evaluated candidates."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def _atomic_json(path, obj):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -335,7 +343,7 @@ class _Surrogate:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        if len(y) < 8:
+        if len(y) < 8 or self.kind == "none":
             self.model = None
             return
         if self.kind == "ridge":
@@ -347,9 +355,9 @@ class _Surrogate:
             warnings.simplefilter("ignore")
             self.model.fit(X, y)
 
-    def predict(self, X):
-        if self.model is None:
-            return np.zeros(len(X))
+    def predict(self, X, rng=None):
+        if self.model is None or self.kind == "none":
+            return np.zeros(len(X)) if rng is None else rng.random(len(X))
         return self.model.predict(X)
 
 
@@ -378,8 +386,9 @@ def search(
 
     Low fidelity: ``low_fidelity`` samples from seed ``search_seed``; high fidelity: ``high_fidelity``
     samples from seed ``search_seed + 1``. Each generation makes ``offspring`` candidates by mutation and
-    crossover, the surrogate (``predictor``: ``"mlp"`` or ``"ridge"``) picks ``evaluate_per_generation`` of
-    them (plus two at random), and the ``promote`` best low-fidelity schedules not yet checked are
+    crossover, the surrogate (``predictor``: ``"mlp"``, ``"ridge"``; ``"none"`` picks at random, an ablation)
+    picks ``evaluate_per_generation`` of them (plus two at random), and the ``promote`` best low-fidelity
+    schedules not yet checked are
     evaluated at high fidelity. With ``checkpoint`` the state is written atomically after each generation
     and a later call with the same path resumes. ``out``: where the best schedule is written (JSON).
     """
@@ -535,12 +544,13 @@ def search(
             cands.append(child)
         if not cands:
             break
-        pred = surrogate.predict(np.stack([_features(c, nfe, ns, t0, t_end_pos) for c in cands]))
+        pred = surrogate.predict(np.stack([_features(c, nfe, ns, t0, t_end_pos) for c in cands]), rng)
         order = list(np.argsort(pred)[:evaluate_per_generation])
         rest = [i for i in range(len(cands)) if i not in order]
         order += list(rng.choice(rest, size=min(2, len(rest)), replace=False)) if rest else []
-        for i in order:
-            evaluate(cands[i], "low")
+        got = np.array([evaluate(cands[i], "low") for i in order])
+        ok = np.isfinite(got)
+        rank_corr = _spearman(pred[order][ok], np.log10(got[ok] + 1e-12)) if ok.sum() > 2 else float("nan")
         promoted = 0
         for _, k in ranked("low"):
             if promoted >= promote:
@@ -550,7 +560,13 @@ def search(
                 promoted += 1
         best_high = ranked("high")[0][0] if ranked("high") else math.inf
         history.append(
-            {"generation": gen, "evaluated": len(archive), "best_low": ranked("low")[0][0], "best_high": best_high}
+            {
+                "generation": gen,
+                "evaluated": len(archive),
+                "best_low": ranked("low")[0][0],
+                "best_high": best_high,
+                "surrogate_rank_corr": rank_corr,
+            }
         )
         bar.set_postfix(best=f"{best_high:.4g}", evals=len(archive))
         if checkpoint is not None:
