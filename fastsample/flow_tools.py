@@ -54,10 +54,14 @@ def pipeline_endpoint(pipe, **call_kwargs) -> Callable:
     """``noise -> pipe(latents=noise, output_type="latent", ...)``: for SD, SDXL, SD3, Flux and similar pipelines.
 
     ``noise`` must have the shape the pipeline's ``latents`` argument takes (Flux: packed latents).
+    A single prompt (a string) is repeated for every noise sample (``num_images_per_prompt``).
     """
 
     def endpoint(noise: torch.Tensor) -> torch.Tensor:
-        out = pipe(latents=noise, output_type="latent", num_images_per_prompt=1, **call_kwargs)
+        kwargs = dict(call_kwargs)
+        if not isinstance(kwargs.get("prompt"), list):
+            kwargs["num_images_per_prompt"] = len(noise)
+        out = pipe(latents=noise, output_type="latent", **kwargs)
         return out.images if hasattr(out, "images") else out[0]
 
     return endpoint

@@ -16,6 +16,10 @@ scheduler of ours with ``scheduler.steering = FlowChef(...)`` (or ``FlowChef(...
 which checks the schedule) or pass it to :func:`fastsample.sampling.sample`. It refuses a non-flow
 (VP) run: there x != (1 - t) x0 + t eps.
 
+With a Runge-Kutta solver the update only matters at the first stage of a step (later stages
+feed the step through their velocity alone, which FlowChef holds fixed); the multistep and
+Euler updates use every steered evaluation.
+
 Losses return one value per sample, shape (B,), and are summed over the batch, so a sample's update
 does not depend on the batch size. Built-in tasks (each a loss, float32 arithmetic):
 

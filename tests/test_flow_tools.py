@@ -84,3 +84,18 @@ def test_straightness():
     assert vals[-1] > 1e-3 and abs(vals[1] - vals[2]) < abs(vals[0] - vals[2])
     with pytest.raises(ValueError, match="one velocity"):
         straightness([1.0, 0.5], [x1], x1, x1, 0.0)
+
+
+@pytest.mark.slow
+def test_reflow_pairs_from_a_pipeline(tmp_path):
+    import tiny_pipelines as tp
+
+    from fastsample.flow_tools import pipeline_endpoint
+    from fastsample.schedulers import RectifiedFlowScheduler
+
+    pipe = tp.sd3_pipeline()
+    pipe.scheduler = RectifiedFlowScheduler.from_config(pipe.scheduler.config)
+    endpoint = pipeline_endpoint(pipe, prompt="a cat", num_inference_steps=2, max_sequence_length=tp.TEXT_LEN)
+    generate_reflow_pairs(endpoint, (4, 8, 8), tmp_path, num_pairs=3, shard_size=2, batch_size=2, progress=False)
+    noise, ends = load_reflow_pairs(tmp_path)
+    assert noise.shape == ends.shape == (3, 4, 8, 8) and torch.isfinite(ends).all()
