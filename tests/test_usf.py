@@ -446,3 +446,14 @@ def test_cli_search(tmp_path, capsys):
         ]
     )
     assert rc == 0 and load(out).nfe == 3 and "wrote" in capsys.readouterr().out
+
+
+def test_noise_prediction_step_from_alpha_zero(mixture):
+    """At t = 1 of a flow the first-order step of either prediction type is DDIM's prediction form."""
+    fl = RectifiedFlow()
+    grid = np.linspace(1.0, 0.0, 5)
+    x = torch.from_numpy(mixture.prior_sample(4, fl, t_start=1.0, seed=0))
+    model = mixture.model_fn(fl, "flow_prediction")
+    a = sample(model, x, fl, S.ddim(4, "noise"), grid, prediction_type="flow_prediction")
+    b = sample(model, x, fl, S.ddim(4, "data"), grid, prediction_type="flow_prediction")
+    assert float((a - b).abs().max()) < 1e-12

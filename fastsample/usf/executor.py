@@ -168,7 +168,8 @@ class USFSolver(Solver):
         def taylor(i, order, ders, target, where):
             step = sch.steps[i]
             s = i - step.start
-            kind = "x0" if step.prediction == "data" else "eps"
+            data = step.prediction == "data" or alpha[s] == 0  # from alpha = 0 only the data form is finite
+            kind = "x0" if data else "eps"
             used = {s} | {i - j for d in ders for j in d.points}
             for q in used:
                 if not np.isfinite(lam[q]) and q != s:
@@ -182,7 +183,6 @@ class USFSolver(Solver):
             h = lam[target] - lam[s]
             a, C = taylor_coefficients(step.prediction, order, h, alpha[s], sigma[s], alpha[target], sigma[target])
             out = _Form().add(pred(kind, s), C[0])
-            data = step.prediction == "data" or alpha[s] == 0
             for k, der in enumerate(ders, start=1):
                 w = C[k] * _scale(der, data, h, C)
                 g = _derivative_weights(lam, s, [i - j for j in der.points], k)
