@@ -7,7 +7,7 @@ On a grid uniform in lambda = log(alpha / sigma), for x_t = alpha x0 + sigma eps
 - with f = (sigma eps_theta - l x) / alpha and f' = df/dlambda along the probability-flow ODE
   dx/dlambda = (dlog alpha / dlambda) x - sigma eps_theta (one JVP along (dx/dlambda, dt/dlambda); dl/dlambda
   by central differences on the grid), s and b are the per-element least-squares fit f' ~ s f + b:
-  s = Cov(f, f') / Var(f), b = E[f'] - s E[f].
+  s = Cov(f, f') / Var(f), b = E[f'] - s E[f] (with a ridge of 1e-6 times the mean E[f^2] at each point).
 
 Statistics, model, latent shape, prediction type, noise schedule, t range, grid and guidance scale form
 one matched set: :class:`EMS` stores them together in a safetensors file and :meth:`EMS.check` refuses a
@@ -298,10 +298,7 @@ def _point_scalars(schedule, lam: float, ptype: str, delta: float = 1e-5) -> dic
 
 
 def _jvp(model_fn, x, ts, vx, vts):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode derivative
-        return torch.func.jvp(model_fn, (x, ts), (vx, vts))
+    return torch.func.jvp(model_fn, (x, ts), (vx, vts))
 
 
 def _settings_key(settings: dict) -> str:
@@ -443,7 +440,10 @@ def compute_ems(
         m, dm = _jvp(model_fn, x, ts, vx, vts)
         return m.to(torch.float64), dm.to(torch.float64)
 
-    with torch.no_grad():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # the fused attention kernels have no forward-mode derivative: the math kernel for the whole run
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         # pass 1: l = sigma (cx + cm E[v * dm/dx v])
         if l is None:
             for i, pt in enumerate(points):
@@ -506,10 +506,11 @@ def compute_ems(
 
     sums = state["sb_sum"].numpy() / num_samples
     ef, efp, eff, effp = sums
-    var = eff - ef * ef
+    var = np.maximum(eff - ef * ef, 0.0)
     cov = effp - ef * efp
-    tiny = 1e-12 * np.maximum(eff, 1e-30)
-    s_arr = np.where(var > tiny, cov / np.where(var > tiny, var, 1.0), 0.0)
+    # a ridge of 1e-6 of the mean second moment at each point: elements where f does not vary get s = 0
+    ridge = 1e-6 * np.maximum(eff.mean(axis=1, keepdims=True), 1e-30)
+    s_arr = cov / (var + ridge)
     b_arr = efp - s_arr * ef
     meta = {
         "format_version": FORMAT_VERSION,

@@ -396,7 +396,8 @@ class DPMSolverV3(Solver):
     def _resolve_stats(self, lam) -> tuple[LinearStats, tuple]:
         fin = lam[np.isfinite(lam)]
         if self.stats is None:
-            return LinearStats.constant(fin.min(), fin.max()), ()
+            lo, hi = (fin.min(), fin.max()) if fin.size else (0.0, 0.0)
+            return LinearStats.constant(lo - 1.0, hi + 1.0), ()
         st = self.stats
         lams = np.asarray(st.lambdas, dtype=np.float64)
         l, s, b = (np.asarray(v) for v in (st.l, st.s, st.b))
@@ -474,6 +475,13 @@ class DPMSolverV3(Solver):
                     )
                     ca[k, sl], cc[k, sl] = res[0], res[3]
                     cw_eps[k, :, sl], cw_x0[k, :, sl] = res[1], res[2]
+
+        for name, v in (("a", a), ("w_eps", w_eps), ("w_x0", w_x0), ("c", cst), ("corrector", cw_x0), ("cc", cc)):
+            if not np.all(np.isfinite(v)):
+                raise ValueError(
+                    f"the statistics give non-finite step coefficients ({name}) on this grid; they are too noisy "
+                    "(too few samples) or do not belong to this model"
+                )
 
         def shaped(v, lead):
             return v.reshape(v.shape[:lead] + shape)

@@ -1,0 +1,292 @@
+"""DPM-Solver-v3 benchmark: error against the exact ODE solution, Frechet distance, EMS memory.
+
+1. Analytic Gaussian mixtures (exact denoiser, exact ODE solution): RMS error at t_min (diffusers' last
+   training timestep) after NFE model calls from t = 1, for DPM-Solver-v3 with statistics (the paper's
+   preset for each NFE, fixed, not tuned), the same without statistics, diffusers' DPM-Solver++ 2M/3M
+   and UniPC (orders 2-3, bh1/bh2) and our DEIS (tAB, log-rho; order 3), each baseline on its best grid of
+   {uniform lambda, uniform t, Karras, quadratic t} (integer timesteps, final sigma = sigma_min).
+2. The tiny demo DDPM (if its weights exist): Frechet distance of classifier features of 1,000 samples
+   against held-out digits, for the same solvers (baselines on diffusers' default and Karras grids).
+3. Peak memory of ``compute_ems`` on a tiny SD UNet (real diffusers components, random weights,
+   classifier-free guidance): flat in the number of samples, one batch of JVPs at a time.
+
+Run: ``python benchmarks/bench_dpmsolver_v3.py [--quick]``; writes benchmarks/results/dpmsolver_v3.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+from fastsample import DPMSolverV3Scheduler, grids
+from fastsample.analytic import GaussianMixture
+from fastsample.ems import analytic_model_fn, compute_ems, schedule_for_config
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NFES = (5, 6, 8, 10, 15, 20)
+GRIDS = ("uniform_lambda", "uniform_t", "karras", "quadratic_t")
+
+
+def mixtures() -> dict:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().data[:200] / 8.0 - 1.0  # 64-D, in [-1, 1]
+    return {
+        "mixture6 (6-D, 3 components)": GaussianMixture.random(dim=6, components=3, seed=0),
+        "digits64 (64-D, 200 components, var 0.01)": GaussianMixture.from_data(digits, variance=0.01),
+    }
+
+
+def run_scheduler(sched, model_fn, schedule, x, timesteps):
+    """Drive a diffusers-style scheduler with ``model_fn(x, t)`` over ``timesteps`` (ints)."""
+    for ts in timesteps:
+        out = model_fn(x, float(schedule.t_of_timestep(float(ts))))
+        x = sched.step(out, ts, x).prev_sample
+    return x
+
+
+def grid_timesteps(schedule, name, n):
+    """n integer timesteps (the evaluations) of grid ``name`` from t = 1 to t_min, t_min excluded."""
+    g = grids.make_grid(name, schedule, n, t_start=1.0, t_end=schedule.t_min)
+    ts = np.round(schedule.timestep(g[:-1])).astype(np.int64)
+    if len(np.unique(ts)) != n or ts[-1] <= 0:
+        return None
+    return ts
+
+
+def baselines(cfg, schedule, n):
+    """(family, label, scheduler, timesteps) for every baseline variant and grid."""
+    out = []
+    for name in GRIDS:
+        ts = grid_timesteps(schedule, name, n)
+        if ts is None:
+            continue
+        for order in (2, 3):
+            for st in ("midpoint", "heun"):
+                s = DPMSolverMultistepScheduler.from_config(
+                    cfg, solver_order=order, solver_type=st, final_sigmas_type="sigma_min"
+                )
+                s.set_timesteps(timesteps=ts.tolist())
+                out.append((f"DPM-Solver++ {order}M", f"{st}, {name}", s, s.timesteps))
+            for st in ("bh1", "bh2"):
+                s = UniPCMultistepScheduler.from_config(
+                    cfg, solver_order=order, solver_type=st, final_sigmas_type="sigma_min"
+                )
+                s.set_timesteps(n)
+                s.timesteps = torch.from_numpy(ts)
+                sig = schedule.sigma_ve(schedule.t_of_timestep(ts.astype(np.float64)))
+                s.sigmas = torch.from_numpy(
+                    np.concatenate([sig, [schedule.sigma_ve(schedule.t_min)]]).astype(np.float32)
+                )
+                out.append(("UniPC", f"order {order}, {st}, {name}", s, s.timesteps))
+        try:
+            from fastsample.schedulers import DEISScheduler
+
+            for variant in ("tab", "logrho"):
+                s = DEISScheduler.from_config(cfg, solver_order=3, deis_variant=variant, final_sigmas_type="sigma_min")
+                s.set_timesteps(timesteps=ts)
+                out.append(("DEIS (ours)", f"{variant} 3, {name}", s, s.timesteps))
+        except Exception as e:  # DEIS owned elsewhere; report if missing
+            print("DEIS unavailable:", e)
+    return out
+
+
+def analytic(quick: bool) -> dict:
+    cfg = DDPMScheduler().config
+    schedule, _ = schedule_for_config(cfg)
+    res = {}
+    for label, mix in mixtures().items():
+        t0 = time.time()
+        n_ems = 1024 if quick else 4096
+        ems = compute_ems(
+            analytic_model_fn(mix, cfg),
+            cfg,
+            torch.from_numpy(mix.sample(n_ems, seed=11)),
+            grid_size=121,
+            num_samples=n_ems,
+            batch_size=n_ems,
+            progress=False,
+            dtype=torch.float64,
+            model_id=label,
+        )
+        ems_s = time.time() - t0
+        x = torch.from_numpy(mix.prior_sample(64 if quick else 256, schedule, 1.0, seed=3))
+        f = mix.model_fn(schedule)
+        exact = {}
+        rows = {}
+        for n in NFES:
+            ours = DPMSolverV3Scheduler.from_config(cfg, final_sigmas_type="sigma_min")
+            ours.set_timesteps(n)
+            ts = ours.timesteps
+            key = float(schedule.t_of_timestep(float(ts[0])))
+            if key not in exact:
+                exact[key] = mix.ode_solve(x.numpy(), schedule, key, schedule.t_min)
+
+            def err(out, ref=exact[key]):
+                return float(np.sqrt(np.mean((out.to(torch.float64).numpy() - ref) ** 2)))
+
+            best = {}
+            for stats in (None, ems):
+                s = DPMSolverV3Scheduler.from_config(cfg, final_sigmas_type="sigma_min")
+                s.use_ems(stats)
+                s.set_timesteps(n)
+                name = "DPM-Solver-v3 (EMS, preset)" if stats is not None else "DPM-Solver-v3 (no EMS, preset)"
+                best[name] = (err(run_scheduler(s, f, schedule, x, s.timesteps)), "uniform lambda, preset")
+            for fam, var, s, tss in baselines(cfg, schedule, n):
+                start = float(schedule.t_of_timestep(float(tss[0])))
+                if start not in exact:
+                    exact[start] = mix.ode_solve(x.numpy(), schedule, start, schedule.t_min)
+                e = err(run_scheduler(s, f, schedule, x, tss), exact[start])
+                if fam not in best or e < best[fam][0]:
+                    best[fam] = (e, var)
+            rows[n] = best
+            print(label, n, {k: round(v[0], 5) for k, v in best.items()}, flush=True)
+        res[label] = {"ems_seconds": ems_s, "ems_samples": n_ems, "grid_size": 121, "rows": rows}
+    return res
+
+
+def demo_fd(quick: bool) -> dict | None:
+    try:
+        from fastsample.demo import digits_split, load_classifier, load_ddpm_pipeline
+
+        pipe = load_ddpm_pipeline()
+        clf = load_classifier()
+    except Exception as e:
+        print("demo DDPM unavailable:", e)
+        return None
+    ems_path = Path("fastsample/demo/weights/ddpm/ems.safetensors")
+    if not ems_path.is_file():
+        print("demo statistics missing:", ems_path)
+        return None
+    from fastsample.fid import frechet_distance
+
+    n_samples = 250 if quick else 1000
+    held = digits_split()[1].images
+
+    def feats(x):
+        with torch.no_grad():
+            return clf.features(x).double()
+
+    ref = feats(held)
+    unet = pipe.unet.eval()
+    cfg = pipe.scheduler.config
+    schedule, _ = schedule_for_config(cfg)
+    noise = torch.randn((n_samples, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+
+    def sample(s, n):
+        x = noise.clone()
+        with torch.no_grad():
+            for ts in s.timesteps:
+                x = s.step(unet(x, ts).sample, ts, x).prev_sample
+        return x.clamp(-1, 1)
+
+    def fd(x):
+        a = feats(x)
+        return float(frechet_distance(a.mean(0), torch.cov(a.T), ref.mean(0), torch.cov(ref.T)))
+
+    rows = {}
+    for n in (5, 6, 8, 10) if quick else NFES:
+        best = {}
+        for stats in (None, str(ems_path)):
+            s = DPMSolverV3Scheduler.from_config(cfg, final_sigmas_type="sigma_min", ems_path=stats)
+            s.set_timesteps(n)
+            best["DPM-Solver-v3 (EMS, preset)" if stats else "DPM-Solver-v3 (no EMS, preset)"] = (fd(sample(s, n)), "")
+        for fam, var, s, _ts in baselines(cfg, schedule, n):
+            if "quadratic" in var:
+                continue
+            v = fd(sample(s, n))
+            if fam not in best or v < best[fam][0]:
+                best[fam] = (v, var)
+        rows[n] = best
+        print("demo", n, {k: round(v[0], 3) for k, v in best.items()}, flush=True)
+    return {"num_samples": n_samples, "rows": rows}
+
+
+_MEM_CHILD = r"""
+import resource, sys, torch
+sys.path.insert(0, "tests")
+from test_ems import tiny_sd
+from fastsample.ems import compute_ems, unet_model_fn, vae_latents
+n, batch = int(sys.argv[1]), int(sys.argv[2])
+pipe, pe, ne = tiny_sd()
+lat = vae_latents(pipe.vae, torch.rand(4, 3, 32, 32) * 2 - 1)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+compute_ems(unet_model_fn(pipe.unet, pe, ne, 7.5), pipe.scheduler.config, lat, grid_size=3, num_samples=n,
+            batch_size=batch, guidance_scale=7.5, progress=False)
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def memory() -> dict:
+    out = {}
+    for n in (4, 16, 64):
+        r = subprocess.run([sys.executable, "-c", _MEM_CHILD, str(n), "4"], capture_output=True, text=True, check=True)
+        before, after = map(int, r.stdout.split()[-2:])
+        out[n] = {"peak_rss_mib": after / 1024, "growth_during_ems_mib": (after - before) / 1024}
+        print("memory", n, out[n], flush=True)
+    return out
+
+
+def table(rows: dict, fmt: str) -> list[str]:
+    fams = list(next(iter(rows.values())).keys())
+    lines = ["| NFE | " + " | ".join(fams) + " | v3 EMS / best baseline |", "|---" * (len(fams) + 2) + "|"]
+    for n, best in rows.items():
+        base = min(v[0] for k, v in best.items() if not k.startswith("DPM-Solver-v3"))
+        cells = [fmt.format(best[k][0]) for k in fams]
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {best['DPM-Solver-v3 (EMS, preset)'][0] / base:.2f} |")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--skip", nargs="*", default=[], choices=["analytic", "demo", "memory"])
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    res = {"device": "cpu", "torch": torch.__version__}
+    if "analytic" not in args.skip:
+        res["analytic"] = analytic(args.quick)
+    if "demo" not in args.skip:
+        res["demo"] = demo_fd(args.quick)
+    if "memory" not in args.skip:
+        res["memory"] = memory()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "dpmsolver_v3.json").write_text(json.dumps(res, indent=1, default=str))
+    md = ["# DPM-Solver-v3 benchmark", "", "Produced by `benchmarks/bench_dpmsolver_v3.py` (CPU).", ""]
+    for label, r in (res.get("analytic") or {}).items():
+        md += [f"## RMS error vs exact ODE solution: {label}", ""]
+        md += [
+            f"EMS: {r['ems_samples']} samples per point, {r['grid_size']} lambda points, {r['ems_seconds']:.0f} s.",
+            "",
+        ]
+        md += table(r["rows"], "{:.4f}") + [""]
+        md += ["Best baseline configurations: "]
+        for n, best in r["rows"].items():
+            md.append(f"- NFE {n}: " + "; ".join(f"{k}: {v[1]}" for k, v in best.items() if v[1]))
+        md.append("")
+    if res.get("demo"):
+        md += [f"## Frechet distance (classifier features), tiny demo DDPM, {res['demo']['num_samples']} samples", ""]
+        md += table(res["demo"]["rows"], "{:.3f}") + [""]
+    if res.get("memory"):
+        md += [
+            "## compute_ems peak memory, tiny SD UNet with CFG, batch 4, 3 lambda points",
+            "",
+            "| samples | peak RSS MiB | growth MiB |",
+            "|---|---|---|",
+        ]
+        md += [
+            f"| {n} | {v['peak_rss_mib']:.0f} | {v['growth_during_ems_mib']:.1f} |" for n, v in res["memory"].items()
+        ]
+    (RESULTS / "dpmsolver_v3.md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()

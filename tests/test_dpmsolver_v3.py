@@ -1,0 +1,257 @@
+"""DPM-Solver-v3 (solver and DPMSolverV3Scheduler): parity without statistics, orders, statistics matching."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from fastsample import DPMSolverV3Scheduler, grids
+from fastsample.analytic import GaussianMixture
+from fastsample.ems import EMS, EMSFileError, EMSMismatchError, analytic_model_fn, compute_ems, schedule_for_config
+from fastsample.sampling import sample
+from fastsample.solvers.dpmsolver_v3 import DPMSolverV3, derivative_weights, preset
+
+CFG = DDPMScheduler().config
+MIX = GaussianMixture.random(dim=4, components=3, seed=2)
+
+
+def _drive(sched, x, schedule, mix=MIX):
+    f = mix.model_fn(schedule)
+    for ts in sched.timesteps:
+        x = sched.step(f(x, float(schedule.t_of_timestep(float(ts)))), ts, x).prev_sample
+    return x
+
+
+@pytest.fixture(scope="module")
+def ems():
+    """Statistics of MIX on t in [0.05, 0.9]: 33 lambda points, 2,048 samples each (exact JVPs, float64)."""
+    x0 = torch.from_numpy(MIX.sample(2048, seed=4))
+    return compute_ems(
+        analytic_model_fn(MIX, CFG),
+        CFG,
+        x0,
+        grid_size=33,
+        num_samples=2048,
+        batch_size=2048,
+        t_start=0.9,
+        t_end=0.05,
+        progress=False,
+        dtype=torch.float64,
+        model_id="mix4",
+        model_hash="mix4",
+    )
+
+
+# --- no statistics: the data-prediction exponential integrator -----------------------------------------------
+
+
+@pytest.mark.parametrize("n", [5, 12])
+def test_order1_without_statistics_is_ddim(n):
+    ref = DDIMScheduler(clip_sample=False)
+    ref.set_timesteps(n)
+    ours = DPMSolverV3Scheduler(solver_order=1, use_corrector=False)
+    ours.set_timesteps(timesteps=ref.timesteps.numpy())
+    schedule = ours.schedule
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    a, b = _drive(ref, x, schedule), _drive(ours, x, schedule)
+    torch.testing.assert_close(b, a, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("n", [5, 10, 20])
+def test_without_statistics_is_dpmsolverpp_2m(n, ptype):
+    """diffusers' DPM-Solver++(2M) (dpmsolver++, same timesteps, final_sigmas_type zero, lower_order_final off)
+    with solver_type="heun", the exact Taylor weights that DPM-Solver-v3 with l = 1, s = b = 0 uses
+    (the default "midpoint" variant differs from it by O(h^3) per step; diffusers' 3M uses another
+    second-derivative weight, so order 3 is checked by its convergence order instead)."""
+    order = 2
+    kw = dict(prediction_type=ptype)
+    ref = DPMSolverMultistepScheduler(
+        solver_order=order, solver_type="heun", lower_order_final=False, final_sigmas_type="zero", **kw
+    )
+    ref.set_timesteps(n)
+    ours = DPMSolverV3Scheduler(solver_order=order, use_corrector=False, lower_order_final=False, **kw)
+    ours.set_timesteps(timesteps=ref.timesteps.numpy())
+    assert torch.equal(ours.timesteps, ref.timesteps)
+    schedule = ours.schedule
+    mf = MIX.model_fn(schedule, ptype)
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for sched in (ref, ours):
+        y = x
+        for ts in sched.timesteps:
+            y = sched.step(mf(y, float(schedule.t_of_timestep(float(ts)))), ts, y).prev_sample
+        outs.append(y)
+    torch.testing.assert_close(outs[1], outs[0], rtol=5e-6, atol=5e-6)
+
+
+def test_derivative_weights_are_exact_for_polynomials():
+    lams = np.array([0.3, 0.1, -0.25, -0.6])
+    for pseudo in (False, True):
+        W = derivative_weights(lams[:2], pseudo)  # one point back: both are the secant slope
+        np.testing.assert_allclose(W @ (2 * lams[:2] + 1), [2.0])
+    W = derivative_weights(lams, pseudo=False)  # Taylor system: exact derivatives of a cubic
+    g = lams**3 - lams**2 + 0.5 * lams
+    want = [3 * 0.3**2 - 2 * 0.3 + 0.5, 6 * 0.3 - 2, 6.0]
+    np.testing.assert_allclose(W @ g, want, rtol=1e-10)
+
+
+# --- orders on the exact ODE solution ----------------------------------------------------------------------
+
+
+def _slope(schedule, solver, ns, t0=0.9, t1=0.05):
+    x = MIX.prior_sample(16, schedule, t_start=t0, seed=5)
+    errs = []
+    for n in ns:
+        g = grids.uniform_lambda(schedule, n, t_start=t0, t_end=t1)
+        ref = MIX.ode_solve(x, schedule, t0, t1)
+        out = sample(MIX.model_fn(schedule), torch.from_numpy(x), schedule, solver, g)
+        errs.append(np.abs(out.numpy() - ref).max())
+    return -np.polyfit(np.log(ns), np.log(errs), 1)[0], errs
+
+
+@pytest.mark.parametrize("with_stats", [False, True])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_convergence_order(order, with_stats, ems):
+    """Fitted slope of log max error vs log steps (8-32 steps, uniform lambda, t 0.9 -> 0.05): the order
+    within 0.35, within 0.5 with statistics (piecewise linear in lambda, with Monte-Carlo noise, so
+    the transformed integrand has kinks at the statistics grid points)."""
+    schedule, _ = schedule_for_config(CFG)
+    solver = DPMSolverV3(stats=ems if with_stats else None, order=order, lower_order_final=False)
+    slope, errs = _slope(schedule, solver, (8, 12, 16, 24, 32))
+    assert slope > order - (0.5 if with_stats else 0.35), (slope, errs)
+
+
+@pytest.mark.parametrize("pseudo", [False, True])
+def test_corrector_keeps_the_order_and_lowers_the_error(ems, pseudo):
+    schedule, _ = schedule_for_config(CFG)
+    base = DPMSolverV3(stats=ems, order=2, lower_order_final=False)
+    corr = DPMSolverV3(stats=ems, order=2, lower_order_final=False, use_corrector=True, corrector_pseudo=pseudo)
+    s0, e0 = _slope(schedule, base, (8, 12, 16, 24, 32))
+    s1, e1 = _slope(schedule, corr, (8, 12, 16, 24, 32))
+    assert s1 > 1.65 and e1[-1] < e0[-1], (s1, e0, e1)
+
+
+def test_statistics_lower_the_error(ems):
+    """With EMS of this model the error at 5-12 steps is below the statistics-free solver's (the preset's
+    options with the corrector on; without the corrector the gain on this mixture is not uniform)."""
+    schedule, _ = schedule_for_config(CFG)
+    for n in (5, 6, 8, 10, 12):
+        opts = preset(n)
+        opts.pop("time_grid")
+        opts["use_corrector"] = True
+        _, e_with = _slope(schedule, DPMSolverV3(stats=ems, **opts), (n,))
+        _, e_without = _slope(schedule, DPMSolverV3(**opts), (n,))
+        assert e_with[0] < e_without[0], (n, e_with, e_without)
+
+
+def test_half_corrector_only_corrects_noisy_half(ems):
+    schedule, _ = schedule_for_config(CFG)
+    solver = DPMSolverV3(stats=ems, order=2, use_corrector=True, half_corrector=True, lower_order_final=False)
+    g = grids.uniform_t(schedule, 8, t_start=0.9, t_end=0.05)
+    plan = solver.plan(schedule, g)
+    assert np.array_equal(plan.corrects, (np.asarray(plan.info["corrector_orders"]) > 0))
+    assert plan.corrects.any() and not plan.corrects[plan.eval_times <= 0.5].any()
+
+
+# --- the scheduler with statistics ---------------------------------------------------------------------------
+
+
+def test_scheduler_uses_statistics_grid_and_config_round_trip(ems, tmp_path):
+    path = ems.save(tmp_path / "ems.safetensors")
+    s = DPMSolverV3Scheduler.from_config(CFG, ems_path=str(path))
+    s.set_timesteps(6)
+    t = s.schedule.t_of_timestep(s.timesteps.numpy().astype(float))
+    assert t[0] <= 0.9 + 1e-3 and t.min() >= 0.05 - 1e-3
+    lam = s.schedule.lambda_(t)
+    assert np.allclose(np.diff(lam), np.diff(lam)[0], rtol=0.1)  # preset: uniform lambda (snapped)
+    s.save_pretrained(tmp_path / "sched")
+    assert json.loads((tmp_path / "sched" / "scheduler_config.json").read_text())["ems_path"] == str(path)
+    s2 = DPMSolverV3Scheduler.from_pretrained(tmp_path / "sched")
+    assert s2.ems.metadata == s.ems.metadata
+    x = torch.from_numpy(MIX.prior_sample(4, s.schedule, t_start=float(t[0]), seed=0))
+    assert torch.isfinite(_drive(s, x, s.schedule)).all()
+    s3 = DPMSolverV3Scheduler.from_config(CFG).use_ems(ems)  # an EMS object
+    s3.set_timesteps(6)
+    torch.testing.assert_close(_drive(s3, x, s.schedule), _drive(s, x, s.schedule))
+
+
+def test_nfe_larger_than_the_grid_supports(ems):
+    s = DPMSolverV3Scheduler.from_config(CFG).use_ems(ems)
+    s.set_timesteps(32)
+    with pytest.raises(ValueError, match="finer lambda grid"):
+        s.set_timesteps(40)
+
+
+def test_grid_outside_the_statistics_range(ems):
+    s = DPMSolverV3Scheduler.from_config(CFG).use_ems(ems)
+    with pytest.raises(ValueError, match="outside the statistics' range"):
+        s.set_timesteps(timesteps=[999, 600, 300, 100])
+
+
+def test_mismatched_statistics_are_refused(ems, tmp_path):
+    path = ems.save(tmp_path / "ems.safetensors")
+    with pytest.raises(EMSMismatchError, match="prediction type"):
+        DPMSolverV3Scheduler.from_config(CFG, prediction_type="v_prediction", ems_path=str(path))
+    with pytest.raises(EMSMismatchError, match="noise schedule"):
+        DPMSolverV3Scheduler.from_config(DDPMScheduler(beta_schedule="scaled_linear").config, ems_path=str(path))
+    with pytest.raises(EMSMismatchError, match="guidance scale"):
+        DPMSolverV3Scheduler.from_config(CFG, ems_path=str(path), guidance_scale=7.5)
+    guided = EMS(ems.lambdas, ems.l, ems.s, ems.b, dict(ems.metadata, guidance_scale=7.5))
+    with pytest.raises(EMSMismatchError, match="guidance scale 7.5"):
+        DPMSolverV3Scheduler.from_config(CFG).use_ems(guided)
+    s = DPMSolverV3Scheduler.from_config(CFG, ems_path=str(path))
+    s.set_timesteps(5)
+    with pytest.raises(EMSMismatchError, match="sample shape"):
+        s.step(torch.zeros(2, 5), s.timesteps[0], torch.zeros(2, 5))
+    with pytest.raises(EMSMismatchError, match="model"):
+        s.check_model(torch.nn.Linear(2, 2))
+    with pytest.raises(EMSFileError, match="does not exist"):
+        DPMSolverV3Scheduler.from_config(CFG, ems_path=str(tmp_path / "nope.safetensors"))
+
+
+# --- a real pipeline -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tiny_stable_diffusion_with_guidance_and_statistics(tmp_path):
+    """Statistics of a tiny SD UNet with CFG 6.0 on VAE latents, then the real pipeline with them."""
+    from tiny_pipelines import sd_pipeline
+
+    from fastsample.ems import model_fingerprint, unet_model_fn, vae_latents
+
+    pipe = sd_pipeline(0)
+    pe, ne = pipe.encode_prompt(["a cat"], "cpu", 1, True, negative_prompt=["dog"])[:2]
+    lat = vae_latents(pipe.vae, torch.rand(2, 3, 16, 16) * 2 - 1)
+    ems = compute_ems(
+        unet_model_fn(pipe.unet, pe, ne, 6.0),
+        pipe.scheduler.config,
+        lat,
+        grid_size=9,
+        num_samples=16,
+        batch_size=8,
+        guidance_scale=6.0,
+        model_hash=model_fingerprint(pipe.unet),
+        progress=False,
+    )
+    path = ems.save(tmp_path / "sd.safetensors")
+    pipe.scheduler = DPMSolverV3Scheduler.from_config(pipe.scheduler.config, ems_path=str(path), guidance_scale=6.0)
+    pipe.scheduler.check_model(pipe.unet)
+    out = pipe(
+        "a cat",
+        negative_prompt="dog",
+        height=16,
+        width=16,
+        num_inference_steps=4,
+        guidance_scale=6.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert out.shape == (1, 16, 16, 3) and np.isfinite(out).all()
+    assert pipe.scheduler.solver.order == 2  # guided preset
+    with pytest.raises(EMSMismatchError, match="sample shape"):
+        pipe("a cat", height=32, width=32, num_inference_steps=4, guidance_scale=6.0, output_type="np")
