@@ -457,3 +457,23 @@ def test_noise_prediction_step_from_alpha_zero(mixture):
     a = sample(model, x, fl, S.ddim(4, "noise"), grid, prediction_type="flow_prediction")
     b = sample(model, x, fl, S.ddim(4, "data"), grid, prediction_type="flow_prediction")
     assert float((a - b).abs().max()) < 1e-12
+
+
+def test_s3_file_schedule_img2img_restart(tmp_path, mixture):
+    """Starting part-way runs the schedule's tail with the unavailable history dropped (orders fall back)."""
+    vp = DiscreteVP.from_betas(betas_for_schedule("linear"))
+    grid = np.concatenate([vp.t_of_timestep(np.array([999.0, 800, 600, 400, 200, 100])), [0.0]])
+    sch = S.unipc(6, 3).with_grid(grid)
+    sch.save(tmp_path / "u.json")
+    sched = S3Scheduler.from_schedule(tmp_path / "u.json", beta_schedule="linear")
+    sched.set_timesteps(6)
+    sched.set_begin_index(2)
+    model = mixture.model_fn(vp)
+    x = torch.from_numpy(mixture.prior_sample(4, vp, t_start=float(grid[2]), seed=0)).float()
+    out = x
+    for ts in sched.timesteps[2:]:
+        out = sched.step(model(out, float(vp.t_of_timestep(float(ts)))), ts, out).prev_sample
+    tail = sch.tail(2)
+    assert [s.order for s in tail.steps] == [1, 2, 2, 1] and tail.steps[0].corrector.order == 2
+    ref = sample(model, x, vp, tail, grid[2:])
+    assert float((out - ref).abs().max()) < 1e-5
