@@ -43,6 +43,24 @@ def test_identical_and_singular():
     assert frechet_distance(m, z, m, c) == pytest.approx(np.trace(c))
 
 
+@pytest.mark.parametrize("n1", [300, 10])  # positive definite (Cholesky factor) and singular (eigh fallback)
+def test_factor_paths_agree(n1):
+    rng = np.random.default_rng(4)
+    m1, c1 = _stats(rng, n1, 24)
+    m2, c2 = _stats(rng, 100, 24, 1.2)
+    auto = ReferenceStatistics(m1, c1)
+    assert auto.factor_kind == ("cholesky" if n1 > 24 else "eigh")
+    eigh = ReferenceStatistics(m1, c1, factor="eigh")
+    assert auto.distance(m2, c2) == pytest.approx(eigh.distance(m2, c2), rel=1e-9)
+    assert auto.distance(m2, c2) == pytest.approx(
+        pytorch_fid_score.calculate_frechet_distance(m1, c1, m2, c2), rel=1e-6
+    )
+    torch.testing.assert_close(auto.sqrt_cov @ auto.sqrt_cov, auto.cov, rtol=1e-8, atol=1e-10)
+    if n1 <= 24:
+        with pytest.raises(ValueError, match="not positive definite"):
+            ReferenceStatistics(m1, c1, factor="cholesky")
+
+
 def test_reference_cache_reuse():
     rng = np.random.default_rng(3)
     m1, c1 = _stats(rng, 200, 24)
@@ -53,6 +71,8 @@ def test_reference_cache_reuse():
 
 
 def test_bad_shapes():
+    with pytest.raises(ValueError, match="factor must be"):
+        ReferenceStatistics(np.zeros(3), np.eye(3), factor="svd")
     with pytest.raises(ValueError, match="dimension mismatch"):
         ReferenceStatistics(np.zeros(3), np.eye(3)).distance(np.zeros(4), np.eye(4))
     with pytest.raises(ValueError, match="expected mean"):

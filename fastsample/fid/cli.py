@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .inception import BLOCK_DIMS, RESIZE_MODES, FIDInceptionV3
+from .inception import BLOCK_DIMS, RESIZE_MODES, FIDInceptionV3, network_name
 from .stats import FeatureStatistics, fid_from_statistics
 
 __all__ = ["IMAGE_EXTENSIONS", "add_subparser", "compute_statistics", "main"]
@@ -121,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
             model = FIDInceptionV3(args.weights, dims=args.dims, resize=args.resize).to(device)
         return model
 
-    identity = {"feature_network": "inception-pool3" if args.dims == 2048 else f"inception-{args.dims}"}
-    identity.update(resize_mode=args.resize, dim=args.dims)
+    identity = {"feature_network": network_name(args.dims), "resize_mode": args.resize, "dim": args.dims}
     try:
         if args.save_stats:
             src, out = args.path

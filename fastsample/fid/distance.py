@@ -4,13 +4,15 @@
 
 The cross term is computed in the symmetric form: with S = C1^{1/2} (the symmetric eigh square root,
 eigenvalues below round-off level set to 0), tr sqrt(S C2 S) is the sum of square roots of the
-(likewise clipped) eigenvalues of the symmetric PSD matrix S C2 S. This equals pytorch-fid's
+(likewise clipped) eigenvalues of the symmetric PSD matrix S C2 S. Any factor C1 = F F^T gives the
+same eigenvalues (F^T C2 F is similar to C1 C2), so a positive definite C1 uses its Cholesky factor,
+which is far cheaper than an eigendecomposition. This equals pytorch-fid's
 tr sqrtm(C1 C2) (C1 C2 is similar to S C2 S) without a non-symmetric matrix square root, needs no
 ``scipy.linalg.sqrtm`` (whose ``disp`` argument scipy 1.18 removes) and is well defined for
 singular covariances. Everything runs in float64 with ``torch.linalg.eigh``, on the GPU when the
 inputs are CUDA tensors.
 
-:class:`ReferenceStatistics` caches what depends on the reference set alone (mean, trace, S), so
+:class:`ReferenceStatistics` caches what depends on the reference set alone (mean, trace, factor), so
 each further distance costs two (D, D) matrix products and one symmetric eigenvalue solve.
 """
 
@@ -69,19 +71,41 @@ def sqrtm_psd(cov) -> torch.Tensor:
 class ReferenceStatistics:
     """Gaussian statistics of a reference set with everything the Frechet distance needs from it cached.
 
+    The cache holds the mean, the trace and a factor F with C1 = F F^T: the Cholesky factor when C1 is
+    positive definite (cheap), else the symmetric eigh square root S (any PSD C1, singular included).
+    tr sqrt(C1^{1/2} C2 C1^{1/2}) is then the sum of square roots of the eigenvalues of the symmetric
+    PSD matrix F^T C2 F, which has the eigenvalues of C1 C2: two (D, D) products and one ``eigvalsh``.
+
     Args:
         mu: (D,) mean, numpy or torch.
         cov: (D, D) covariance, numpy or torch.
         device: where to keep the float64 cache (default: the inputs' device).
+        factor: "auto" (Cholesky, falling back to eigh when C1 is not positive definite), "cholesky"
+            (error if not positive definite) or "eigh".
     """
 
-    def __init__(self, mu, cov, device: torch.device | str | None = None):
+    def __init__(self, mu, cov, device: torch.device | str | None = None, factor: str = "auto"):
+        if factor not in ("auto", "cholesky", "eigh"):
+            raise ValueError(f"factor must be 'auto', 'cholesky' or 'eigh', got {factor!r}")
         dev = torch.device(device) if device is not None else _device_of(mu, cov)
         self.mu = _f64(mu, dev)
         self.cov = _sym(_f64(cov, dev))
         _check_pair(self.mu, self.cov, "reference statistics")
         self.trace = torch.trace(self.cov)
-        self.sqrt_cov = sqrtm_psd(self.cov)
+        self.factor_kind = "eigh"
+        if factor != "eigh":
+            chol, info = torch.linalg.cholesky_ex(self.cov)
+            if int(info) == 0 and bool(torch.isfinite(chol).all()):
+                self.factor, self.factor_kind = chol, "cholesky"
+            elif factor == "cholesky":
+                raise ValueError("reference covariance is not positive definite; use factor='eigh' or 'auto'")
+        if self.factor_kind == "eigh":
+            self.factor = sqrtm_psd(self.cov)
+
+    @property
+    def sqrt_cov(self) -> torch.Tensor:
+        """The symmetric square root C1^{1/2} (float64, computed on demand when the cache is a Cholesky factor)."""
+        return self.factor if self.factor_kind == "eigh" else sqrtm_psd(self.cov)
 
     @property
     def dim(self) -> int:
@@ -98,8 +122,8 @@ class ReferenceStatistics:
         _check_pair(mu2, cov2, "statistics")
         if mu2.shape[0] != self.dim:
             raise ValueError(f"feature dimension mismatch: reference has {self.dim}, statistics have {mu2.shape[0]}")
-        s = self.sqrt_cov
-        m = _sym(s @ cov2 @ s)
+        f = self.factor
+        m = _sym(f.mT @ cov2 @ f)
         tr_cross = _clip_eigenvalues(torch.linalg.eigvalsh(m)).sqrt().sum()
         diff = self.mu - mu2
         return diff.dot(diff) + self.trace + torch.trace(cov2) - 2.0 * tr_cross

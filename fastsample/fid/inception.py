@@ -48,6 +48,7 @@ __all__ = [
     "WEIGHTS_URL",
     "find_weights",
     "images_to_uint8",
+    "network_name",
     "no_tf32",
     "resize_and_normalize",
 ]
@@ -188,6 +189,11 @@ class InceptionE(nn.Module):
         pooled = _avg_pool_tf(x) if self.pool == "avg" else F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
         bp = self.branch_pool(pooled)
         return torch.cat([b1, b3, bd, bp], 1)
+
+
+def network_name(dims: int = 2048) -> str:
+    """Feature network name recorded with statistics: "inception-pool3" (2048) or "inception-<dims>"."""
+    return "inception-pool3" if dims == 2048 else f"inception-{dims}"
 
 
 def find_weights(path: str | os.PathLike | None = None) -> Path:
@@ -378,8 +384,8 @@ class FIDInceptionV3(nn.Module):
 
     @property
     def name(self) -> str:
-        """Feature network name recorded with statistics files: "inception-pool3" (2048) or "inception-<dims>"."""
-        return "inception-pool3" if self.dims == 2048 else f"inception-{self.dims}"
+        """Feature network name recorded with statistics files (:func:`network_name`)."""
+        return network_name(self.dims)
 
     @property
     def identity(self) -> dict:
