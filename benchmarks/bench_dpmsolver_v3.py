@@ -2,8 +2,9 @@
 
 1. Analytic Gaussian mixtures (exact denoiser, exact ODE solution): RMS error at t_min (diffusers' last
    training timestep) after NFE model calls from t = 1, for DPM-Solver-v3 with statistics (the paper's
-   preset for each NFE, fixed, not tuned), the same without statistics, diffusers' DPM-Solver++ 2M/3M
-   and UniPC (orders 2-3, bh1/bh2) and our DEIS (tAB, log-rho; order 3), each baseline on its best grid of
+   preset for each NFE on its log-SNR grid; and the preset with the corrector always on, order 2 or 3,
+   on its best grid), the latter without statistics, diffusers' DPM-Solver++ 2M/3M (midpoint/heun) and
+   UniPC (orders 2-3, bh1/bh2) and our DEIS (tAB, log-rho; order 3), every method on its best grid of
    {uniform lambda, uniform t, Karras, quadratic t} (integer timesteps, final sigma = sigma_min).
 2. The tiny demo DDPM (if its weights exist): Frechet distance of classifier features of 1,000 samples
    against held-out digits, for the same solvers (baselines on diffusers' default and Karras grids).
@@ -28,7 +29,7 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistep
 
 from fastsample import DPMSolverV3Scheduler, grids
 from fastsample.analytic import GaussianMixture
-from fastsample.ems import analytic_model_fn, compute_ems, schedule_for_config
+from fastsample.ems import EMS, analytic_model_fn, compute_ems, schedule_for_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NFES = (5, 6, 8, 10, 15, 20)
@@ -38,10 +39,10 @@ GRIDS = ("uniform_lambda", "uniform_t", "karras", "quadratic_t")
 def mixtures() -> dict:
     from sklearn.datasets import load_digits
 
-    digits = load_digits().data[:200] / 8.0 - 1.0  # 64-D, in [-1, 1]
+    digits = load_digits().data[:100] / 8.0 - 1.0  # 64-D, in [-1, 1]
     return {
         "mixture6 (6-D, 3 components)": GaussianMixture.random(dim=6, components=3, seed=0),
-        "digits64 (64-D, 200 components, var 0.01)": GaussianMixture.from_data(digits, variance=0.01),
+        "digits64 (64-D, 100 components, var 0.01)": GaussianMixture.from_data(digits, variance=0.01),
     }
 
 
@@ -62,21 +63,21 @@ def grid_timesteps(schedule, name, n):
     return ts
 
 
-def baselines(cfg, schedule, n):
-    """(family, label, scheduler, timesteps) for every baseline variant and grid."""
+def baselines(cfg, schedule, n, grid_names=GRIDS, full=True):
+    """(family, label, scheduler, timesteps) for every baseline variant and grid (fewer when not ``full``)."""
     out = []
-    for name in GRIDS:
+    for name in grid_names:
         ts = grid_timesteps(schedule, name, n)
         if ts is None:
             continue
         for order in (2, 3):
-            for st in ("midpoint", "heun"):
+            for st in ("midpoint", "heun") if full else ("midpoint",):
                 s = DPMSolverMultistepScheduler.from_config(
                     cfg, solver_order=order, solver_type=st, final_sigmas_type="sigma_min"
                 )
                 s.set_timesteps(timesteps=ts.tolist())
                 out.append((f"DPM-Solver++ {order}M", f"{st}, {name}", s, s.timesteps))
-            for st in ("bh1", "bh2"):
+            for st in ("bh1", "bh2") if full else ("bh2",):
                 s = UniPCMultistepScheduler.from_config(
                     cfg, solver_order=order, solver_type=st, final_sigmas_type="sigma_min"
                 )
@@ -90,12 +91,40 @@ def baselines(cfg, schedule, n):
         try:
             from fastsample.schedulers import DEISScheduler
 
-            for variant in ("tab", "logrho"):
+            for variant in ("tab", "logrho") if full else ("tab",):
                 s = DEISScheduler.from_config(cfg, solver_order=3, deis_variant=variant, final_sigmas_type="sigma_min")
                 s.set_timesteps(timesteps=ts)
                 out.append(("DEIS (ours)", f"{variant} 3, {name}", s, s.timesteps))
         except Exception as e:  # DEIS owned elsewhere; report if missing
             print("DEIS unavailable:", e)
+    return out
+
+
+V3_PRESET = "DPM-Solver-v3 (EMS, preset)"
+V3_BEST = "DPM-Solver-v3 (EMS, corrector, best grid)"
+V3_NOEMS = "DPM-Solver-v3 (no EMS, corrector, best grid)"
+
+
+def ours(cfg, schedule, n, ems, grid_names=GRIDS):
+    """(family, label, scheduler, timesteps): the paper's preset, and the preset with the corrector on at
+    every NFE, order 2 or 3, on each candidate grid (with and without statistics)."""
+    s = DPMSolverV3Scheduler.from_config(cfg, final_sigmas_type="sigma_min").use_ems(ems)
+    s.set_timesteps(n)
+    out = [(V3_PRESET, "uniform lambda, preset", s, s.timesteps)]
+    for name in grid_names:
+        ts = grid_timesteps(schedule, name, n)
+        if ts is None:
+            continue
+        for fam, stats in ((V3_BEST, ems), (V3_NOEMS, None)):
+            for order in (2, 3):
+                s = DPMSolverV3Scheduler.from_config(
+                    cfg, final_sigmas_type="sigma_min", use_corrector=True, solver_order=order
+                ).use_ems(stats)
+                try:
+                    s.set_timesteps(timesteps=ts)
+                except ValueError:  # a step finer than the statistics grid
+                    continue
+                out.append((fam, f"order {order}, {name}", s, s.timesteps))
     return out
 
 
@@ -112,39 +141,22 @@ def analytic(quick: bool) -> dict:
             torch.from_numpy(mix.sample(n_ems, seed=11)),
             grid_size=121,
             num_samples=n_ems,
-            batch_size=n_ems,
+            batch_size=1024,
             progress=False,
             dtype=torch.float64,
             model_id=label,
         )
         ems_s = time.time() - t0
-        x = torch.from_numpy(mix.prior_sample(64 if quick else 256, schedule, 1.0, seed=3))
+        x = torch.from_numpy(mix.prior_sample(64 if quick else 128, schedule, 1.0, seed=3))
         f = mix.model_fn(schedule)
-        exact = {}
+        exact = mix.ode_solve(x.numpy(), schedule, 1.0, schedule.t_min)
         rows = {}
         for n in NFES:
-            ours = DPMSolverV3Scheduler.from_config(cfg, final_sigmas_type="sigma_min")
-            ours.set_timesteps(n)
-            ts = ours.timesteps
-            key = float(schedule.t_of_timestep(float(ts[0])))
-            if key not in exact:
-                exact[key] = mix.ode_solve(x.numpy(), schedule, key, schedule.t_min)
-
-            def err(out, ref=exact[key]):
-                return float(np.sqrt(np.mean((out.to(torch.float64).numpy() - ref) ** 2)))
-
             best = {}
-            for stats in (None, ems):
-                s = DPMSolverV3Scheduler.from_config(cfg, final_sigmas_type="sigma_min")
-                s.use_ems(stats)
-                s.set_timesteps(n)
-                name = "DPM-Solver-v3 (EMS, preset)" if stats is not None else "DPM-Solver-v3 (no EMS, preset)"
-                best[name] = (err(run_scheduler(s, f, schedule, x, s.timesteps)), "uniform lambda, preset")
-            for fam, var, s, tss in baselines(cfg, schedule, n):
-                start = float(schedule.t_of_timestep(float(tss[0])))
-                if start not in exact:
-                    exact[start] = mix.ode_solve(x.numpy(), schedule, start, schedule.t_min)
-                e = err(run_scheduler(s, f, schedule, x, tss), exact[start])
+            for fam, var, s, tss in ours(cfg, schedule, n, ems) + baselines(cfg, schedule, n):
+                assert int(tss[0]) == 999
+                out = run_scheduler(s, f, schedule, x, tss)
+                e = float(np.sqrt(np.mean((out.to(torch.float64).numpy() - exact) ** 2)))
                 if fam not in best or e < best[fam][0]:
                     best[fam] = (e, var)
             rows[n] = best
@@ -168,7 +180,7 @@ def demo_fd(quick: bool) -> dict | None:
         return None
     from fastsample.fid import frechet_distance
 
-    n_samples = 250 if quick else 1000
+    n_samples = 200 if quick else 500
     held = digits_split()[1].images
 
     def feats(x):
@@ -193,15 +205,13 @@ def demo_fd(quick: bool) -> dict | None:
         return float(frechet_distance(a.mean(0), torch.cov(a.T), ref.mean(0), torch.cov(ref.T)))
 
     rows = {}
-    for n in (5, 6, 8, 10) if quick else NFES:
+    ems = EMS.load(ems_path)
+    demo_grids = ("uniform_lambda", "uniform_t", "karras")
+    for n in (5, 6, 8, 10):
         best = {}
-        for stats in (None, str(ems_path)):
-            s = DPMSolverV3Scheduler.from_config(cfg, final_sigmas_type="sigma_min", ems_path=stats)
-            s.set_timesteps(n)
-            best["DPM-Solver-v3 (EMS, preset)" if stats else "DPM-Solver-v3 (no EMS, preset)"] = (fd(sample(s, n)), "")
-        for fam, var, s, _ts in baselines(cfg, schedule, n):
-            if "quadratic" in var:
-                continue
+        for fam, var, s, _ts in ours(cfg, schedule, n, ems, demo_grids) + baselines(
+            cfg, schedule, n, demo_grids, False
+        ):
             v = fd(sample(s, n))
             if fam not in best or v < best[fam][0]:
                 best[fam] = (v, var)
@@ -217,7 +227,7 @@ from test_ems import tiny_sd
 from fastsample.ems import compute_ems, unet_model_fn, vae_latents
 n, batch = int(sys.argv[1]), int(sys.argv[2])
 pipe, pe, ne = tiny_sd()
-lat = vae_latents(pipe.vae, torch.rand(4, 3, 32, 32) * 2 - 1)
+lat = vae_latents(pipe.vae, torch.rand(4, 3, 16, 16) * 2 - 1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 compute_ems(unet_model_fn(pipe.unet, pe, ne, 7.5), pipe.scheduler.config, lat, grid_size=3, num_samples=n,
             batch_size=batch, guidance_scale=7.5, progress=False)
@@ -237,11 +247,13 @@ def memory() -> dict:
 
 def table(rows: dict, fmt: str) -> list[str]:
     fams = list(next(iter(rows.values())).keys())
-    lines = ["| NFE | " + " | ".join(fams) + " | v3 EMS / best baseline |", "|---" * (len(fams) + 2) + "|"]
+    head = "| NFE | " + " | ".join(fams) + " | preset / best baseline | best grid / best baseline |"
+    lines = [head, "|---" * (len(fams) + 3) + "|"]
     for n, best in rows.items():
         base = min(v[0] for k, v in best.items() if not k.startswith("DPM-Solver-v3"))
         cells = [fmt.format(best[k][0]) for k in fams]
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {best['DPM-Solver-v3 (EMS, preset)'][0] / base:.2f} |")
+        ratios = f"{best[V3_PRESET][0] / base:.2f} | {best[V3_BEST][0] / base:.2f}"
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {ratios} |")
     return lines
 
 

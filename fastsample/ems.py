@@ -356,7 +356,14 @@ def compute_ems(
         raise ValueError("need grid_size >= 2, num_samples >= 2 and batch_size >= 1")
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
-    lambdas = np.linspace(float(schedule.lambda_(t0)), float(schedule.lambda_(t1)), grid_size)
+    with np.errstate(divide="ignore"):
+        lam0, lam1 = float(schedule.lambda_(t0)), float(schedule.lambda_(t1))
+    if not (np.isfinite(lam0) and np.isfinite(lam1)):
+        raise ValueError(
+            f"the time range [{t1}, {t0}] reaches alpha = 0 or sigma = 0 (infinite lambda); pass t_start and t_end "
+            "strictly inside (for flow models, t_start < 1)"
+        )
+    lambdas = np.linspace(lam0, lam1, grid_size)
     points = [_point_scalars(schedule, float(v), ptype) for v in lambdas]
 
     if accelerator is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import subprocess
 import sys
@@ -231,9 +232,11 @@ def test_tiny_sd_unet_with_guidance_one_batch_at_a_time(tmp_path):
     assert max(seen) == 6 and len(seen) == 2 * (2 + 2 * 2)  # per point: 2 JVP batches (l), 2 x (forward + JVP)
     assert e.shape == (4, 8, 8) and np.isfinite(e.l).all() and np.isfinite(e.s).all()
     e.check(model=pipe.unet, guidance_scale=7.5, shape=(4, 8, 8))
-    other, _, _ = tiny_sd(seed=1)
+    other = copy.deepcopy(pipe.unet)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
     with pytest.raises(EMSMismatchError, match="model"):
-        e.check(model=other.unet)
+        e.check(model=other)
     with pytest.raises(EMSMismatchError, match="guidance scale"):
         e.check(guidance_scale=5.0)
 
