@@ -248,7 +248,12 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
             self.timesteps = torch.from_numpy(labels.astype(np.float32)).to(device)
             self.sigmas = torch.from_numpy(levels.astype(np.float32)).to(device)
         else:
-            self.timesteps = torch.from_numpy(np.round(labels).astype(np.int64)).to(device)
+            # Integer labels where the plan evaluates at training timesteps (multistep solvers, whose
+            # grids are snapped); float labels where stage times fall between them (Runge-Kutta
+            # stages, as diffusers' Heun and KDPM2 schedulers do), so the network sees the exact time.
+            integral = np.allclose(labels, np.round(labels), rtol=0, atol=1e-6)
+            ts = np.round(labels).astype(np.int64) if integral else labels.astype(np.float32)
+            self.timesteps = torch.from_numpy(ts).to(device)
             self.sigmas = torch.from_numpy(s.sigma_ve(levels).astype(np.float32)).to(device)
         self._begin_index = None
         self._step_index = None

@@ -262,7 +262,11 @@ def test_switch_to_compatibles_and_back(case, kind):
 def test_dtype_in_equals_dtype_out(case, kind, dtype):
     sched = _make(case, kind)
     sched.set_timesteps(4)
-    assert sched.timesteps.dtype == (torch.float32 if kind == "flow" else torch.int64)
+    ts = sched.timesteps
+    if kind == "flow":
+        assert ts.dtype == torch.float32
+    else:  # int64 unless a multi-stage solver evaluates between training timesteps
+        assert ts.dtype == torch.int64 or (ts.dtype == torch.float32 and not torch.equal(ts, ts.round()))
     x = torch.randn(1, 4, 4, 4).to(dtype)
     for t in sched.timesteps:
         out = sched.step(_model(x, t), t, x)
