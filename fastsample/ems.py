@@ -389,8 +389,6 @@ def compute_ems(
         "prediction_type": ptype,
         "grid_size": grid_size,
         "num_samples": num_samples,
-        "batch_size": batch_size,
-        "world": world,
         "t_start": t0,
         "t_end": t1,
         "guidance_scale": float(guidance_scale),
@@ -434,13 +432,17 @@ def compute_ems(
         return accelerator.reduce(t, reduction="sum") if hasattr(accelerator, "reduce") else _all_reduce(t)
 
     def draw(pass_id, i, idx):
-        g = torch.Generator().manual_seed(hash((seed, pass_id, i, int(idx[0]))) & 0x7FFFFFFF)
+        """Data, noise and probe for samples ``idx`` at point i: seeded per sample, so the result does
+        not depend on the batch size or the number of processes."""
         xb = get_x0(idx).to(torch.float64)
-        noise = torch.randn(xb.shape, generator=g, dtype=torch.float64)
-        if probe == "rademacher":
-            v = torch.randint(0, 2, xb.shape, generator=g).to(dtype) * 2 - 1
-        else:
-            v = torch.randn(xb.shape, generator=g).to(dtype)
+        noise, v = torch.empty_like(xb), torch.empty(xb.shape, dtype=dtype)
+        for row, j in enumerate(idx.tolist()):
+            g = torch.Generator().manual_seed(hash((seed, pass_id, i, j)) & 0x7FFFFFFFFFFF)
+            noise[row] = torch.randn(xb.shape[1:], generator=g, dtype=torch.float64)
+            if probe == "rademacher":
+                v[row] = torch.randint(0, 2, xb.shape[1:], generator=g).to(dtype) * 2 - 1
+            else:
+                v[row] = torch.randn(xb.shape[1:], generator=g).to(dtype)
         return xb, noise, v
 
     def run(x, ts, vx, vts):

@@ -293,3 +293,26 @@ def test_cli_demo_like_unet(tmp_path, monkeypatch):
     e = EMS.load(out)
     assert e.shape == (3, 8, 8) and e.metadata["model_id"] == str(tmp_path / "pipe")
     e.check(model=DDPMPipeline.from_pretrained(tmp_path / "pipe").unet)
+
+
+class _Rank:
+    """A stand-in for ``accelerate``'s state: one process of ``world``; ``reduce`` returns the local sum."""
+
+    def __init__(self, rank, world):
+        self.process_index, self.num_processes, self.device = rank, world, torch.device("cpu")
+
+    def reduce(self, t, reduction="sum"):
+        return t
+
+
+def test_processes_share_the_samples_and_batch_size_does_not_matter():
+    """Each process takes its own samples (noise and probes seeded per sample), so the per-process sums add
+    up to the single-process result; l = sigma * E[v * J v] for an epsilon model is linear in the sums."""
+    mix = GaussianMixture.random(dim=3, components=2, seed=3)
+    model = analytic_model_fn(mix, CFG)
+    x0 = torch.from_numpy(mix.sample(16))
+    kw = dict(num_samples=10, dtype=torch.float64)
+    full = _ems(model, CFG, x0, batch_size=10, **kw)
+    np.testing.assert_allclose(_ems(model, CFG, x0, batch_size=3, **kw).l, full.l, rtol=0, atol=1e-6)
+    parts = [_ems(model, CFG, x0, batch_size=4, accelerator=_Rank(r, 2), **kw).l for r in (0, 1)]
+    np.testing.assert_allclose(parts[0] + parts[1], full.l, rtol=0, atol=1e-6)
