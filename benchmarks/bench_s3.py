@@ -10,7 +10,7 @@ classifier features to the data as fitness.
 
 Writes benchmarks/results/s3.json and s3.md and the found schedules to eval/schedules/.
 
-    python benchmarks/bench_s3.py            # about 5 minutes on 2 CPU cores
+    python benchmarks/bench_s3.py            # about 15 minutes on 2 CPU cores (the searches: about 8)
     python benchmarks/bench_s3.py --demo     # plus the demo DDPM (a few minutes more)
 """
 
@@ -99,7 +99,9 @@ def ablation(problem, nfe, generations, search_kw):
     }
 
 
-def run(problem, nfes, generations, metric, tag, timestep_only_too=True, search_kw=None, report_n=512):
+def run(
+    problem, nfes, generations, metric, tag, timestep_only_too=True, search_kw=None, report_n=512, ts_generations=40
+):
     rows = []
     search_kw = dict(search_kw or {})
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +140,7 @@ def run(problem, nfes, generations, metric, tag, timestep_only_too=True, search_
                 ts = search(
                     problem,
                     nfe,
-                    generations=generations,
+                    generations=ts_generations,
                     metric=metric,
                     timestep_only=True,
                     progress=False,
@@ -230,7 +232,8 @@ def write_md(result):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6])
-    ap.add_argument("--generations", type=int, default=40)
+    ap.add_argument("--generations", type=int, default=80)
+    ap.add_argument("--ts-generations", type=int, default=40, help="generations of the timestep-only search")
     ap.add_argument("--demo", action="store_true", help="also search on the demo digits DDPM (Frechet distance)")
     ap.add_argument("--demo-nfe", type=int, nargs="+", default=[5])
     ap.add_argument("--threads", type=int, default=1)

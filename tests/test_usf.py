@@ -477,3 +477,29 @@ def test_s3_file_schedule_img2img_restart(tmp_path, mixture):
     assert [s.order for s in tail.steps] == [1, 2, 2, 1] and tail.steps[0].corrector.order == 2
     ref = sample(model, x, vp, tail, grid[2:])
     assert float((out - ref).abs().max()) < 1e-5
+
+
+def test_fid_fitness_search():
+    """The Frechet-distance fitness (fastsample.fid) against the reference samples, raw coordinates as features."""
+    from fastsample.usf.search import SearchProblem, fitness_of, search
+
+    mix = GaussianMixture.random(dim=3, components=2, seed=2)
+    prob = SearchProblem.analytic(mix, LinearVP())
+    x, ref = prob.batch(0, 64)
+    assert fitness_of(prob, ref, ref, "fid") == pytest.approx(0.0, abs=1e-9)
+    res = search(
+        prob,
+        3,
+        generations=1,
+        offspring=10,
+        evaluate_per_generation=2,
+        promote=1,
+        low_fidelity=32,
+        high_fidelity=32,
+        metric="fid",
+        predictor="ridge",
+        progress=False,
+    )
+    assert res.schedule.metadata["provenance"]["fitness"]["metric"] == "fid" and res.fitness >= 0
+    with pytest.raises(ValueError, match="unknown fitness"):
+        fitness_of(prob, ref, ref, "lpips")
