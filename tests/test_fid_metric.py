@@ -112,3 +112,15 @@ def test_inception_score_parity():
     assert std == pytest.approx(ref["inception_score_std"], rel=1e-9)
     uniform = torch.zeros(20, 5)
     assert inception_score(uniform, splits=2)[0] == pytest.approx(1.0)
+
+
+def test_fid_metric_builtin_inception_float_and_uint8_agree():
+    m = FrechetInceptionDistance(feature=64, feature_extractor_weights_path="random")
+    assert m.identity == {"feature_network": "inception-64", "resize_mode": "pytorch-fid", "dim": 64}
+    u8 = (_images(0, n=3) * 255).round().to(torch.uint8)
+    m.update(u8, real=True)
+    m.update(u8.float() / 255, real=False)  # float in [0, 1]: rounded back to the same uint8 levels
+    torch.testing.assert_close(m.real_features_cov_sum, m.fake_features_cov_sum, rtol=0, atol=0)
+    assert abs(float(m.compute())) < 1e-6
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        m.update(u8.float(), real=False)
