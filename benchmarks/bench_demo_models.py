@@ -9,7 +9,8 @@ DDPM: ``DDIMScheduler`` (eta = 0, trailing spacing, no clipping: the probability
 Song et al., arXiv 2010.02502) in the real ``DDPMPipeline``; flow: ``FlowMatchEulerDiscreteScheduler``
 in :class:`~fastsample.pipelines.RectifiedFlowPipeline`. Also the classifier's held-out accuracy.
 Results are merged into ``benchmarks/results/demo_models.json`` and ``.md`` (one model per run is
-allowed, so the two models can be sampled by two processes), and sample grids go to
+allowed, so the two models can be sampled by two processes; rewritten after every batch, with the
+sample count so far), and sample grids (first batch) go to
 ``docs/demo_{ddpm,flow}.png``.
 """
 
@@ -51,7 +52,7 @@ def save_grid(images: torch.Tensor, path: Path, rows: int = 10, scale: int = 4) 
     """A rows x rows PNG grid of (N, 1, H, W) images in [-1, 1], nearest-neighbour upscaled."""
     x = ((images[: rows * rows, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     n, h, w = x.shape
-    grid = torch.full((rows * (h + 1) + 1, rows * (w + 1) + 1), 255, dtype=torch.uint8)
+    grid = torch.full((rows * (h + 1) + 1, rows * (w + 1) + 1), 128, dtype=torch.uint8)
     for k in range(n):
         r, c = divmod(k, rows)
         grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = x[k]
@@ -60,8 +61,8 @@ def save_grid(images: torch.Tensor, path: Path, rows: int = 10, scale: int = 4) 
 
 
 @torch.no_grad()
-def sample_model(which: str, num_samples: int, steps: int, batch_size: int, seed: int, weights=None) -> torch.Tensor:
-    """(num_samples, 1, 16, 16) samples in [-1, 1] from the ``which`` model (shipped, or under ``weights``)."""
+def sample_batches(which: str, num_samples: int, steps: int, batch_size: int, seed: int, weights=None):
+    """Yields (n, 1, 16, 16) sample batches in [-1, 1] from the ``which`` model (shipped, or under ``weights``)."""
     path = None if weights is None else Path(weights) / which
     if which == "ddpm":
         pipe = load_ddpm_pipeline(path=path)
@@ -69,12 +70,10 @@ def sample_model(which: str, num_samples: int, steps: int, batch_size: int, seed
         pipe.scheduler = DDIMScheduler.from_config(config, clip_sample=False, timestep_spacing="trailing")
     else:
         pipe = load_flow_pipeline(path=path)
-    out = []
     for b in range(math.ceil(num_samples / batch_size)):
         n = min(batch_size, num_samples - b * batch_size)
         gen = torch.Generator().manual_seed(seed + b)
-        out.append(pipe(batch_size=n, num_inference_steps=steps, generator=gen, output_type="pt").images * 2 - 1)
-    return torch.cat(out)
+        yield pipe(batch_size=n, num_inference_steps=steps, generator=gen, output_type="pt").images * 2 - 1
 
 
 def write_results(update: dict, results: Path) -> dict:
@@ -146,22 +145,25 @@ def main(argv=None) -> None:
     for which in ("ddpm", "flow"):
         if args.which not in (which, "all"):
             continue
-        start = time.time()
-        samples = sample_model(which, args.num_samples, args.steps, args.batch_size, args.seed, args.weights)
-        seconds = time.time() - start
-        args.docs.mkdir(parents=True, exist_ok=True)
-        save_grid(samples, args.docs / f"demo_{which}.png")
-        with torch.no_grad():
-            labels = classifier(samples).argmax(1)
-        update["models"][which] = {
-            "sampler": samplers[which],
-            "steps": args.steps,
-            "num_samples": args.num_samples,
-            "fd": frechet_distance(*stats(features_of(classifier, samples)), mu_h, cov_h),
-            "class_histogram": torch.bincount(labels, minlength=10).tolist(),
-            "sampling_seconds": seconds,
-        }
-        print(f"{which}: FD {update['models'][which]['fd']:.4f} ({seconds:.0f}s)", flush=True)
+        start, samples = time.time(), []
+        for batch in sample_batches(which, args.num_samples, args.steps, args.batch_size, args.seed, args.weights):
+            samples.append(batch)
+            x = torch.cat(samples)
+            if len(samples) == 1:
+                args.docs.mkdir(parents=True, exist_ok=True)
+                save_grid(x, args.docs / f"demo_{which}.png")
+            with torch.no_grad():
+                labels = classifier(x).argmax(1)
+            result = {
+                "sampler": samplers[which],
+                "steps": args.steps,
+                "num_samples": len(x),
+                "fd": frechet_distance(*stats(features_of(classifier, x)), mu_h, cov_h),
+                "class_histogram": torch.bincount(labels, minlength=10).tolist(),
+                "sampling_seconds": time.time() - start,
+            }
+            write_results({**update, "models": {which: result}}, args.results)
+            print(f"{which}: {len(x)} samples, FD {result['fd']:.4f} ({result['sampling_seconds']:.0f}s)", flush=True)
     data = write_results(update, args.results)
     print(markdown(data))
 

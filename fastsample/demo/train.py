@@ -14,8 +14,9 @@ Writes ``DIR/{ddpm,flow,classifier}/`` (default: the package's ``fastsample/demo
 
 Both UNets use AdamW, warm-up then cosine learning rate, and an EMA of the weights (the EMA
 weights are saved). Everything is seeded; the script runs on one CPU thread.
-Run time on one thread of the 2-core development machine (shared, so approximate):
-classifier TBD, ddpm TBD, flow TBD.
+Run time on one thread of the 2-core development machine: classifier 22 s, ddpm and flow about
+8 min each (2,500 steps at 0.19 s) on an otherwise idle core; with that machine shared (load
+average 8-12) the two UNets trained side by side took about 70 min each.
 """
 
 from __future__ import annotations
