@@ -11,7 +11,8 @@
 3. Peak memory of ``compute_ems`` on a tiny SD UNet (real diffusers components, random weights,
    classifier-free guidance): flat in the number of samples, one batch of JVPs at a time.
 
-Run: ``python benchmarks/bench_dpmsolver_v3.py [--quick]``; writes benchmarks/results/dpmsolver_v3.{json,md}.
+Run: ``python benchmarks/bench_dpmsolver_v3.py [--quick] [--only analytic demo memory] [--models mixture6]``;
+writes (and updates) benchmarks/results/dpmsolver_v3.{json,md} after each part.
 """
 
 from __future__ import annotations
@@ -128,13 +129,15 @@ def ours(cfg, schedule, n, ems, grid_names=GRIDS):
     return out
 
 
-def analytic(quick: bool) -> dict:
+def analytic(quick: bool, models=None):
+    """Yields (label, results) per analytic model."""
     cfg = DDPMScheduler().config
     schedule, _ = schedule_for_config(cfg)
-    res = {}
     for label, mix in mixtures().items():
+        if models and not any(label.startswith(m) for m in models):
+            continue
         t0 = time.time()
-        n_ems = 1024 if quick else 4096
+        n_ems = 1024 if quick else (4096 if mix.dim < 10 else 2048)
         ems = compute_ems(
             analytic_model_fn(mix, cfg),
             cfg,
@@ -147,7 +150,7 @@ def analytic(quick: bool) -> dict:
             model_id=label,
         )
         ems_s = time.time() - t0
-        x = torch.from_numpy(mix.prior_sample(64 if quick else 128, schedule, 1.0, seed=3))
+        x = torch.from_numpy(mix.prior_sample(64 if quick or mix.dim >= 10 else 128, schedule, 1.0, seed=3))
         f = mix.model_fn(schedule)
         exact = mix.ode_solve(x.numpy(), schedule, 1.0, schedule.t_min)
         rows = {}
@@ -161,8 +164,7 @@ def analytic(quick: bool) -> dict:
                     best[fam] = (e, var)
             rows[n] = best
             print(label, n, {k: round(v[0], 5) for k, v in best.items()}, flush=True)
-        res[label] = {"ems_seconds": ems_s, "ems_samples": n_ems, "grid_size": 121, "rows": rows}
-    return res
+        yield label, {"ems_seconds": ems_s, "ems_samples": n_ems, "grid_size": 121, "rows": rows}
 
 
 def demo_fd(quick: bool) -> dict | None:
@@ -257,22 +259,16 @@ def table(rows: dict, fmt: str) -> list[str]:
     return lines
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--skip", nargs="*", default=[], choices=["analytic", "demo", "memory"])
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    res = {"device": "cpu", "torch": torch.__version__}
-    if "analytic" not in args.skip:
-        res["analytic"] = analytic(args.quick)
-    if "demo" not in args.skip:
-        res["demo"] = demo_fd(args.quick)
-    if "memory" not in args.skip:
-        res["memory"] = memory()
+def write(res: dict) -> None:
+    """Write benchmarks/results/dpmsolver_v3.{json,md} from the results so far."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "dpmsolver_v3.json").write_text(json.dumps(res, indent=1, default=str))
-    md = ["# DPM-Solver-v3 benchmark", "", "Produced by `benchmarks/bench_dpmsolver_v3.py` (CPU).", ""]
+    md = [
+        "# DPM-Solver-v3 benchmark",
+        "",
+        "Produced by `benchmarks/bench_dpmsolver_v3.py` (CPU, float64 analytic models).",
+        "",
+    ]
     for label, r in (res.get("analytic") or {}).items():
         md += [f"## RMS error vs exact ODE solution: {label}", ""]
         md += [
@@ -280,24 +276,50 @@ def main(argv=None):
             "",
         ]
         md += table(r["rows"], "{:.4f}") + [""]
-        md += ["Best baseline configurations: "]
+        md += ["Best configurations: "]
         for n, best in r["rows"].items():
             md.append(f"- NFE {n}: " + "; ".join(f"{k}: {v[1]}" for k, v in best.items() if v[1]))
         md.append("")
     if res.get("demo"):
         md += [f"## Frechet distance (classifier features), tiny demo DDPM, {res['demo']['num_samples']} samples", ""]
         md += table(res["demo"]["rows"], "{:.3f}") + [""]
+        for n, best in res["demo"]["rows"].items():
+            md.append(f"- NFE {n}: " + "; ".join(f"{k}: {v[1]}" for k, v in best.items() if v[1]))
+        md.append("")
     if res.get("memory"):
         md += [
             "## compute_ems peak memory, tiny SD UNet with CFG, batch 4, 3 lambda points",
             "",
-            "| samples | peak RSS MiB | growth MiB |",
+            "| samples | peak RSS MiB | growth during compute_ems MiB |",
             "|---|---|---|",
         ]
         md += [
             f"| {n} | {v['peak_rss_mib']:.0f} | {v['growth_during_ems_mib']:.1f} |" for n, v in res["memory"].items()
         ]
     (RESULTS / "dpmsolver_v3.md").write_text("\n".join(md) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="*", default=["analytic", "demo", "memory"], choices=["analytic", "demo", "memory"])
+    p.add_argument("--models", nargs="*", default=None, help="analytic models to run (default: all)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    path = RESULTS / "dpmsolver_v3.json"
+    res = json.loads(path.read_text()) if path.is_file() else {}
+    res.update({"device": "cpu", "torch": torch.__version__})
+    if "analytic" in args.only:
+        res.setdefault("analytic", {})
+        for label, r in analytic(args.quick, args.models):
+            res["analytic"][label] = r
+            write(res)
+    if "demo" in args.only:
+        res["demo"] = demo_fd(args.quick)
+        write(res)
+    if "memory" in args.only:
+        res["memory"] = memory()
+        write(res)
 
 
 if __name__ == "__main__":
