@@ -232,8 +232,8 @@ def write_md(result):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nfe", type=int, nargs="+", default=[4, 5, 6])
-    ap.add_argument("--generations", type=int, default=80)
-    ap.add_argument("--ts-generations", type=int, default=40, help="generations of the timestep-only search")
+    ap.add_argument("--generations", type=int, default=60)
+    ap.add_argument("--ts-generations", type=int, default=30, help="generations of the timestep-only search")
     ap.add_argument("--demo", action="store_true", help="also search on the demo digits DDPM (Frechet distance)")
     ap.add_argument("--demo-nfe", type=int, nargs="+", default=[5])
     ap.add_argument("--threads", type=int, default=1)

@@ -25,7 +25,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generations", type=int, default=30)
     p.add_argument("--offspring", type=int, default=200, help="candidates per generation ranked by the surrogate")
     p.add_argument("--evaluate", type=int, default=16, help="candidates evaluated per generation")
-    p.add_argument("--low-fidelity", type=int, default=32, help="samples per low-fidelity evaluation")
+    p.add_argument("--low-fidelity", type=int, default=128, help="samples per low-fidelity evaluation")
     p.add_argument("--high-fidelity", type=int, default=256, help="samples per high-fidelity evaluation")
     p.add_argument("--predictor", choices=("mlp", "ridge", "none"), default="mlp")
     p.add_argument("--timestep-only", action="store_true", help="search the grid only (AutoDiffusion)")

@@ -314,6 +314,13 @@ class SearchResult:
     seconds: float
 
 
+def _stalled(history, window: int = 5) -> float:
+    """1 when the best high-fidelity fitness has not improved for ``window`` generations (mutations then grow)."""
+    if len(history) <= window:
+        return 0.0
+    return float(history[-1]["best_high"] >= history[-1 - window]["best_high"])
+
+
 def _spearman(a, b) -> float:
     """Rank correlation of the surrogate's predictions with the measured fitness of the evaluated candidates."""
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
@@ -368,7 +375,7 @@ def search(
     offspring: int = 200,
     evaluate_per_generation: int = 16,
     promote: int = 4,
-    low_fidelity: int = 32,
+    low_fidelity: int = 128,
     high_fidelity: int = 256,
     search_seed: int = 1000,
     metric: str = "rmse",
@@ -386,7 +393,8 @@ def search(
 
     Low fidelity: ``low_fidelity`` samples from seed ``search_seed``; high fidelity: ``high_fidelity``
     samples from seed ``search_seed + 1``. Each generation makes ``offspring`` candidates by mutation and
-    crossover, the surrogate (``predictor``: ``"mlp"``, ``"ridge"``; ``"none"`` picks at random, an ablation)
+    crossover of parents (the best at high fidelity, then at low fidelity; mutations grow while the best
+    stalls), the surrogate (``predictor``: ``"mlp"``, ``"ridge"``; ``"none"`` picks at random, an ablation)
     picks ``evaluate_per_generation`` of them (plus two at random), and the ``promote`` best low-fidelity
     schedules not yet checked are
     evaluated at high fidelity. With ``checkpoint`` the state is written atomically after each generation
@@ -453,10 +461,10 @@ def search(
                         pass
         return pop
 
-    def mutate(s: SolverSchedule) -> SolverSchedule:
+    def mutate(s: SolverSchedule, boost: float = 1.0) -> SolverSchedule:
         n = s.num_steps
         u = _u_of_t(ns, s.grid[1 : n if final_zero else n], t0, t_end_pos)
-        sigma_u = rng.choice([0.02, 0.05, 0.1])
+        sigma_u = boost * rng.choice([0.02, 0.05, 0.1])
         mask = rng.random(len(u)) < 0.5
         u = np.sort(np.clip(u + mask * rng.normal(0, sigma_u, len(u)), 1e-3, 1 - 1e-3))
         if len(u) and np.any(np.diff(u) < 1e-3):
@@ -471,7 +479,7 @@ def search(
         if timestep_only:
             return SolverSchedule(s.steps, grid, "t", s.afs)
         steps = list(s.steps)
-        p = 1.5 / n
+        p = min(0.5, boost * 1.5 / n)
         for i, st in enumerate(steps):
             if i == 0 and s.afs != "none":
                 continue
@@ -523,18 +531,21 @@ def search(
         X = np.stack([_features(sched_of(archive[k]), nfe, ns, t0, t_end_pos) for k in keys])
         y = np.log10(np.array([archive[k]["low"] for k in keys]) + 1e-12)
         surrogate.fit(X, y)
-        parents = [archive[k] for _, k in ranked("low")[:12]]
+        elite = [k for _, k in ranked("high")[:6]]
+        parents = [archive[k] for k in elite + [k for _, k in ranked("low")[:12] if k not in elite]]
+        stall = _stalled(history)
         cands, seen = [], set(archive)
         tries = 0
         while len(cands) < offspring and tries < offspring * 5:
             tries += 1
             pa = sched_of(parents[int(rng.integers(len(parents)))])
             try:
+                boost = 1.0 + 2.0 * stall * rng.random()
                 if rng.random() < 0.3 and len(parents) > 1:
                     child = crossover(pa, sched_of(parents[int(rng.integers(len(parents)))]))
-                    child = mutate(child) if rng.random() < 0.5 else child
+                    child = mutate(child, boost) if rng.random() < 0.5 else child
                 else:
-                    child = mutate(pa)
+                    child = mutate(pa, boost)
             except (ScheduleError, ValueError):
                 continue
             k = _key(child)
