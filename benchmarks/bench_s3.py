@@ -100,7 +100,17 @@ def ablation(problem, nfe, generations, search_kw):
 
 
 def run(
-    problem, nfes, generations, metric, tag, timestep_only_too=True, search_kw=None, report_n=512, ts_generations=40
+    problem,
+    nfes,
+    generations,
+    metric,
+    tag,
+    timestep_only_too=True,
+    search_kw=None,
+    report_n=512,
+    ts_generations=40,
+    heldout=HELDOUT,
+    report_kw=None,
 ):
     rows = []
     search_kw = dict(search_kw or {})
@@ -118,10 +128,13 @@ def run(
                 **search_kw,
             )
             t_search = time.time() - t0
-            rep = report(problem, res.schedule, HELDOUT, report_n, metric)
+            rep = report(problem, res.schedule, heldout, report_n, metric, **(report_kw or {}))
             row = {
                 "problem": tag,
                 "nfe": nfe,
+                "metric": metric,
+                "heldout_seeds": list(heldout),
+                "baselines_compared": len(rep["baselines"]),
                 "search_seconds": round(t_search, 1),
                 "evaluations": res.evaluations,
                 "search_fitness_high_fidelity": res.fitness,
@@ -178,24 +191,26 @@ def write_md(result):
     lines = [
         "# S^3 / USF schedule search (bench_s3.py)",
         "",
-        f"Machine: {result['machine']}; torch threads {result['threads']}; total {result['total_seconds']:.0f} s.",
+        f"Machine: {result.get('machine', '?')}; torch threads {result['threads']};"
+        f" total {result.get('total_seconds', 0):.0f} s (analytic part).",
         "",
-        "Fitness: RMSE of final samples against the exact ODE solution from the same noise (analytic model);"
+        "Fitness (gmm): RMSE of final samples against the exact ODE solution from the same noise;"
         " held-out seeds " + ", ".join(map(str, HELDOUT)) + " (512 samples each), never seen by the search.",
         "Best fixed = the best of DDIM, DPM-Solver++ 2M/3M, UniPC bh1/bh2 (orders 2, 3), DEIS log-rho (diffusers)"
         " and our DEIS tAB/rhoAB/log-rho/iPNDM orders 2-4, each on uniform-t, quadratic-t, uniform-lambda and"
         " Karras grids (the best of 92 solver x grid pairs, chosen on the held-out seeds themselves).",
         "",
-        "| problem | NFE | searched (held-out) | best fixed (held-out) | best fixed solver | improvement |"
+        "| problem | NFE | metric | searched (held-out) | best fixed (held-out) | best fixed solver | improvement |"
         " timestep-only search | search time | schedule |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         b = r["heldout_best_baseline"]
         ts = r.get("timestep_only")
         ts_s = f"{ts['heldout']:.4g} ({100 * ts['improvement']:.0f}%)" if ts else "-"
         lines.append(
-            f"| {r['problem']} | {r['nfe']} | {r['heldout_found']:.4g} | {b['fitness']:.4g} |"
+            f"| {r['problem']} | {r['nfe']} | {r.get('metric', 'rmse')} | {r['heldout_found']:.4g} |"
+            f" {b['fitness']:.4g} |"
             f" {b['solver']} / {b['grid']} |"
             f" {100 * r['improvement']:.1f}% | {ts_s} | {r['search_seconds']:.0f} s | `{r['schedule_summary']}` |"
         )
@@ -219,14 +234,63 @@ def write_md(result):
             "Surrogate (MLP) rank correlation with the measured low-fidelity fitness of the candidates it selected,"
             " mean over generations: " + ", ".join(f"{c:.2f}" for c in corr) + ".",
         ]
-    lines += [
-        "",
-        f"Search time for NFE {', '.join(str(r['nfe']) for r in result['rows'] if r['problem'] == 'gmm')}"
-        f" together: {result['search_seconds_all_nfe']:.0f} s.",
-    ]
+    if "search_seconds_all_nfe" in result:
+        gmm_nfe = ", ".join(str(r["nfe"]) for r in result["rows"] if r["problem"] == "gmm")
+        lines += ["", f"Search time for NFE {gmm_nfe} (gmm) together: {result['search_seconds_all_nfe']:.0f} s."]
     if result.get("demo_note"):
         lines += ["", result["demo_note"]]
     (RESULTS / "s3.md").write_text("\n".join(lines) + "\n")
+
+
+DEMO_BASELINES = (
+    "ddim",
+    "dpmsolver++2m",
+    "dpmsolver++3m",
+    "unipc-bh2",
+    "unipc3-bh2",
+    "deis-logrho3",
+    "deis-tab3",
+    "deis-ipndm3",
+)
+
+
+def run_demo(result, args):
+    """The demo DDPM with the Frechet-distance fitness (a reduced baseline set: each evaluation is a U-Net run)."""
+    demo = demo_problem()
+    trained, why = demo_is_trained(demo)
+    result["rows"] = [r for r in result["rows"] if r["problem"] != "demo_ddpm"]
+    if not trained:
+        result["demo_note"] = f"Demo DDPM search skipped: the shipped weights are not a trained model yet ({why})."
+        return
+    t0 = time.time()
+    result["rows"] += run(
+        demo,
+        args.demo_nfe,
+        args.demo_generations,
+        "fid",
+        "demo_ddpm",
+        timestep_only_too=False,
+        search_kw={"low_fidelity": 128, "high_fidelity": 256, "evaluate_per_generation": 8, "promote": 2},
+        report_n=512,
+        heldout=(7,),
+        report_kw={"solvers": DEMO_BASELINES, "grid_names": ("time_uniform", "logSNR")},
+    )
+    result["demo_note"] = (
+        f"Demo DDPM (16x16 digits, {time.time() - t0:.0f} s): fitness = Frechet distance of the demo classifier's"
+        " features to the digits training set; held-out = one seed of 512 samples; baselines reduced to "
+        + ", ".join(DEMO_BASELINES)
+        + " on uniform-t and uniform-lambda grids (each evaluation runs the U-Net)."
+    )
+
+
+def demo_only(args):
+    """Add the demo DDPM rows to an existing s3.json (the analytic rows are kept)."""
+    path = RESULTS / "s3.json"
+    result = json.loads(path.read_text()) if path.exists() else {"benchmark": "bench_s3", "rows": [], "threads": 1}
+    run_demo(result, args)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_md(result)
+    return result
 
 
 def main(argv=None):
@@ -236,12 +300,16 @@ def main(argv=None):
     ap.add_argument("--ts-generations", type=int, default=30, help="generations of the timestep-only search")
     ap.add_argument("--demo", action="store_true", help="also search on the demo digits DDPM (Frechet distance)")
     ap.add_argument("--demo-nfe", type=int, nargs="+", default=[5])
+    ap.add_argument("--demo-generations", type=int, default=10)
+    ap.add_argument("--demo-only", action="store_true", help="only the demo DDPM, merged into an existing s3.json")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ablation", type=int, default=5, help="NFE of the no-surrogate ablation (0: skip)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     SCHEDULES.mkdir(parents=True, exist_ok=True)
+    if args.demo_only:
+        return demo_only(args)
     t0 = time.time()
     rows = run(analytic_problem(), args.nfe, args.generations, "rmse", "gmm", search_kw={"high_fidelity": 512})
     result = {

@@ -272,11 +272,18 @@ def baseline_solvers():
     return out
 
 
-def evaluate_baselines(problem: SearchProblem, nfe: int, seeds, n: int, metric: str = "rmse") -> list[dict]:
-    """Fitness of every baseline solver x standard grid at ``nfe`` on the given seeds (sorted, best first)."""
+def evaluate_baselines(
+    problem: SearchProblem, nfe: int, seeds, n: int, metric: str = "rmse", solvers=None, grid_names=None
+) -> list[dict]:
+    """Fitness of every baseline solver x standard grid at ``nfe`` on the given seeds (sorted, best first).
+
+    ``solvers`` / ``grid_names`` restrict the comparison (names from :func:`baseline_solvers`, ``BASELINE_GRIDS``).
+    """
     rows = []
     for name, (kind, obj) in baseline_solvers().items():
-        for gname in BASELINE_GRIDS:
+        if solvers is not None and name not in solvers:
+            continue
+        for gname in BASELINE_GRIDS if grid_names is None else grid_names:
             grid = _grid_for(gname, problem.noise_schedule, nfe, problem.t_start, problem.t_end)
             vals = []
             for seed in seeds:
@@ -620,14 +627,22 @@ def search(
     return SearchResult(best, best_fit, len(archive), gen + 1, history, seconds)
 
 
-def report(problem: SearchProblem, schedule: SolverSchedule, seeds=(7, 8, 9, 10), n: int = 512, metric="rmse") -> dict:
+def report(
+    problem: SearchProblem,
+    schedule: SolverSchedule,
+    seeds=(7, 8, 9, 10),
+    n: int = 512,
+    metric="rmse",
+    solvers=None,
+    grid_names=None,
+) -> dict:
     """Held-out check: the schedule's fitness on ``seeds`` (not used by the search) and every baseline's."""
     vals = []
     for sd in seeds:
         x, ref = problem.batch(sd, n)
         vals.append(fitness_of(problem, problem.run(schedule, x), ref, metric))
     found = float(np.mean(vals))
-    base = evaluate_baselines(problem, schedule.nfe, seeds, n, metric)
+    base = evaluate_baselines(problem, schedule.nfe, seeds, n, metric, solvers, grid_names)
     best = base[0]
     return {
         "nfe": schedule.nfe,
