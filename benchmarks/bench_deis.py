@@ -2,17 +2,18 @@
 
 Problems (VP, DDPM linear betas, epsilon prediction, x_T exact at timestep 999, end at sigma = 0):
 - ``gmm``: a random 8-D Gaussian mixture (``GaussianMixture.random``).
-- ``digits``: a Gaussian mixture over scikit-learn's 1,797 8x8 digits (64-D, in [-1, 1]),
+- ``digits``: a Gaussian mixture over 600 of scikit-learn's 8x8 digits (64-D, in [-1, 1]),
   component variance 0.05^2: the empirical data distribution, slightly smoothed.
 The model is exact (closed-form denoiser), so the only error is the solver's; the reference is
 the probability-flow ODE solved to ~1e-10 (``GaussianMixture.ode_solve``). Each scheduler runs in
 the same diffusers-style loop; the model is evaluated at the scheduler's exact noise level.
-Every method is tried on every grid it offers; the table reports each method's best.
+Every method is tried on every grid it offers, with ``lower_order_final`` on and off where it
+has that option; the table reports each method's best.
 
 Timing: ``step()`` cost for a 1x4x64x64 float32 latent, ours vs diffusers'
 ``DEISMultistepScheduler`` order 3, interleaved repeats in one run; reported as a ratio.
 
-Run: ``python benchmarks/bench_deis.py`` (about 3 minutes on 2 cores). Writes
+Run: ``python benchmarks/bench_deis.py`` (about 20 minutes on 2 idle cores). Writes
 ``benchmarks/results/deis.json`` and ``deis.md``.
 """
 
@@ -35,12 +36,14 @@ from sklearn.datasets import load_digits
 from fastsample import DEISScheduler
 from fastsample.analytic import GaussianMixture
 from fastsample.schedules import DiscreteVP
+from fastsample.sweep import atomic_write, steps_for_nfe
 
 NFES = [4, 5, 6, 8, 10, 15, 20]
 OUT = Path(__file__).parent / "results"
-N_SAMPLES = 64
-OURS = [("tab", o) for o in (1, 2, 3, 4)] + [("rhoab", o) for o in (2, 3, 4)] + [("logrho", o) for o in (2, 3)]
-OURS += [("ipndm", o) for o in (2, 3, 4)] + [("rhork", o) for o in (2, 3, 4)]
+N_SAMPLES = {"gmm": 64, "digits": 32}
+OURS = [("tab", o) for o in (2, 3, 4)] + [("rhoab", 3), ("logrho", 2), ("logrho", 3), ("ipndm", 3), ("ipndm", 4)]
+OURS += [("rhork", o) for o in (2, 3, 4)]
+LOF = ({"lower_order_final": True}, {"lower_order_final": False})
 OUR_GRIDS = {"linspace": {}, "trailing": {"timestep_spacing": "trailing"}, "karras": {"time_grid": "karras"}}
 OUR_GRIDS |= {"logSNR": {"time_grid": "uniform_lambda"}, "quadratic_t": {"time_grid": "quadratic_t"}}
 DIFFUSERS_GRIDS = {"linspace": {}, "trailing": {"timestep_spacing": "trailing"}, "karras": {"use_karras_sigmas": True}}
@@ -49,6 +52,7 @@ DIFFUSERS_GRIDS_LAMBDA = {**DIFFUSERS_GRIDS, "logSNR": {"use_lambdas": True}}
 
 def problems():
     digits = load_digits().data.astype(np.float64) / 8.0 - 1.0
+    digits = digits[np.random.default_rng(0).permutation(len(digits))[:600]]
     return {
         "gmm": GaussianMixture.random(dim=8, components=6, seed=0),
         "digits": GaussianMixture.from_data(digits, variance=0.05**2),
@@ -56,30 +60,18 @@ def problems():
 
 
 def diffusers_methods():
+    """label -> (class, fixed kwargs, grids, option sets)."""
     lam = DIFFUSERS_GRIDS_LAMBDA
+    ddim_grids = {"linspace": {}, "trailing": DIFFUSERS_GRIDS["trailing"]}
     return {
-        "DDIM": (DDIMScheduler, {"set_alpha_to_one": True}, {"linspace": {}, "trailing": DIFFUSERS_GRIDS["trailing"]}),
-        "DPM-Solver++ 2M": (DPMSolverMultistepScheduler, {"solver_order": 2}, lam),
-        "DPM-Solver++ 3M": (DPMSolverMultistepScheduler, {"solver_order": 3}, lam),
-        "UniPC bh2 (3)": (UniPCMultistepScheduler, {"solver_order": 3}, DIFFUSERS_GRIDS),
-        "UniPC bh2 (2)": (UniPCMultistepScheduler, {"solver_order": 2}, DIFFUSERS_GRIDS),
-        "DEISMultistep (diffusers) 2": (DEISMultistepScheduler, {"solver_order": 2}, DIFFUSERS_GRIDS),
-        "DEISMultistep (diffusers) 3": (DEISMultistepScheduler, {"solver_order": 3}, DIFFUSERS_GRIDS),
+        "DDIM": (DDIMScheduler, {"set_alpha_to_one": True}, ddim_grids, ({},)),
+        "DPM-Solver++ 2M": (DPMSolverMultistepScheduler, {"solver_order": 2}, lam, LOF),
+        "DPM-Solver++ 3M": (DPMSolverMultistepScheduler, {"solver_order": 3}, lam, LOF),
+        "UniPC bh2 (3)": (UniPCMultistepScheduler, {"solver_order": 3}, DIFFUSERS_GRIDS, LOF),
+        "UniPC bh2 (2)": (UniPCMultistepScheduler, {"solver_order": 2}, DIFFUSERS_GRIDS, LOF),
+        "DEISMultistep (diffusers) 2": (DEISMultistepScheduler, {"solver_order": 2}, DIFFUSERS_GRIDS, LOF),
+        "DEISMultistep (diffusers) 3": (DEISMultistepScheduler, {"solver_order": 3}, DIFFUSERS_GRIDS, LOF),
     }
-
-
-def steps_for_nfe(scheduler, nfe):
-    """The largest num_inference_steps whose run makes exactly ``nfe`` model calls, or None."""
-    for n in range(nfe, 0, -1):
-        try:
-            scheduler.set_timesteps(n)
-        except ValueError:
-            continue
-        if len(scheduler.timesteps) == nfe:
-            return n
-        if len(scheduler.timesteps) < nfe:
-            return None
-    return None
 
 
 def run(scheduler, gm, schedule, x_t, nfe):
@@ -104,7 +96,7 @@ def run(scheduler, gm, schedule, x_t, nfe):
 
 def errors(problem_name, gm, base_config):
     schedule = DiscreteVP.from_config(base_config)
-    x_t = torch.from_numpy(gm.prior_sample(N_SAMPLES, schedule, t_start=1.0, seed=7))
+    x_t = torch.from_numpy(gm.prior_sample(N_SAMPLES[problem_name], schedule, t_start=1.0, seed=7))
     t0 = time.perf_counter()
     exact = torch.from_numpy(gm.ode_solve(x_t.numpy(), schedule, 1.0, 0.0))
     print(f"[{problem_name}] exact solution in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -112,25 +104,31 @@ def errors(problem_name, gm, base_config):
     def rmse(x):
         return float(((x - exact) ** 2).mean(dim=1).sqrt().mean())
 
-    table = {}
-    for label, (cls, kw, grids) in diffusers_methods().items():
+    def record(label, make, grids, options):
         for gname, gkw in grids.items():
-            for nfe in NFES:
-                x = run(cls.from_config(base_config, **kw, **gkw), gm, schedule, x_t, nfe)
-                if x is not None:
-                    table.setdefault(label, {}).setdefault(nfe, {})[gname] = rmse(x)
-    for variant, order in OURS:
-        label = f"DEIS {variant} {order}"
-        for gname, gkw in OUR_GRIDS.items():
-            for nfe in NFES:
-                s = DEISScheduler.from_config(base_config, deis_variant=variant, solver_order=order, **gkw)
-                try:
-                    x = run(s, gm, schedule, x_t, nfe)
-                except ValueError:
-                    x = None
-                if x is not None:
-                    table.setdefault(label, {}).setdefault(nfe, {})[gname] = rmse(x)
+            for opt in options:
+                key = gname + ("" if opt.get("lower_order_final", True) else " (no lof)")
+                for nfe in NFES:
+                    try:
+                        x = run(make(**gkw, **opt), gm, schedule, x_t, nfe)
+                    except ValueError:
+                        x = None
+                    if x is not None:
+                        table.setdefault(label, {}).setdefault(nfe, {})[key] = rmse(x)
         print(f"[{problem_name}] {label} done", flush=True)
+
+    table = {}
+    for label, (cls, kw, grids, options) in diffusers_methods().items():
+        record(label, lambda cls=cls, kw=kw, **o: cls.from_config(base_config, **kw, **o), grids, options)
+    for variant, order in OURS:
+        lof = LOF if variant != "rhork" else ({},)
+        ours = {"deis_variant": variant, "solver_order": order}
+        record(
+            f"DEIS {variant} {order}",
+            lambda ours=ours, **o: DEISScheduler.from_config(base_config, **ours, **o),
+            OUR_GRIDS,
+            lof,
+        )
     return table
 
 
@@ -166,15 +164,19 @@ def main():
     torch.set_num_threads(2)
     base_config = DDIMScheduler(beta_schedule="linear").config
     results = {"nfe": NFES, "n_samples": N_SAMPLES, "problems": {}}
-    for name, gm in problems().items():
-        results["problems"][name] = errors(name, gm, base_config)
     results["step_time_s"] = step_overhead()
     ref = results["step_time_s"]["diffusers DEISMultistepScheduler 3"]
     results["step_time_ratio_vs_diffusers_deis3"] = {k: v / ref for k, v in results["step_time_s"].items()}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "deis.json").write_text(json.dumps(results, indent=1))
-    (OUT / "deis.md").write_text(markdown(results))
+    for name, gm in problems().items():
+        results["problems"][name] = errors(name, gm, base_config)
+        save(results)
     print(markdown(results))
+
+
+def save(results):
+    OUT.mkdir(parents=True, exist_ok=True)
+    atomic_write(OUT / "deis.json", json.dumps(results, indent=1))
+    atomic_write(OUT / "deis.md", markdown(results))
 
 
 def markdown(results):

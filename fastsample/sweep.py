@@ -309,9 +309,9 @@ def reference_statistics(metric: dict, features: FeatureNet, cache: Path):
         else:
             from . import demo
 
-            _, held = demo.digits_split()[:2]
+            _, held = demo.digits_split()
             stats = FeatureStatistics()
-            for b in torch.split(held, 256):
+            for b in torch.split(held.images, 256):
                 stats.update(features((b + 1) / 2))
             stats.save(cache, metadata=features.identity)
     else:
