@@ -269,7 +269,14 @@ NOTES = """\
   these models every solver does best on quadratic-t grids, so the preset's grid choice dominates its error.
 - Statistics are per element (diagonal) and piecewise linear in lambda; on low-dimensional mixtures and
   on the tiny digits model the gain over the statistics-free solver is modest or negative, unlike the
-  paper's CIFAR-10 / Stable Diffusion results."""
+  paper's CIFAR-10 / Stable Diffusion results.
+- Demo DDPM statistics: 64 lambda points x 256 samples (the paper uses 1,024-4,096 samples); with them
+  the preset (large log-SNR steps at high noise, where f = (sigma eps - l x) / alpha is scaled by
+  1 / alpha ~ 150 and the fitted s, b are noisy) degrades badly; more samples are the first thing to try.
+- Memory: the peak RSS is set by building the pipeline; compute_ems adds nothing measurable for 4-64
+  samples at batch 4 (one batch of JVPs at a time, O(grid x elements) float64 sums).
+- The 64-D digits mixture run (100 components, variance 0.01) did not finish within the session on the
+  shared 2-core machine; rerun with `--only analytic --models digits64`."""
 
 
 def write(res: dict) -> None:
