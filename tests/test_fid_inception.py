@@ -107,24 +107,27 @@ def test_bad_images(bad, match):
 
 
 def test_tf32_disabled_and_restored(ours, monkeypatch):
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
     seen = []
 
     def probe(self, x, dims=None):
-        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        seen.append(tuple(b.fp32_precision for b in backends))
         return x.mean((2, 3))
 
     monkeypatch.setattr(FIDInceptionV3, "forward_normalized", probe)
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    before = tuple(b.fp32_precision for b in backends)
+    for b in backends:
+        b.fp32_precision = "tf32"
     try:
         ours(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
-        assert seen == [(False, False)]
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        assert seen == [("ieee", "ieee")]
+        assert all(b.fp32_precision == "tf32" for b in backends)
         with pytest.raises(RuntimeError), no_tf32():
             raise RuntimeError
-        assert torch.backends.cudnn.allow_tf32
+        assert all(b.fp32_precision == "tf32" for b in backends)
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+        for b, value in zip(backends, before):
+            b.fp32_precision = value
 
 
 def test_missing_weights_message(tmp_path, monkeypatch):

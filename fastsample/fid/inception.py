@@ -224,20 +224,28 @@ def find_weights(path: str | os.PathLike | None = None) -> Path:
 
 @contextlib.contextmanager
 def no_tf32():
-    """Disable TF32 convolutions and matmuls (and reduced float32 matmul precision); restore on exit."""
-    saved = (
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.get_float32_matmul_precision(),
-    )
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
+    """Disable TF32 convolutions and matmuls while extracting features; restore on exit.
+
+    Uses torch's per-backend ``fp32_precision`` flags (torch >= 2.9): reading the legacy
+    ``allow_tf32`` flags raises once any library (transformers does) has used the new ones.
+    """
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+        saved = [b.fp32_precision for b in backends]
+        for b in backends:
+            b.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for b, value in zip(backends, saved):
+                b.fp32_precision = value
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[:2]
-        torch.set_float32_matmul_precision(saved[2])
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def images_to_uint8(images: torch.Tensor, input_range: tuple[float, float] = (0.0, 1.0), check: bool = True):
