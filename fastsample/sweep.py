@@ -86,7 +86,11 @@ def _require(d: dict, key: str, where: str):
 
 
 def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConfig:
-    """Read and validate a sweep config; relative ``output`` paths are relative to the config file."""
+    """Read and validate a sweep config.
+
+    Relative paths (``output``, scheduler config keys ending in ``_path`` or ``_file``) are relative
+    to the config file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep config {path} does not exist")
@@ -110,9 +114,11 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
     specs = []
     for i, s in enumerate(scheds):
         name = _require(s, "name", f"schedulers #{i}")
-        specs.append(
-            SchedulerSpec(name=name, label=s.get("label", name.rpartition(".")[2]), config=s.get("config", {}))
-        )
+        config = {
+            k: str((path.parent / v).resolve()) if k.endswith(("_path", "_file")) and isinstance(v, str) else v
+            for k, v in s.get("config", {}).items()
+        }
+        specs.append(SchedulerSpec(name=name, label=s.get("label", name.rpartition(".")[2]), config=config))
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"sweep config: scheduler labels must be unique, got {labels}")
