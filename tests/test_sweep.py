@@ -138,3 +138,37 @@ def test_bad_configs(tmp_path, edit, match):
 def test_missing_config_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         sweep.load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.slow
+def test_accelerate_two_processes_match_one(tmp_path):
+    """`accelerate launch --cpu --num_processes 2`: disjoint seeds per rank, all-reduced sums.
+
+    The feature sums are reduced exactly (tests/test_fid_stats.py checks that to float64 round-off);
+    end to end the two runs differ only by the UNet's float32 batch-composition round-off.
+    """
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg_path = tmp_path / "sweep.toml"
+    cfg_path.write_text(CONFIG.format(batch=4))
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher is not installed beside this Python"
+    out2 = tmp_path / "two"
+    cmd = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    cmd += ["--dynamo_backend", "no", "-m", "fastsample", "sweep", str(cfg_path), "--output", str(out2)]
+    cmd += ["--no-progress"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    one = sweep.run_sweep(sweep.load_config(cfg_path, output=str(tmp_path / "one")), progress=False)
+    two = json.loads((out2 / "results.json").read_text())["cells"]
+    assert len(two) == len(one) == 4
+    for a, b in zip(one, two):
+        assert (a["scheduler"], a["nfe"]) == (b["scheduler"], b["nfe"])
+        if a["fd"] is None:
+            assert b["fd"] is None
+        else:
+            assert b["fd"] == pytest.approx(a["fd"], rel=1e-4)  # 12 samples, 64 dims: an ill-conditioned FD
+    counts = [json.loads(p.read_text()).get("count") for p in (out2 / "cells").glob("*.json")]
+    assert sorted(c for c in counts if c) == [12, 12, 12]  # both ranks' samples in each of the 3 computed cells
