@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["Plan", "Solver", "History", "linear_step"]
+__all__ = ["Plan", "Solver", "History", "linear_step", "runge_kutta_plan"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,39 @@ def concat_plans(first: Plan, rest: Plan, grid) -> Plan:
         w_x0=cat(first.w_x0, rest.w_x0),
         order=rest.order,
         info=dict(rest.info),
+    )
+
+
+def runge_kutta_plan(grid, steps, f_x0: float, order: int, info: dict) -> Plan:
+    """A :class:`Plan` from explicit Runge-Kutta steps (Butcher tableaux), one stage per model call.
+
+    ``steps`` holds, per grid step, ``(tableau, h, stage_times, a, scale)``: the tableau
+    ``(c, A, b)``, the step size h in the integration variable, the model-evaluation time of each
+    stage, and per stage s the factors of the state that follows it (stage s + 1, or the step's
+    end for the last): ``a[s] * x_start + scale[s] * h * sum_j W[s][j] f_j`` with W = (A[1:], b).
+    The derivative is f = eps + f_x0 * x0 (f_x0 = 0: dy/drho = eps; f_x0 = -1: flow velocity).
+    """
+    times, step_of_eval, refs, a_all, rows = [], [], [], [], []
+    for i, ((c, A, b), h, stage_t, a, scale) in enumerate(steps):
+        weights = list(A[1:]) + [b]
+        for s in range(len(c)):
+            times.append(stage_t[s])
+            step_of_eval.append(i)
+            refs.append(s)
+            a_all.append(a[s])
+            rows.append([scale[s] * h * weights[s][s - j] for j in range(s + 1)])
+    m = max(len(r) for r in rows)
+    w = np.array([r + [0.0] * (m - len(r)) for r in rows])
+    return Plan(
+        eval_times=np.asarray(times, dtype=np.float64),
+        grid=np.asarray(grid, dtype=np.float64),
+        step_of_eval=np.asarray(step_of_eval, dtype=np.int64),
+        ref=np.asarray(refs, dtype=np.int64),
+        a=np.asarray(a_all, dtype=np.float64),
+        w_eps=w,
+        w_x0=f_x0 * w if f_x0 else np.zeros((len(times), 1)),
+        order=order,
+        info=info,
     )
 
 

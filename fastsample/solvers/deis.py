@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from .base import Plan, Solver
+from .base import Plan, Solver, runge_kutta_plan
 
 __all__ = ["DEISSolver", "VARIANTS", "IPNDM_COEFFS", "RK_TABLEAUS"]
 
@@ -244,38 +244,19 @@ class DEISSolver(Solver):
         alpha, _, rho = _alpha_sigma_rho(schedule, grid)
         if np.any(alpha[:-1] == 0):
             raise ValueError("DEIS 'rhork' needs alpha > 0 at every step start; start flow grids below t = 1")
-        times, steps, refs, a, rows = [], [], [], [], []
+        steps = []
         for i in range(len(grid) - 1):
             tableau = _RK_FINAL[self.rk] if rho[i + 1] == 0 else self.rk
             h = rho[i + 1] - rho[i]
             stage_t = [grid[i]] + [float(schedule.t_of_sigma_ve(rho[i] + ci * h)) for ci in RK_TABLEAUS[tableau][0][1:]]
             if min(stage_t) <= 0:
                 tableau, stage_t = "euler", [grid[i]]
-            c, A, b = RK_TABLEAUS[tableau]
+            c = RK_TABLEAUS[tableau][0]
             stage_t = [grid[i + 1] if ci == 1.0 else ti for ci, ti in zip(c, stage_t)]
-            target_t = stage_t[1:] + [grid[i + 1]]
-            weights = list(A[1:]) + [b]
-            for s in range(len(c)):
-                alpha_next = float(schedule.alpha(target_t[s]))
-                times.append(stage_t[s])
-                steps.append(i)
-                refs.append(s)
-                a.append(alpha_next / alpha[i])
-                rows.append([alpha_next * h * weights[s][s - j] for j in range(s + 1)])
-        m = max(len(r) for r in rows)
-        w_eps = np.array([r + [0.0] * (m - len(r)) for r in rows])
-        nfe = len(times)
-        return Plan(
-            eval_times=np.asarray(times, dtype=np.float64),
-            grid=grid,
-            step_of_eval=np.asarray(steps, dtype=np.int64),
-            ref=np.asarray(refs, dtype=np.int64),
-            a=np.asarray(a),
-            w_eps=w_eps,
-            w_x0=np.zeros((nfe, 1)),
-            order=self.order,
-            info={"solver": self.name, "variant": "rhork", "tableau": self.rk},
-        )
+            alpha_next = [float(schedule.alpha(t)) for t in stage_t[1:] + [grid[i + 1]]]
+            steps.append((RK_TABLEAUS[tableau], h, stage_t, [an / alpha[i] for an in alpha_next], alpha_next))
+        info = {"solver": self.name, "variant": "rhork", "tableau": self.rk}
+        return runge_kutta_plan(grid, steps, f_x0=0.0, order=self.order, info=info)
 
     def __repr__(self) -> str:
         return f"DEISSolver(variant={self.variant!r}, order={self.order})"

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Plan, Solver, prediction_form_ddim
+from .base import Plan, Solver, prediction_form_ddim, runge_kutta_plan
 from .deis import RK_TABLEAUS
 
 __all__ = ["FlowEulerSolver", "FlowRKSolver", "ExpMultistepSolver", "FLOW_SOLVERS", "make_flow_solver"]
@@ -91,30 +91,13 @@ class FlowRKSolver(Solver):
 
     def prepare(self, schedule, grid) -> Plan:
         grid = _check_grid(grid)
-        times, steps, refs, rows = [], [], [], []
+        steps = []
         for i in range(len(grid) - 1):
             t, h = grid[i], grid[i + 1] - grid[i]
             c, A, b = self._tableau(final=grid[i + 1] == 0)
-            weights = list(A[1:]) + [b]
-            for s in range(len(c)):
-                times.append(t + c[s] * h)
-                steps.append(i)
-                refs.append(s)
-                rows.append([h * weights[s][s - j] if s - j < len(weights[s]) else 0.0 for j in range(s + 1)])
-        m = max(len(r) for r in rows)
-        w = np.array([r + [0.0] * (m - len(r)) for r in rows])
-        n = len(times)
-        return Plan(
-            eval_times=np.asarray(times, dtype=np.float64),
-            grid=grid,
-            step_of_eval=np.asarray(steps, dtype=np.int64),
-            ref=np.asarray(refs, dtype=np.int64),
-            a=np.ones(n),
-            w_eps=w,
-            w_x0=-w,
-            order=self.order,
-            info={"solver": self.name},
-        )
+            ones = [1.0] * len(c)
+            steps.append(((c, A, b), h, [t + ci * h for ci in c], ones, ones))
+        return runge_kutta_plan(grid, steps, f_x0=-1.0, order=self.order, info={"solver": self.name})
 
 
 class ExpMultistepSolver(Solver):
