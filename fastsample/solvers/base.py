@@ -65,6 +65,24 @@ class Plan:
         if np.any(self.eval_times <= 0):
             raise ValueError("a plan may not evaluate the model at t <= 0")
 
+    @classmethod
+    def multistep(cls, grid, a, w_eps, w_x0, order: int, info: dict | None = None, **extra):
+        """A plan with one model call at the start of each grid step (multistep solvers)."""
+        grid = np.asarray(grid, dtype=np.float64)
+        n = len(grid) - 1
+        return cls(
+            eval_times=grid[:-1].copy(),
+            grid=grid,
+            step_of_eval=np.arange(n),
+            ref=np.zeros(n, dtype=np.int64),
+            a=a,
+            w_eps=w_eps,
+            w_x0=w_x0,
+            order=order,
+            info=info or {},
+            **extra,
+        )
+
     @property
     def nfe(self) -> int:
         return len(self.eval_times)
@@ -103,18 +121,8 @@ def linear_step(plan: Plan, k: int, history: History) -> torch.Tensor:
 
 def prediction_form_ddim(schedule, grid) -> Plan:
     """DDIM as x' = alpha' x0 + sigma' eps (Song et al., arXiv 2010.02502); finite where alpha = 0."""
-    t, tn = grid[:-1], grid[1:]
-    n = len(t)
-    return Plan(
-        eval_times=t.copy(),
-        grid=np.asarray(grid, dtype=np.float64),
-        step_of_eval=np.arange(n),
-        ref=np.zeros(n, dtype=np.int64),
-        a=np.zeros(n),
-        w_eps=schedule.sigma(tn)[:, None],
-        w_x0=schedule.alpha(tn)[:, None],
-        order=1,
-    )
+    tn = np.asarray(grid, dtype=np.float64)[1:]
+    return Plan.multistep(grid, np.zeros(len(tn)), schedule.sigma(tn)[:, None], schedule.alpha(tn)[:, None], order=1)
 
 
 def concat_plans(first: Plan, rest: Plan, grid) -> Plan:

@@ -228,17 +228,8 @@ class DEISSolver(Solver):
             a[i] = alpha[i + 1] / alpha[i]
             w_eps[i, : d + 1] = alpha[i + 1] * c
             degrees[i] = d
-        return Plan(
-            eval_times=grid[:-1].copy(),
-            grid=grid,
-            step_of_eval=np.arange(n),
-            ref=np.zeros(n, dtype=np.int64),
-            a=a,
-            w_eps=w_eps,
-            w_x0=w_x0,
-            order=self.order,
-            info={"solver": self.name, "variant": self.variant, "degrees": degrees},
-        )
+        info = {"solver": self.name, "variant": self.variant, "degrees": degrees}
+        return Plan.multistep(grid, a, w_eps, w_x0, order=self.order, info=info)
 
     def _prepare_rk(self, schedule, grid: np.ndarray) -> Plan:
         alpha, _, rho = _alpha_sigma_rho(schedule, grid)

@@ -486,14 +486,11 @@ class DPMSolverV3(Solver):
         def shaped(v, lead):
             return v.reshape(v.shape[:lead] + shape)
 
-        return ElementwisePlan(
-            eval_times=grid[:-1].copy(),
-            grid=grid,
-            step_of_eval=np.arange(n),
-            ref=np.zeros(n, dtype=np.int64),
-            a=shaped(a, 1),
-            w_eps=shaped(w_eps, 2),
-            w_x0=shaped(w_x0, 2),
+        return ElementwisePlan.multistep(
+            grid,
+            shaped(a, 1),
+            shaped(w_eps, 2),
+            shaped(w_x0, 2),
             order=self.order,
             info={"predictor_orders": p.tolist(), "corrector_orders": c.tolist()},
             c=shaped(cst, 1),

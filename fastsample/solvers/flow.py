@@ -146,17 +146,8 @@ class ExpMultistepSolver(Solver):
                 w = [c0 + p / r0, -p / r0 + qq / r1, -qq / r1]
             w_x0[i, :q] = w
             orders[i] = q
-        return Plan(
-            eval_times=grid[:-1].copy(),
-            grid=grid,
-            step_of_eval=np.arange(n),
-            ref=np.zeros(n, dtype=np.int64),
-            a=a,
-            w_eps=np.zeros((n, 1)),
-            w_x0=w_x0,
-            order=self.order,
-            info={"solver": self.name, "orders": orders},
-        )
+        info = {"solver": self.name, "orders": orders}
+        return Plan.multistep(grid, a, np.zeros((n, 1)), w_x0, order=self.order, info=info)
 
 
 FLOW_SOLVERS = ("euler", "heun", "midpoint", "rk3", "rk4", "multistep2", "multistep3")
