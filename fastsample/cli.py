@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    rc = module.main(argv[1:])  # an exit status, or what the subcommand made (e.g. a file path): success
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -316,3 +316,31 @@ def test_processes_share_the_samples_and_batch_size_does_not_matter():
     np.testing.assert_allclose(_ems(model, CFG, x0, batch_size=3, **kw).l, full.l, rtol=0, atol=1e-6)
     parts = [_ems(model, CFG, x0, batch_size=4, accelerator=_Rank(r, 2), **kw).l for r in (0, 1)]
     np.testing.assert_allclose(parts[0] + parts[1], full.l, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_match_one(tmp_path):
+    """``accelerate launch --cpu --num_processes 2 -m fastsample ems``: each rank its own samples (seeded per
+    sample), sums all-reduced over gloo; equal to one process up to the UNet's float32 batch round-off."""
+    import shutil
+    from pathlib import Path
+
+    from tiny_pipelines import ddpm_pipeline
+
+    from fastsample.cli import main
+
+    ddpm_pipeline().save_pretrained(tmp_path / "pipe")
+    np.save(tmp_path / "x.npy", (np.random.default_rng(0).random((6, 3, 8, 8)) * 2 - 1).astype(np.float32))
+    args = ["--model", str(tmp_path / "pipe"), "--data", str(tmp_path / "x.npy"), "--grid-size", "3"]
+    args += ["--num-samples", "6", "--batch-size", "2", "--no-progress"]
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher is not installed beside this Python"
+    cmd = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    cmd += ["--dynamo_backend", "no", "-m", "fastsample", "ems", *args, "--out", str(tmp_path / "two.safetensors")]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    two = EMS.load(tmp_path / "two.safetensors")
+    assert main(["ems", *args, "--out", str(tmp_path / "one.safetensors")]) == 0
+    one = EMS.load(tmp_path / "one.safetensors")
+    assert two.metadata["num_samples"] == one.metadata["num_samples"] == 6
+    for name in ("l", "s", "b"):
+        np.testing.assert_allclose(getattr(two, name), getattr(one, name), rtol=1e-3, atol=1e-4)
