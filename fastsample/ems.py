@@ -3,7 +3,8 @@
 On a grid uniform in lambda = log(alpha / sigma), for x_t = alpha x0 + sigma eps with x0 from the data:
 
 - l = E[diag(sigma d eps_theta / dx)], by forward-mode JVPs (``torch.func.jvp``) with one random
-  Rademacher (or Gaussian) probe v per sample: diag(J) = E_v[v * J v];
+  Rademacher (or Gaussian) probe v per sample: diag(J) = E_v[v * J v]; sample j keeps its data point,
+  noise and probe at every lambda (common random numbers);
 - with f = (sigma eps_theta - l x) / alpha and f' = df/dlambda along the probability-flow ODE
   dx/dlambda = (dlog alpha / dlambda) x - sigma eps_theta (one JVP along (dx/dlambda, dt/dlambda); dl/dlambda
   by central differences on the grid), s and b are the per-element least-squares fit f' ~ s f + b:
@@ -320,6 +321,7 @@ def compute_ems(
     model_hash: str = "",
     probe: str = "rademacher",
     seed: int = 0,
+    shared_noise: bool = True,
     l=None,
     checkpoint=None,
     progress: bool = True,
@@ -336,7 +338,10 @@ def compute_ems(
         scheduler_config: the model's diffusers scheduler config (schedule and prediction type).
         x0: data, a tensor (N, *shape) (cycled), or a callable ``x0(indices) -> tensor``.
         grid_size: number of lambda points K (the statistics' resolution).
-        num_samples: samples per lambda point (each with fresh noise and probe).
+        num_samples: samples per lambda point.
+        shared_noise: common random numbers: sample j has the same data point, noise and probe at every
+            lambda, so the estimation error varies smoothly with lambda and dl/dlambda (central differences)
+            does not difference independent noise. False: fresh draws per point.
         batch_size: samples per JVP; memory holds one batch of JVPs at a time.
         t_start, t_end: time range (default: the schedule's [t_max, t_min]).
         l: optional precomputed l (K, *shape): skips the first pass.
@@ -394,6 +399,7 @@ def compute_ems(
         "guidance_scale": float(guidance_scale),
         "probe": probe,
         "seed": seed,
+        "shared_noise": bool(shared_noise),
         "shape": list(shape),
         "model_hash": model_hash,
         "l_given": l is not None,
@@ -437,7 +443,8 @@ def compute_ems(
         xb = get_x0(idx).to(torch.float64)
         noise, v = torch.empty_like(xb), torch.empty(xb.shape, dtype=dtype)
         for row, j in enumerate(idx.tolist()):
-            g = torch.Generator().manual_seed(hash((seed, pass_id, i, j)) & 0x7FFFFFFFFFFF)
+            key = (seed, pass_id, j) if shared_noise else (seed, pass_id, i, j)
+            g = torch.Generator().manual_seed(hash(key) & 0x7FFFFFFFFFFF)
             noise[row] = torch.randn(xb.shape[1:], generator=g, dtype=torch.float64)
             if probe == "rademacher":
                 v[row] = torch.randint(0, 2, xb.shape[1:], generator=g).to(dtype) * 2 - 1
@@ -513,14 +520,7 @@ def compute_ems(
     if bar is not None:
         bar.close()
 
-    sums = state["sb_sum"].numpy() / num_samples
-    ef, efp, eff, effp = sums
-    var = np.maximum(eff - ef * ef, 0.0)
-    cov = effp - ef * efp
-    # a ridge of 1e-6 of the mean second moment at each point: elements where f does not vary get s = 0
-    ridge = 1e-6 * np.maximum(eff.mean(axis=1, keepdims=True), 1e-30)
-    s_arr = cov / (var + ridge)
-    b_arr = efp - s_arr * ef
+    s_arr, b_arr = _fit_sb(state["sb_sum"].numpy() / num_samples)
     meta = {
         "format_version": FORMAT_VERSION,
         "model_id": model_id,
@@ -535,6 +535,7 @@ def compute_ems(
         "num_samples": num_samples,
         "probe": probe,
         "seed": seed,
+        "shared_noise": bool(shared_noise),
     }
     return EMS(
         lambdas,
@@ -543,6 +544,17 @@ def compute_ems(
         b_arr.reshape((grid_size,) + shape),
         meta,
     )
+
+
+def _fit_sb(moments):
+    """s, b of the per-element least-squares fit f' ~ s f + b from the sample moments (E f, E f', E f^2, E f f'),
+    each (K, D); a ridge of 1e-6 of the mean second moment at each point gives s = 0 where f does not vary."""
+    ef, efp, eff, effp = moments
+    var = np.maximum(eff - ef * ef, 0.0)
+    cov = effp - ef * efp
+    ridge = 1e-6 * np.maximum(eff.mean(axis=1, keepdims=True), 1e-30)
+    s = cov / (var + ridge)
+    return s, efp - s * ef
 
 
 def _all_reduce(t):
