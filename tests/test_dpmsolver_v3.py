@@ -264,3 +264,19 @@ def test_tiny_stable_diffusion_with_guidance_and_statistics(tmp_path):
     assert pipe.scheduler.solver.order == 2  # guided preset
     with pytest.raises(EMSMismatchError, match="sample shape"):
         pipe("a cat", height=32, width=32, num_inference_steps=4, guidance_scale=6.0, output_type="np")
+
+
+def test_shipped_demo_statistics_match_the_demo_model():
+    """The statistics shipped beside the demo DDPM are a matched set for it, and drive its DDPMPipeline."""
+    from pathlib import Path
+
+    from fastsample.demo import load_ddpm_pipeline
+
+    pipe = load_ddpm_pipeline()
+    path = Path(__file__).resolve().parents[1] / "fastsample/demo/weights/ddpm/ems.safetensors"
+    pipe.scheduler = DPMSolverV3Scheduler.from_config(pipe.scheduler.config, ems_path=str(path))
+    pipe.scheduler.check_model(pipe.unet)
+    ems = pipe.scheduler.ems
+    assert ems.shape == (1, 16, 16) and ems.metadata["model_id"] == "fastsample/demo-ddpm"
+    images = pipe(batch_size=2, num_inference_steps=6, output_type="np", generator=torch.manual_seed(0)).images
+    assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
