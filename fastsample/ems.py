@@ -683,7 +683,9 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_arguments(p):
-    p.add_argument("--model", required=True, help="'demo-ddpm', or a local diffusers pipeline directory / hub id")
+    p.add_argument(
+        "--model", required=True, help="'demo-ddpm', 'demo-flow', or a local diffusers pipeline directory / hub id"
+    )
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--data", default=None, help="images in [-1, 1] as .npy/.pt (N, C, H, W); 'self' for SD's own")
     p.add_argument("--prompts", default=None, help="text file, one prompt per line (SD/SDXL)")
@@ -723,17 +725,21 @@ def _run(args) -> Path:
         accelerator=acc,
         device=device,
     )
-    if args.model == "demo-ddpm":
-        from .demo import digits_split, load_ddpm_pipeline
+    if args.model in ("demo-ddpm", "demo-flow"):
+        from .demo import digits_split, load_ddpm_pipeline, load_flow_pipeline
 
-        pipe = load_ddpm_pipeline()
+        flow = args.model == "demo-flow"
+        pipe = load_flow_pipeline() if flow else load_ddpm_pipeline()
         unet = pipe.unet.to(device).eval()
         data = _load_images(args.data) if args.data else digits_split()[0].images
+        if flow:  # lambda is infinite at t = 1 and t = 0: the range the solver's finite steps use
+            common["t_start"] = 0.995 if args.t_start is None else args.t_start
+            common["t_end"] = 0.005 if args.t_end is None else args.t_end
         ems = compute_ems(
             unet_model_fn(unet),
             pipe.scheduler.config,
             data,
-            model_id="fastsample/demo-ddpm",
+            model_id=f"fastsample/{args.model}",
             model_hash=model_fingerprint(unet),
             **common,
         )
