@@ -2,16 +2,17 @@
 
 1. Analytic Gaussian mixtures (exact denoiser, exact ODE solution): RMS error at t_min (diffusers' last
    training timestep) after NFE model calls from t = 1, for DPM-Solver-v3 with statistics (the paper's
-   preset for each NFE on its log-SNR grid; and the preset with the corrector always on, order 2 or 3,
-   on its best grid), the latter without statistics, diffusers' DPM-Solver++ 2M/3M (midpoint/heun) and
+   preset for each NFE on its log-SNR grid; and its best order, options and grid), the latter without
+   statistics, diffusers' DPM-Solver++ 2M/3M (midpoint/heun) and
    UniPC (orders 2-3, bh1/bh2) and our DEIS (tAB, log-rho; order 3), every method on its best grid of
    {uniform lambda, uniform t, Karras, quadratic t} (integer timesteps, final sigma = sigma_min).
-2. The tiny demo DDPM (if its weights exist): Frechet distance of classifier features of 1,000 samples
-   against held-out digits, for the same solvers (baselines on diffusers' default and Karras grids).
-3. Peak memory of ``compute_ems`` on a tiny SD UNet (real diffusers components, random weights,
+2. The tiny demo DDPM with its shipped statistics: RMS error of 128 samples against a 500-step reference
+   solution, and Frechet distance of classifier features of 500 samples against held-out digits.
+3. The tiny demo rectified-flow model with its shipped statistics: RMS error against a 200-step reference.
+4. Peak memory of ``compute_ems`` on a tiny SD UNet (real diffusers components, random weights,
    classifier-free guidance): flat in the number of samples, one batch of JVPs at a time.
 
-Run: ``python benchmarks/bench_dpmsolver_v3.py [--quick] [--only analytic demo memory] [--models mixture6]``;
+Run: ``python benchmarks/bench_dpmsolver_v3.py [--quick] [--only analytic demo flow memory] [--models mixture6]``;
 writes (and updates) benchmarks/results/dpmsolver_v3.{json,md} after each part.
 """
 
@@ -102,13 +103,22 @@ def baselines(cfg, schedule, n, grid_names=GRIDS, full=True):
 
 
 V3_PRESET = "DPM-Solver-v3 (EMS, preset)"
-V3_BEST = "DPM-Solver-v3 (EMS, corrector, best grid)"
-V3_NOEMS = "DPM-Solver-v3 (no EMS, corrector, best grid)"
+V3_BEST = "DPM-Solver-v3 (EMS, best grid and options)"
+V3_NOEMS = "DPM-Solver-v3 (no EMS, best grid and options)"
+# (predictor_pseudo, use_corrector, corrector_pseudo): the paper's option space
+V3_OPTIONS = (
+    (False, False, False),
+    (True, False, False),
+    (False, True, False),
+    (True, True, False),
+    (False, True, True),
+    (True, True, True),
+)
 
 
 def ours(cfg, schedule, n, ems, grid_names=GRIDS):
-    """(family, label, scheduler, timesteps): the paper's preset, and the preset with the corrector on at
-    every NFE, order 2 or 3, on each candidate grid (with and without statistics)."""
+    """(family, label, scheduler, timesteps): the paper's preset, and, with and without statistics, every
+    order (2, 3) x options x candidate grid, as the baselines choose theirs."""
     s = DPMSolverV3Scheduler.from_config(cfg, final_sigmas_type="sigma_min").use_ems(ems)
     s.set_timesteps(n)
     out = [(V3_PRESET, "uniform lambda, preset", s, s.timesteps)]
@@ -118,14 +128,21 @@ def ours(cfg, schedule, n, ems, grid_names=GRIDS):
             continue
         for fam, stats in ((V3_BEST, ems), (V3_NOEMS, None)):
             for order in (2, 3):
-                s = DPMSolverV3Scheduler.from_config(
-                    cfg, final_sigmas_type="sigma_min", use_corrector=True, solver_order=order
-                ).use_ems(stats)
-                try:
-                    s.set_timesteps(timesteps=ts)
-                except ValueError:  # a step finer than the statistics grid
-                    continue
-                out.append((fam, f"order {order}, {name}", s, s.timesteps))
+                for pp, corr, cp in V3_OPTIONS:
+                    s = DPMSolverV3Scheduler.from_config(
+                        cfg,
+                        final_sigmas_type="sigma_min",
+                        solver_order=order,
+                        predictor_pseudo=pp,
+                        use_corrector=corr,
+                        corrector_pseudo=cp,
+                    ).use_ems(stats)
+                    try:
+                        s.set_timesteps(timesteps=ts)
+                    except ValueError:  # a step finer than the statistics grid
+                        continue
+                    opts = "".join(k for k, on in (("p", pp), ("c", corr), ("C", cp)) if on) or "-"
+                    out.append((fam, f"order {order}, {opts}, {name}", s, s.timesteps))
     return out
 
 
@@ -137,7 +154,7 @@ def analytic(quick: bool, models=None):
         if models and not any(label.startswith(m) for m in models):
             continue
         t0 = time.time()
-        n_ems = 1024 if quick else (4096 if mix.dim < 10 else 2048)
+        n_ems = 1024 if quick else (16384 if mix.dim < 10 else 1024)
         ems = compute_ems(
             analytic_model_fn(mix, cfg),
             cfg,
@@ -167,7 +184,11 @@ def analytic(quick: bool, models=None):
         yield label, {"ems_seconds": ems_s, "ems_samples": n_ems, "grid_size": 121, "rows": rows}
 
 
-def demo_fd(quick: bool) -> dict | None:
+def demo(quick: bool) -> dict | None:
+    """The tiny demo DDPM with its shipped statistics: RMS error of 128 samples against a 500-step reference
+    solution (diffusers' DPM-Solver++ 2M, uniform t; 250 vs 500 steps differ by 8e-4 RMS), and the Frechet
+    distance of classifier features of 500 samples against held-out digits; each method at its best
+    configuration for each measure separately."""
     try:
         from fastsample.demo import digits_split, load_classifier, load_ddpm_pipeline
 
@@ -182,44 +203,114 @@ def demo_fd(quick: bool) -> dict | None:
         return None
     from fastsample.fid import frechet_distance
 
-    n_samples = 200 if quick else 500
+    n_samples, n_err = (200, 32) if quick else (500, 128)
     held = digits_split()[1].images
 
     def feats(x):
         with torch.no_grad():
             return clf.features(x).double()
 
-    ref = feats(held)
+    ref_feats = feats(held)
     unet = pipe.unet.eval()
     cfg = pipe.scheduler.config
     schedule, _ = schedule_for_config(cfg)
-    noise = torch.randn((n_samples, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((n_samples, 1, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
-    def sample(s, n):
-        x = noise.clone()
+    def sample(s, x):
         with torch.no_grad():
             for ts in s.timesteps:
-                x = s.step(unet(x, ts).sample, ts, x).prev_sample
-        return x.clamp(-1, 1)
+                x = s.step(unet(x.float(), ts).sample.double(), ts, x).prev_sample
+        return x
+
+    ref_sched = DPMSolverMultistepScheduler.from_config(cfg, solver_order=2, final_sigmas_type="sigma_min")
+    ref_sched.set_timesteps(timesteps=grid_timesteps(schedule, "uniform_t", 500).tolist())
+    exact = sample(ref_sched, noise[:n_err].clone())
 
     def fd(x):
-        a = feats(x)
-        return float(frechet_distance(a.mean(0), torch.cov(a.T), ref.mean(0), torch.cov(ref.T)))
+        a = feats(x.clamp(-1, 1).float())
+        return float(frechet_distance(a.mean(0), torch.cov(a.T), ref_feats.mean(0), torch.cov(ref_feats.T)))
 
-    rows = {}
+    rows_err, rows_fd = {}, {}
     ems = EMS.load(ems_path)
-    demo_grids = ("uniform_lambda", "uniform_t", "karras")
+    demo_grids = ("uniform_lambda", "uniform_t", "quadratic_t", "karras")
     for n in (5, 6, 8, 10):
-        best = {}
+        best_e, best_f = {}, {}
         for fam, var, s, _ts in ours(cfg, schedule, n, ems, demo_grids) + baselines(
             cfg, schedule, n, demo_grids, False
         ):
-            v = fd(sample(s, n))
-            if fam not in best or v < best[fam][0]:
-                best[fam] = (v, var)
+            x = sample(s, noise.clone())
+            e = float((x[:n_err] - exact).pow(2).mean().sqrt())
+            v = fd(x)
+            if fam not in best_e or e < best_e[fam][0]:
+                best_e[fam] = (e, var)
+            if fam not in best_f or v < best_f[fam][0]:
+                best_f[fam] = (v, var)
+        rows_err[n], rows_fd[n] = best_e, best_f
+        print("demo", n, {k: (round(best_e[k][0], 4), round(best_f[k][0], 2)) for k in best_e}, flush=True)
+    meta = ems.metadata
+    return {
+        "num_samples": n_samples,
+        "num_error_samples": n_err,
+        "ems": {k: meta[k] for k in ("grid_size", "num_samples", "shared_noise") if k in meta},
+        "rows_error": rows_err,
+        "rows": rows_fd,
+    }
+
+
+def demo_flow() -> dict | None:
+    """The tiny demo rectified-flow model with its shipped statistics: RMS error of 64 samples against a
+    200-step reference (statistics-free DPM-Solver-v3 order 3; 100 vs 200 steps differ by 1e-3 RMS), on the
+    flow's default uniform-t grid, against diffusers' FlowMatchEuler and our one-call-per-step flow solvers."""
+    try:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from fastsample import RectifiedFlowScheduler
+        from fastsample.demo import load_flow_pipeline
+
+        pipe = load_flow_pipeline()
+    except Exception as e:
+        print("demo flow model unavailable:", e)
+        return None
+    ems_path = Path("fastsample/demo/weights/flow/ems.safetensors")
+    if not ems_path.is_file():
+        print("flow demo statistics missing:", ems_path)
+        return None
+    ems = EMS.load(ems_path)
+    unet, cfg = pipe.unet.eval(), pipe.scheduler.config
+    noise = torch.randn((64, 1, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def run(s, n):
+        s.set_timesteps(n)
+        x = noise.clone()
+        with torch.no_grad():
+            for ts in s.timesteps:
+                x = s.step(unet(x.float(), ts).sample.double(), ts, x).prev_sample
+        return x
+
+    exact = run(DPMSolverV3Scheduler.from_config(cfg, solver_order=3), 200)
+    rows = {}
+    for n in (5, 6, 8, 10):
+        cands = [("FlowMatchEuler (diffusers)", "euler", FlowMatchEulerDiscreteScheduler.from_config(cfg))]
+        for solver in ("euler", "multistep2", "multistep3"):
+            cands.append(
+                ("RectifiedFlowScheduler (ours)", solver, RectifiedFlowScheduler.from_config(cfg, solver=solver))
+            )
+        for fam, stats in ((V3_BEST, ems), (V3_NOEMS, None)):
+            for order in (2, 3):
+                for pp, corr, cp in V3_OPTIONS:
+                    kw = dict(solver_order=order, predictor_pseudo=pp, use_corrector=corr, corrector_pseudo=cp)
+                    opts = "".join(k for k, on in (("p", pp), ("c", corr), ("C", cp)) if on) or "-"
+                    cands.append(
+                        (fam, f"order {order}, {opts}", DPMSolverV3Scheduler.from_config(cfg, **kw).use_ems(stats))
+                    )
+        best = {}
+        for fam, var, s in cands:
+            e = float((run(s, n) - exact).pow(2).mean().sqrt())
+            if fam not in best or e < best[fam][0]:
+                best[fam] = (e, var)
         rows[n] = best
-        print("demo", n, {k: round(v[0], 3) for k, v in best.items()}, flush=True)
-    return {"num_samples": n_samples, "rows": rows}
+        print("flow demo", n, {k: round(v[0], 4) for k, v in best.items()}, flush=True)
+    return {"num_samples": 64, "rows": rows}
 
 
 _MEM_CHILD = r"""
@@ -254,29 +345,32 @@ def table(rows: dict, fmt: str) -> list[str]:
     for n, best in rows.items():
         base = min(v[0] for k, v in best.items() if not k.startswith("DPM-Solver-v3"))
         cells = [fmt.format(best[k][0]) for k in fams]
-        ratios = f"{best[V3_PRESET][0] / base:.2f} | {best[V3_BEST][0] / base:.2f}"
+        ratios = " | ".join(f"{best[k][0] / base:.2f}" if k in best else "-" for k in (V3_PRESET, V3_BEST))
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {ratios} |")
     return lines
 
 
 NOTES = """\
 - "preset" is the paper's recommendation for unguided models (order 3, log-SNR grid, pseudo-order
-  predictor at NFE <= 5, corrector at NFE <= 6), untuned. "corrector, best grid" keeps the preset but
-  turns the corrector on at every NFE and, like every baseline, takes its best grid and order (2 or 3)
-  among the candidates; baselines also choose their variant (midpoint/heun, bh1/bh2, tAB/log-rho).
+  predictor at NFE <= 5, corrector at NFE <= 6), untuned. "best grid and options" takes, like every
+  baseline, its best grid, order (2 or 3) and options (pseudo-order predictor, corrector, pseudo-order
+  corrector); baselines choose their variants too (midpoint/heun, bh1/bh2, tAB/log-rho).
 - Ratios < 1 mean DPM-Solver-v3 with statistics beats the best baseline at that NFE.
+- mixture6 statistics: 16,384 samples x 121 lambda points. With 4,096 samples the ratios at NFE 5, 6,
+  8, 10 were 0.54, 0.64, 1.01, 0.98; with 481 points (4,096 samples) 0.55, 0.64, 1.01, 0.98: on this
+  model the statistics are converged in resolution, and NFE 8 is a tie with DPM-Solver++ 2M (midpoint).
+- Demo DDPM statistics (shipped): 128 lambda points x 256 samples, common random numbers across lambda
+  (`shared_noise`). The preset's error depends erratically on the statistics' grid: its RMS error at
+  NFE 5, 6, 8, 10 was 0.32, 0.53, 0.33, 0.10 with 64 points, 0.14, 0.16, 0.13, 0.06 with 128 and 0.39,
+  0.32, 0.16, 0.08 with 256 (256 samples each); 1,024 instead of 256 samples changed the best
+  configurations' errors by < 2% (64 points). The large log-SNR steps at high noise, where f carries
+  (1 - l) x / alpha with 1 / alpha up to 157, are where the statistics decide the error.
+- digits64 statistics: 1,024 samples x 121 points (its exact JVPs cost ~0.4 s per 256 samples).
 - The log-SNR grid from t = 1 to t_min (sigma_ve 157 to 0.01) spends half its steps at high noise; on
-  these models every solver does best on quadratic-t grids, so the preset's grid choice dominates its error.
-- Statistics are per element (diagonal) and piecewise linear in lambda; on low-dimensional mixtures and
-  on the tiny digits model the gain over the statistics-free solver is modest or negative, unlike the
-  paper's CIFAR-10 / Stable Diffusion results.
-- Demo DDPM statistics: 64 lambda points x 256 samples (the paper uses 1,024-4,096 samples); with them
-  the preset (large log-SNR steps at high noise, where f = (sigma eps - l x) / alpha is scaled by
-  1 / alpha ~ 150 and the fitted s, b are noisy) degrades badly; more samples are the first thing to try.
+  these models every solver does better on quadratic-t (mixtures) or uniform-t grids (demo DDPM), so
+  the preset's grid choice dominates its error.
 - Memory: the peak RSS is set by building the pipeline; compute_ems adds nothing measurable for 4-64
-  samples at batch 4 (one batch of JVPs at a time, O(grid x elements) float64 sums).
-- The 64-D digits mixture run (100 components, variance 0.01) did not finish within the session on the
-  shared 2-core machine; rerun with `--only analytic --models digits64`."""
+  samples at batch 4 (one batch of JVPs at a time, O(grid x elements) float64 sums)."""
 
 
 def write(res: dict) -> None:
@@ -301,10 +395,33 @@ def write(res: dict) -> None:
             md.append(f"- NFE {n}: " + "; ".join(f"{k}: {v[1]}" for k, v in best.items() if v[1]))
         md.append("")
     if res.get("demo"):
-        md += [f"## Frechet distance (classifier features), tiny demo DDPM, {res['demo']['num_samples']} samples", ""]
-        md += table(res["demo"]["rows"], "{:.3f}") + [""]
-        for n, best in res["demo"]["rows"].items():
+        d = res["demo"]
+        ems_txt = ", ".join(f"{k} {v}" for k, v in d.get("ems", {}).items())
+        n_err = d.get("num_error_samples")
+        md += [f"## Tiny demo DDPM: RMS error vs a 500-step reference solution, {n_err} samples", ""]
+        md += [f"Statistics shipped with the model ({ems_txt}).", ""]
+        if d.get("rows_error"):
+            md += table(d["rows_error"], "{:.4f}") + [""]
+            for n, best in d["rows_error"].items():
+                md.append(f"- NFE {n}: " + "; ".join(f"{k}: {v[1]}" for k, v in best.items() if v[1]))
+            md.append("")
+        md += [f"## Tiny demo DDPM: Frechet distance (classifier features), {d['num_samples']} samples", ""]
+        md += table(d["rows"], "{:.3f}") + [""]
+        for n, best in d["rows"].items():
             md.append(f"- NFE {n}: " + "; ".join(f"{k}: {v[1]}" for k, v in best.items() if v[1]))
+        md.append("")
+    if res.get("flow"):
+        md += ["## Tiny demo rectified flow: RMS error vs a 200-step reference solution, 64 samples", ""]
+        flow_rows = res["flow"]["rows"]
+        fams = list(next(iter(flow_rows.values())).keys())
+        md += ["| NFE | " + " | ".join(fams) + " | v3 with EMS / best other |", "|---" * (len(fams) + 2) + "|"]
+        for n, best in flow_rows.items():
+            other = min(v[0] for k, v in best.items() if k != V3_BEST)
+            cells = " | ".join(f"{best[k][0]:.4f}" for k in fams)
+            md.append(f"| {n} | {cells} | {best[V3_BEST][0] / other:.2f} |")
+        md.append("")
+        for n, best in flow_rows.items():
+            md.append(f"- NFE {n}: " + "; ".join(f"{k}: {v[1]}" for k, v in best.items()))
         md.append("")
     if res.get("memory"):
         md += [
@@ -323,7 +440,8 @@ def write(res: dict) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", nargs="*", default=["analytic", "demo", "memory"], choices=["analytic", "demo", "memory"])
+    parts = ["analytic", "demo", "flow", "memory"]
+    p.add_argument("--only", nargs="*", default=parts, choices=parts)
     p.add_argument("--models", nargs="*", default=None, help="analytic models to run (default: all)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -336,7 +454,10 @@ def main(argv=None):
             res["analytic"][label] = r
             write(res)
     if "demo" in args.only:
-        res["demo"] = demo_fd(args.quick)
+        res["demo"] = demo(args.quick)
+        write(res)
+    if "flow" in args.only:
+        res["flow"] = demo_flow()
         write(res)
     if "memory" in args.only:
         res["memory"] = memory()

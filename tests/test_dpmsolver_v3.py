@@ -280,3 +280,20 @@ def test_shipped_demo_statistics_match_the_demo_model():
     assert ems.shape == (1, 16, 16) and ems.metadata["model_id"] == "fastsample/demo-ddpm"
     images = pipe(batch_size=2, num_inference_steps=6, output_type="np", generator=torch.manual_seed(0)).images
     assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
+
+
+def test_shipped_flow_demo_statistics_drive_the_flow_pipeline():
+    """The flow demo's statistics (t in [0.005, 0.995]; the first step from t = 1 and the last to t = 0 are
+    the statistics-free first-order steps) match its UNet and drive its RectifiedFlowPipeline."""
+    from pathlib import Path
+
+    from fastsample.demo import load_flow_pipeline
+
+    pipe = load_flow_pipeline()
+    path = Path(__file__).resolve().parents[1] / "fastsample/demo/weights/flow/ems.safetensors"
+    pipe.scheduler = DPMSolverV3Scheduler.from_config(pipe.scheduler.config, ems_path=str(path))
+    pipe.scheduler.check_model(pipe.unet)
+    assert pipe.scheduler.ems.metadata["prediction_type"] == "flow_prediction"
+    images = pipe(batch_size=2, num_inference_steps=6, output_type="np", generator=torch.manual_seed(0)).images
+    assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
+    assert pipe.scheduler.plan.info["predictor_orders"][0] == 0  # t = 1: alpha = 0, infinite lambda
