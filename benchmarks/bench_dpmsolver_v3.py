@@ -184,24 +184,40 @@ def analytic(quick: bool, models=None):
         yield label, {"ems_seconds": ems_s, "ems_samples": n_ems, "grid_size": 121, "rows": rows}
 
 
+def load_demo(kind: str):
+    """(pipeline, shipped statistics) of demo model ``kind`` ("ddpm" or "flow"), or None with a message."""
+    from fastsample.demo import load_ddpm_pipeline, load_flow_pipeline
+
+    path = Path(f"fastsample/demo/weights/{kind}/ems.safetensors")
+    try:
+        pipe = load_ddpm_pipeline() if kind == "ddpm" else load_flow_pipeline()
+        return pipe, EMS.load(path)
+    except Exception as e:  # DemoWeightsError, EMSFileError: report and skip the part
+        print(f"demo {kind} model or statistics unavailable:", e)
+        return None
+
+
+def run_unet(unet, s, x):
+    """Sample with a UNet and a scheduler whose timesteps are set; float64 state, float32 network."""
+    with torch.no_grad():
+        for ts in s.timesteps:
+            x = s.step(unet(x.float(), ts).sample.double(), ts, x).prev_sample
+    return x
+
+
 def demo(quick: bool) -> dict | None:
     """The tiny demo DDPM with its shipped statistics: RMS error of 128 samples against a 500-step reference
     solution (diffusers' DPM-Solver++ 2M, uniform t; 250 vs 500 steps differ by 8e-4 RMS), and the Frechet
     distance of classifier features of 500 samples against held-out digits; each method at its best
     configuration for each measure separately."""
-    try:
-        from fastsample.demo import digits_split, load_classifier, load_ddpm_pipeline
-
-        pipe = load_ddpm_pipeline()
-        clf = load_classifier()
-    except Exception as e:
-        print("demo DDPM unavailable:", e)
-        return None
-    ems_path = Path("fastsample/demo/weights/ddpm/ems.safetensors")
-    if not ems_path.is_file():
-        print("demo statistics missing:", ems_path)
-        return None
+    from fastsample.demo import digits_split, load_classifier
     from fastsample.fid import frechet_distance
+
+    loaded = load_demo("ddpm")
+    if loaded is None:
+        return None
+    pipe, ems = loaded
+    clf = load_classifier()
 
     n_samples, n_err = (200, 32) if quick else (500, 128)
     held = digits_split()[1].images
@@ -217,10 +233,7 @@ def demo(quick: bool) -> dict | None:
     noise = torch.randn((n_samples, 1, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def sample(s, x):
-        with torch.no_grad():
-            for ts in s.timesteps:
-                x = s.step(unet(x.float(), ts).sample.double(), ts, x).prev_sample
-        return x
+        return run_unet(unet, s, x)
 
     ref_sched = DPMSolverMultistepScheduler.from_config(cfg, solver_order=2, final_sigmas_type="sigma_min")
     ref_sched.set_timesteps(timesteps=grid_timesteps(schedule, "uniform_t", 500).tolist())
@@ -231,7 +244,6 @@ def demo(quick: bool) -> dict | None:
         return float(frechet_distance(a.mean(0), torch.cov(a.T), ref_feats.mean(0), torch.cov(ref_feats.T)))
 
     rows_err, rows_fd = {}, {}
-    ems = EMS.load(ems_path)
     demo_grids = ("uniform_lambda", "uniform_t", "quadratic_t", "karras")
     for n in (5, 6, 8, 10):
         best_e, best_f = {}, {}
@@ -261,31 +273,20 @@ def demo_flow() -> dict | None:
     """The tiny demo rectified-flow model with its shipped statistics: RMS error of 64 samples against a
     200-step reference (statistics-free DPM-Solver-v3 order 3; 100 vs 200 steps differ by 1e-3 RMS), on the
     flow's default uniform-t grid, against diffusers' FlowMatchEuler and our one-call-per-step flow solvers."""
-    try:
-        from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-        from fastsample import RectifiedFlowScheduler
-        from fastsample.demo import load_flow_pipeline
+    from fastsample import RectifiedFlowScheduler
 
-        pipe = load_flow_pipeline()
-    except Exception as e:
-        print("demo flow model unavailable:", e)
+    loaded = load_demo("flow")
+    if loaded is None:
         return None
-    ems_path = Path("fastsample/demo/weights/flow/ems.safetensors")
-    if not ems_path.is_file():
-        print("flow demo statistics missing:", ems_path)
-        return None
-    ems = EMS.load(ems_path)
+    pipe, ems = loaded
     unet, cfg = pipe.unet.eval(), pipe.scheduler.config
     noise = torch.randn((64, 1, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def run(s, n):
         s.set_timesteps(n)
-        x = noise.clone()
-        with torch.no_grad():
-            for ts in s.timesteps:
-                x = s.step(unet(x.float(), ts).sample.double(), ts, x).prev_sample
-        return x
+        return run_unet(unet, s, noise.clone())
 
     exact = run(DPMSolverV3Scheduler.from_config(cfg, solver_order=3), 200)
     rows = {}
