@@ -357,15 +357,16 @@ NOTES = """\
   baseline, its best grid, order (2 or 3) and options (pseudo-order predictor, corrector, pseudo-order
   corrector); baselines choose their variants too (midpoint/heun, bh1/bh2, tAB/log-rho).
 - Ratios < 1 mean DPM-Solver-v3 with statistics beats the best baseline at that NFE.
-- mixture6 statistics: 16,384 samples x 121 lambda points. With 4,096 samples the ratios at NFE 5, 6,
-  8, 10 were 0.54, 0.64, 1.01, 0.98; with 481 points (4,096 samples) 0.55, 0.64, 1.01, 0.98: on this
-  model the statistics are converged in resolution, and NFE 8 is a tie with DPM-Solver++ 2M (midpoint).
-- Demo DDPM statistics (shipped): 128 lambda points x 256 samples, common random numbers across lambda
-  (`shared_noise`). The preset's error depends erratically on the statistics' grid: its RMS error at
-  NFE 5, 6, 8, 10 was 0.32, 0.53, 0.33, 0.10 with 64 points, 0.14, 0.16, 0.13, 0.06 with 128 and 0.39,
-  0.32, 0.16, 0.08 with 256 (256 samples each); 1,024 instead of 256 samples changed the best
-  configurations' errors by < 2% (64 points). The large log-SNR steps at high noise, where f carries
-  (1 - l) x / alpha with 1 / alpha up to 157, are where the statistics decide the error.
+- mixture6 statistics: 16,384 samples x 121 lambda points, fresh draws per point. Ratios at NFE 5, 6,
+  8, 10 with other statistics: 4,096 samples 0.57, 0.61, 0.96, 0.85; 481 points (4,096 samples, shared
+  noise) 0.55, 0.64, 1.01, 0.98; shared noise (`shared_noise=True`, 16,384 samples) 0.57, 0.64, 0.99,
+  0.91: converged in resolution, and independent draws are better at NFE 8-10.
+- Demo DDPM and flow statistics (shipped): 128 lambda points x 256 samples. With shared noise, the DDPM
+  preset's error moved erratically with the grid: RMS error at NFE 5, 6, 8, 10 of 0.32, 0.53, 0.33, 0.10
+  with 64 points, 0.14, 0.16, 0.13, 0.06 with 128 and 0.39, 0.32, 0.16, 0.08 with 256 (256 samples
+  each), while 1,024 instead of 256 samples changed the best configurations' errors by < 2% (64 points).
+  The large log-SNR steps at high noise, where f carries (1 - l) x / alpha with 1 / alpha up to 157,
+  are where the statistics decide the error.
 - digits64 statistics: 1,024 samples x 121 points (its exact JVPs cost ~0.4 s per 256 samples).
 - The log-SNR grid from t = 1 to t_min (sigma_ve 157 to 0.01) spends half its steps at high noise; on
   these models every solver does better on quadratic-t (mixtures) or uniform-t grids (demo DDPM), so
