@@ -364,7 +364,7 @@ NOTES = """\
 - Demo DDPM and flow statistics (shipped): 128 lambda points x 256 samples. With shared noise, the DDPM
   preset's error moved erratically with the grid: RMS error at NFE 5, 6, 8, 10 of 0.32, 0.53, 0.33, 0.10
   with 64 points, 0.14, 0.16, 0.13, 0.06 with 128 and 0.39, 0.32, 0.16, 0.08 with 256 (256 samples
-  each), while 1,024 instead of 256 samples changed the best configurations' errors by < 2% (64 points).
+  each), while 1,024 instead of 256 samples changed the best configurations' errors by < 4% (64 points).
   The large log-SNR steps at high noise, where f carries (1 - l) x / alpha with 1 / alpha up to 157,
   are where the statistics decide the error.
 - digits64 statistics: 1,024 samples x 121 points (its exact JVPs cost ~0.4 s per 256 samples).
