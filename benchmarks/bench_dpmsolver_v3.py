@@ -172,16 +172,53 @@ def analytic(quick: bool, models=None):
         exact = mix.ode_solve(x.numpy(), schedule, 1.0, schedule.t_min)
         rows = {}
         for n in NFES:
-            best = {}
-            for fam, var, s, tss in ours(cfg, schedule, n, ems) + baselines(cfg, schedule, n):
-                assert int(tss[0]) == 999
-                out = run_scheduler(s, f, schedule, x, tss)
-                e = float(np.sqrt(np.mean((out.to(torch.float64).numpy() - exact) ** 2)))
-                if fam not in best or e < best[fam][0]:
-                    best[fam] = (e, var)
-            rows[n] = best
-            print(label, n, {k: round(v[0], 5) for k, v in best.items()}, flush=True)
+            rows[n] = best_errors(ours(cfg, schedule, n, ems) + baselines(cfg, schedule, n), f, schedule, x, exact)
+            print(label, n, {k: round(v[0], 5) for k, v in rows[n].items()}, flush=True)
         yield label, {"ems_seconds": ems_s, "ems_samples": n_ems, "grid_size": 121, "rows": rows}
+
+
+def best_errors(cands, f, schedule, x, exact) -> dict:
+    """{family: (RMS error vs ``exact``, label)} of each family's best candidate (family, label, sched, ts)."""
+    best = {}
+    for fam, var, s, tss in cands:
+        assert int(tss[0]) == 999
+        out = run_scheduler(s, f, schedule, x, tss)
+        e = float(np.sqrt(np.mean((out.to(torch.float64).numpy() - exact) ** 2)))
+        if fam not in best or e < best[fam][0]:
+            best[fam] = (e, var)
+    return best
+
+
+ABLATIONS = {  # mixture6 statistics settings besides the main table's (16,384 fresh draws, 121 points)
+    "16,384 samples, shared noise": dict(num_samples=16384, grid_size=121, shared_noise=True),
+    "4,096 samples": dict(num_samples=4096, grid_size=121),
+    "4,096 samples, 481 points": dict(num_samples=4096, grid_size=481),
+}
+
+
+def ablation() -> dict:
+    """Best v3-with-statistics error / best baseline on mixture6 at NFE 5-10 for other statistics settings."""
+    cfg = DDPMScheduler().config
+    schedule, _ = schedule_for_config(cfg)
+    mix = mixtures()["mixture6 (6-D, 3 components)"]
+    x = torch.from_numpy(mix.prior_sample(128, schedule, 1.0, seed=3))
+    f = mix.model_fn(schedule)
+    exact = mix.ode_solve(x.numpy(), schedule, 1.0, schedule.t_min)
+    base = {
+        n: min(v[0] for v in best_errors(baselines(cfg, schedule, n), f, schedule, x, exact).values()) for n in NFES[:4]
+    }
+    out = {}
+    for label, kw in ABLATIONS.items():
+        x0 = torch.from_numpy(mix.sample(kw["num_samples"], seed=11))
+        ems = compute_ems(
+            analytic_model_fn(mix, cfg), cfg, x0, batch_size=1024, progress=False, dtype=torch.float64, **kw
+        )
+        out[label] = {}
+        for n in NFES[:4]:
+            cands = [c for c in ours(cfg, schedule, n, ems) if c[0] == V3_BEST]
+            out[label][n] = best_errors(cands, f, schedule, x, exact)[V3_BEST][0] / base[n]
+        print("ablation", label, {n: round(r, 3) for n, r in out[label].items()}, flush=True)
+    return out
 
 
 def load_demo(kind: str):
@@ -357,16 +394,14 @@ NOTES = """\
   baseline, its best grid, order (2 or 3) and options (pseudo-order predictor, corrector, pseudo-order
   corrector); baselines choose their variants too (midpoint/heun, bh1/bh2, tAB/log-rho).
 - Ratios < 1 mean DPM-Solver-v3 with statistics beats the best baseline at that NFE.
-- mixture6 statistics: 16,384 samples x 121 lambda points, fresh draws per point. Ratios at NFE 5, 6,
-  8, 10 with other statistics: 4,096 samples 0.57, 0.61, 0.96, 0.85; 481 points (4,096 samples, shared
-  noise) 0.55, 0.64, 1.01, 0.98; shared noise (`shared_noise=True`, 16,384 samples) 0.57, 0.64, 0.99,
-  0.91: converged in resolution, and independent draws are better at NFE 8-10.
-- Demo DDPM and flow statistics (shipped): 128 lambda points x 256 samples. With shared noise, the DDPM
-  preset's error moved erratically with the grid: RMS error at NFE 5, 6, 8, 10 of 0.32, 0.53, 0.33, 0.10
-  with 64 points, 0.14, 0.16, 0.13, 0.06 with 128 and 0.39, 0.32, 0.16, 0.08 with 256 (256 samples
-  each), while 1,024 instead of 256 samples changed the best configurations' errors by < 4% (64 points).
-  The large log-SNR steps at high noise, where f carries (1 - l) x / alpha with 1 / alpha up to 157,
-  are where the statistics decide the error.
+- mixture6 statistics: 16,384 samples x 121 lambda points, fresh draws per point; the ablation table
+  gives other settings (fewer samples, a finer grid, shared noise across lambda).
+- Demo DDPM and flow statistics (shipped): 128 lambda points x 256 samples. Measured by hand while
+  developing, not by this script: with shared noise, the DDPM preset's RMS error at NFE 5, 6, 8, 10
+  moved erratically with the grid (0.32, 0.53, 0.33, 0.10 with 64 points; 0.14, 0.16, 0.13, 0.06 with
+  128; 0.39, 0.32, 0.16, 0.08 with 256; 256 samples each), while 1,024 instead of 256 samples changed
+  the best configurations' errors by < 4% (64 points). The large log-SNR steps at high noise, where f
+  carries (1 - l) x / alpha with 1 / alpha up to 157, are where the statistics decide the error.
 - digits64 statistics: 1,024 samples x 121 points (its exact JVPs cost ~0.4 s per 256 samples).
 - The log-SNR grid from t = 1 to t_min (sigma_ve 157 to 0.01) spends half its steps at high noise; on
   these models every solver does better on quadratic-t (mixtures) or uniform-t grids (demo DDPM), so
@@ -412,6 +447,12 @@ def write(res: dict) -> None:
         for n, best in d["rows"].items():
             md.append(f"- NFE {n}: " + "; ".join(f"{k}: {v[1]}" for k, v in best.items() if v[1]))
         md.append("")
+    if res.get("ablation"):
+        md += ["## mixture6: other statistics settings (best v3 with statistics / best baseline)", ""]
+        md += ["| statistics | NFE 5 | NFE 6 | NFE 8 | NFE 10 |", "|---|---|---|---|---|"]
+        for label, r in res["ablation"].items():
+            md.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in r.values()) + " |")
+        md.append("")
     if res.get("flow"):
         md += ["## Tiny demo rectified flow: RMS error vs a 200-step reference solution, 64 samples", ""]
         flow_rows = res["flow"]["rows"]
@@ -442,7 +483,7 @@ def write(res: dict) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
-    parts = ["analytic", "demo", "flow", "memory"]
+    parts = ["analytic", "ablation", "demo", "flow", "memory"]
     p.add_argument("--only", nargs="*", default=parts, choices=parts)
     p.add_argument("--models", nargs="*", default=None, help="analytic models to run (default: all)")
     args = p.parse_args(argv)
@@ -457,6 +498,9 @@ def main(argv=None):
             write(res)
     if "demo" in args.only:
         res["demo"] = demo(args.quick)
+        write(res)
+    if "ablation" in args.only:
+        res["ablation"] = ablation()
         write(res)
     if "flow" in args.only:
         res["flow"] = demo_flow()
