@@ -16,7 +16,12 @@ noise level, elsewhere called ``sigma_ve``), and sigma = t for flow models.
 from __future__ import annotations
 
 import inspect
+import numbers
+import os
+import shutil
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +36,7 @@ from .schedules import DiscreteVP, RectifiedFlow
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["FastScheduler", "FastSchedulerOutput", "COMMON_CONFIG"]
+__all__ = ["FastScheduler", "FastSchedulerOutput", "COMMON_CONFIG", "num_steps"]
 
 # Keys every scheduler of ours accepts, with diffusers' names and defaults.
 COMMON_CONFIG = {
@@ -57,6 +62,7 @@ COMMON_CONFIG = {
     "max_image_seq_len": 4096,
 }
 
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
 _FLOW_CLASSES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler")
 _FINAL_SIGMAS = ("zero", "sigma_min")
 
@@ -69,6 +75,18 @@ class FastSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
+def _artifact_file(source, subfolder, key: str, name: str, hub: dict) -> str:
+    """The local path of a scheduler file saved beside its config: in the folder, or fetched from the Hub."""
+    if source is not None and os.path.isdir(source):
+        path = Path(source, subfolder or "", name)
+        if not path.is_file():
+            raise FileNotFoundError(f"the scheduler config's {key} names {name!r}, but {str(path)!r} does not exist")
+        return str(path.resolve())
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(str(source), name, subfolder=subfolder, **hub)
+
+
 def _is_flow_match_config(config: dict) -> bool:
     """A FlowMatch* scheduler's config: named so, or with ``shift`` and no beta schedule."""
     if "use_flow_sigmas" in config:
@@ -76,6 +94,22 @@ def _is_flow_match_config(config: dict) -> bool:
     if config.get("_class_name") in _FLOW_CLASSES:
         return True
     return "shift" in config and "beta_schedule" not in config and "trained_betas" not in config
+
+
+def num_steps(n) -> int:
+    """``num_inference_steps`` as an int >= 1; ValueError for 2.5, 0, True or "8"."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Real) or float(n) != int(n) or int(n) < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def _expose_scheduler_base(cls):
+    """Diffusers' pipeline loader looks a component's base classes up in the module that
+    model_index.json names (the class's own module); make ``SchedulerMixin`` findable there, so
+    ``DiffusionPipeline.from_pretrained`` and ``scheduler=`` work for every subclass, users' too."""
+    module = sys.modules.get(cls.__module__)
+    if module is not None and not hasattr(module, "SchedulerMixin"):
+        module.SchedulerMixin = SchedulerMixin
 
 
 def _build_init(cls):
@@ -107,8 +141,14 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
     order = 1
     init_noise_sigma = 1.0
 
+    # Config keys that name a file the scheduler needs (statistics, solver schedules). save_pretrained
+    # copies each file into the scheduler folder and stores its name relative to it; from_pretrained
+    # resolves it against the folder (or the Hub repo), so a saved folder works wherever it is moved.
+    artifact_keys: tuple = ()
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        _expose_scheduler_base(cls)
         if "config_keys" in cls.__dict__:
             _build_init(cls)
 
@@ -126,6 +166,53 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
             config["flow_shift"] = config.get("shift", 1.0)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder=None, return_unused_kwargs=False, **kwargs):
+        """As diffusers' ``from_pretrained``; file keys (``artifact_keys``) resolve against the loaded folder."""
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        config, kwargs, _ = cls.load_config(
+            pretrained_model_name_or_path=pretrained_model_name_or_path,
+            subfolder=subfolder,
+            return_unused_kwargs=True,
+            return_commit_hash=True,
+            **kwargs,
+        )
+        for key in cls.artifact_keys:
+            name = config.get(key)
+            if name is not None and not os.path.isabs(name):
+                config[key] = _artifact_file(pretrained_model_name_or_path, subfolder, key, name, hub)
+        return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    def save_config(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """As diffusers' ``save_config``, with each file key's file copied into ``save_directory``."""
+        os.makedirs(save_directory, exist_ok=True)
+        names = {}
+        for key in self.artifact_keys:
+            name = self._save_artifact(key, Path(save_directory))
+            if name is not None:
+                if name in names.values():
+                    raise ValueError(f"two scheduler files would both be saved as {name!r}; rename one")
+                names[key] = name
+        given = {k: self.config[k] for k in names}
+        self.register_to_config(**names)
+        try:
+            super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            self.register_to_config(**given)
+
+    def _save_artifact(self, key: str, directory: Path) -> str | None:
+        """Copy the file named by config key ``key`` into ``directory``; returns its name there (None: no file)."""
+        path = self.config[key]
+        if path is None:
+            return None
+        src = Path(path)
+        if not src.is_file():
+            raise FileNotFoundError(f"cannot save the scheduler: its {key} {str(src)!r} does not exist")
+        dst = directory / src.name
+        if not (dst.exists() and os.path.samefile(src, dst)):
+            shutil.copyfile(src, dst)
+        return src.name
+
     def make_solver(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -133,6 +220,10 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         c = self.config
         if c.final_sigmas_type not in _FINAL_SIGMAS:
             raise ValueError(f"final_sigmas_type must be one of {_FINAL_SIGMAS}, got {c.final_sigmas_type!r}")
+        if c.trained_betas is not None and len(c.trained_betas) != c.num_train_timesteps:
+            raise ValueError(
+                f"trained_betas has {len(c.trained_betas)} entries, num_train_timesteps is {c.num_train_timesteps}"
+            )
         if c.use_flow_sigmas:
             self.schedule = RectifiedFlow(c.num_train_timesteps)
         else:
@@ -159,6 +250,25 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
     def __len__(self):
         return self.config.num_train_timesteps
 
+    # Diffusers' per-training-timestep tables (float32 tensors of length num_train_timesteps), read by
+    # img2img strength, SDXL denoising_end and training scripts. VP models only, as in diffusers.
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        if self.schedule.is_flow:
+            raise AttributeError("a flow-matching scheduler has no alphas_cumprod")
+        return torch.from_numpy(self.schedule.alphas_cumprod).float()
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        acp = self.schedule.alphas_cumprod if not self.schedule.is_flow else None
+        if acp is None:
+            raise AttributeError("a flow-matching scheduler has no alphas")
+        return torch.from_numpy(acp / np.concatenate([[1.0], acp[:-1]])).float()
+
+    @property
+    def betas(self) -> torch.Tensor:
+        return 1.0 - self.alphas
+
     # --- time grid ------------------------------------------------------------------------------
 
     def make_grid(self, num_inference_steps: int, sigmas=None, timesteps=None, mu=None) -> np.ndarray:
@@ -166,8 +276,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         c, s = self.config, self.schedule
         final_zero = c.final_sigmas_type == "zero"
         if timesteps is not None:
-            ts = np.asarray(timesteps, dtype=np.float64)
-            grid = np.concatenate([s.t_of_timestep(ts), [0.0 if final_zero else s.t_min]])
+            grid = np.concatenate([s.t_of_timestep(timesteps), [0.0 if final_zero else s.t_min]])
         elif s.is_flow:
             if c.use_dynamic_shifting and mu is None:
                 raise ValueError("`mu` must be passed when use_dynamic_shifting is True (SD3 / Flux pipelines do)")
@@ -200,16 +309,19 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         return grid
 
     def _snap(self, grid):
-        """Move VP evaluation times onto the integer timesteps the network was trained at."""
+        """Move VP evaluation times onto the integer timesteps the network was trained at.
+
+        Where two times would land on one timestep (a grid denser than the training timesteps
+        somewhere, e.g. Karras or uniform lambda at 50 steps near the data end), the grid is kept
+        as it is: the run then has float timestep labels, which Diffusers' UNets and transformers
+        take as they are (their time embeddings are continuous), and the solver's noise levels
+        stay exactly those of the grid. Grids that fit keep integer labels (docs/design.md).
+        """
         s = self.schedule
         inner = grid[:-1]
         snapped = s.t_of_timestep(np.clip(np.round(s.timestep(inner)), 0, s.num_train_timesteps - 1))
         out = np.concatenate([snapped, grid[-1:]])
-        if np.any(np.diff(out) >= 0):
-            raise ValueError(
-                f"{len(inner)} steps do not fit in {s.num_train_timesteps} distinct training timesteps on this grid"
-            )
-        return out
+        return out if np.all(np.diff(out) < 0) else grid
 
     def set_timesteps(
         self,
@@ -220,20 +332,51 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         mu: float | None = None,
     ):
         """Prepare the solver's plan for a run (coefficients in float64 on the CPU, once)."""
-        given = [a is not None for a in (sigmas, timesteps)]
-        if sum(given) > 1:
+        if sigmas is not None and timesteps is not None:
             raise ValueError("pass at most one of `sigmas` and `timesteps`")
+        if sigmas is not None:
+            sigmas = self._check_levels("sigmas", sigmas)
+        if timesteps is not None:
+            timesteps = self._check_levels("timesteps", timesteps)
         if num_inference_steps is None:
             if timesteps is not None:
                 num_inference_steps = len(timesteps)
             elif sigmas is not None:
-                num_inference_steps = int(np.sum(np.asarray(sigmas) > 0))
+                num_inference_steps = int(np.sum(sigmas > 0))
             else:
                 raise ValueError("pass num_inference_steps, sigmas or timesteps")
-        if int(num_inference_steps) < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        grid = self.make_grid(int(num_inference_steps), sigmas=sigmas, timesteps=timesteps, mu=mu)
+        n = num_steps(num_inference_steps)
+        grid = self.make_grid(n, sigmas=sigmas, timesteps=timesteps, mu=mu)
         self._set_grid(grid, device)
+
+    def _check_levels(self, name: str, values) -> np.ndarray:
+        """User ``sigmas`` / ``timesteps`` as float64, or ValueError naming the argument and the fault.
+
+        Both must be finite and strictly decreasing, within the schedule's range; ``sigmas`` may end
+        with one 0 (the data end).
+        """
+        a = np.asarray(values.detach().cpu() if torch.is_tensor(values) else values, dtype=np.float64)
+        if a.ndim != 1 or len(a) == 0:
+            raise ValueError(f"`{name}` must be a non-empty 1-D sequence, got shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"`{name}` contains NaN or Inf: {a.tolist()}")
+        body = a[:-1] if name == "sigmas" and a[-1] == 0 and len(a) > 1 else a
+        if np.any(np.diff(body) >= 0):
+            raise ValueError(f"`{name}` must be strictly decreasing (noise first, data last), got {a.tolist()}")
+        s = self.schedule
+        if name == "timesteps":
+            lo, hi = s.timestep(s.t_min), s.timestep(s.t_max)
+        elif s.is_flow:
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = s.sigma_ve(s.t_min), s.sigma_ve(s.t_max)
+        tol = 1e-4 * max(abs(hi), 1.0)
+        if body[-1] < min(lo, hi) - tol or body[0] > max(lo, hi) + tol or (name == "sigmas" and body[-1] <= 0):
+            raise ValueError(
+                f"`{name}` must lie in [{min(lo, hi):.6g}, {max(lo, hi):.6g}] for this schedule"
+                f"{' (plus one final 0)' if name == 'sigmas' else ''}, got {a.tolist()}"
+            )
+        return a
 
     def _set_grid(self, grid, device=None):
         s = self.schedule
@@ -341,11 +484,18 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
 
         ``generator`` is accepted for pipeline compatibility and unused (deterministic ODE solvers).
         """
-        if self._step_index is None or self._run_plan is None:
+        if self._step_index is None:
             self._start_run(timestep)
         k = self._step_index
         if k >= self.plan.nfe:
-            raise IndexError(f"step called {k + 1} times, but this run has {self.plan.nfe} model evaluations")
+            raise IndexError(
+                f"this run ended after its {self.plan.nfe} model evaluations; call `set_timesteps` to start another"
+            )
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"model_output has shape {tuple(model_output.shape)}, sample has {tuple(sample.shape)}; "
+                "they must match (split off a learned variance before calling step)"
+            )
         plan, local = self._run_plan, k - self._run_offset
         t = float(plan.eval_times[local])
         self._check_finite(model_output, k, last=k == self.plan.nfe - 1)
@@ -357,7 +507,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         prev = plan.step(local, self._history).to(sample.dtype)
         self._step_index = k + 1
         if self._step_index == self.plan.nfe:
-            self._reset_run()
+            self._history = None
         pred = x0.to(sample.dtype)
         if not return_dict:
             return (prev, pred)

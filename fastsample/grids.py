@@ -77,7 +77,7 @@ def uniform_lambda(schedule, n, t_start=None, t_end=None, final_zero=False):
     k = n - 1 if final_zero else n
     lam = np.linspace(schedule.lambda_(t0), schedule.lambda_(t1), k + 1)
     grid = schedule.t_of_lambda(lam)
-    grid[0], grid[-1] = t0, t1
+    grid[-1], grid[0] = t1, t0  # exact ends; with one point (k = 0) it is the start
     return _finish(grid, final_zero)
 
 
@@ -88,7 +88,7 @@ def karras(schedule, n, t_start=None, t_end=None, final_zero=False, rho=7.0):
     s0, s1 = schedule.sigma_ve(t0), schedule.sigma_ve(t1)
     u = np.linspace(s0 ** (1 / rho), s1 ** (1 / rho), k + 1) ** rho
     grid = schedule.t_of_sigma_ve(u)
-    grid[0], grid[-1] = t0, t1
+    grid[-1], grid[0] = t1, t0  # exact ends; with one point (k = 0) it is the start
     return _finish(grid, final_zero)
 
 
@@ -121,7 +121,9 @@ def flow_shift(schedule, n, shift=1.0, mu=None, t_start=None, t_end=0.0, time_sh
 def diffusers_spacing(schedule, n, spacing="leading", steps_offset=0, final_zero=True):
     """Diffusers' integer timesteps for ``timestep_spacing``, as times, plus the final t = 0.
 
-    Reproduces ``DPMSolverMultistepScheduler.set_timesteps`` for discrete VP schedules.
+    Reproduces ``DPMSolverMultistepScheduler.set_timesteps`` for discrete VP schedules. Where its
+    integer construction breaks down (repeated or out-of-range timesteps: "leading" close to N steps,
+    any spacing above N), the n evenly spaced float timesteps from N - 1 down are used instead.
     """
     n = _check_n(n)
     N = schedule.num_train_timesteps
@@ -136,7 +138,10 @@ def diffusers_spacing(schedule, n, spacing="leading", steps_offset=0, final_zero
         ts = np.arange(N, 0, -step_ratio).round().copy().astype(np.int64) - 1
     else:
         raise ValueError(f"timestep_spacing must be 'linspace', 'leading' or 'trailing', got {spacing!r}")
-    grid = schedule.t_of_timestep(ts.astype(np.float64))
+    ts = ts.astype(np.float64)
+    if np.any(np.diff(ts) >= 0) or ts[0] > N - 1 or ts[-1] < 0:
+        ts = np.linspace(0, N - 1, n + 1)[::-1][:-1]
+    grid = schedule.t_of_timestep(ts)
     end = 0.0 if final_zero else schedule.t_min
     return np.concatenate([grid, [end]])
 

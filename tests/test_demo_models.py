@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +17,8 @@ from diffusers import (
 )
 
 from fastsample import demo
-from fastsample.demo import DemoWeightsError, DigitsClassifier
+from fastsample.demo import WEIGHTS_DIR, DemoWeightsError, DigitsClassifier
 from fastsample.pipelines import RectifiedFlowPipeline
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +109,12 @@ def test_save_load_round_trip(tmp_path, split, classifier, flow_pipe):
     assert torch.equal(a, b)
 
 
-def test_community_pipeline_reexport():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("community_rf", REPO / "pipelines" / "rectified_flow.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.RectifiedFlowPipeline is RectifiedFlowPipeline
-    assert issubclass(RectifiedFlowPipeline, DiffusionPipeline)
+def test_flow_model_loads_through_diffusion_pipeline():
+    """The shipped flow folder names its class through a module file, as Hub community pipelines do."""
+    pipe = DiffusionPipeline.from_pretrained(WEIGHTS_DIR / "flow", trust_remote_code=True)
+    assert type(pipe) is RectifiedFlowPipeline
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(WEIGHTS_DIR / "flow")
 
 
 @pytest.mark.parametrize(

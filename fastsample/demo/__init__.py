@@ -41,7 +41,7 @@ _PIPELINE_FILES = (
 )
 _REQUIRED = {
     "ddpm": _PIPELINE_FILES,
-    "flow": _PIPELINE_FILES,
+    "flow": _PIPELINE_FILES + ("rectified_flow.py",),
     "classifier": ("config.json", "diffusion_pytorch_model.safetensors"),
 }
 

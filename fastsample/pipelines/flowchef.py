@@ -32,6 +32,7 @@ from diffusers import FluxPipeline, StableDiffusion3Pipeline
 from ..adapter import FastScheduler
 from ..flowchef import Deblurring, Decoded, FlowChef, Inpainting, SuperResolution, latent_mask
 from ..schedulers.rectified_flow import RectifiedFlowScheduler
+from .base import FolderCodeMixin
 
 __all__ = ["FlowChefStableDiffusion3Pipeline", "FlowChefFluxPipeline", "TASKS"]
 
@@ -129,7 +130,7 @@ class _FlowChefMixin:
             self.scheduler = original
 
 
-class FlowChefStableDiffusion3Pipeline(_FlowChefMixin, StableDiffusion3Pipeline):
+class FlowChefStableDiffusion3Pipeline(FolderCodeMixin, _FlowChefMixin, StableDiffusion3Pipeline):
     """``StableDiffusion3Pipeline`` with ``flowchef=`` in ``__call__`` and :meth:`make_flowchef`."""
 
     def _to_model_layout(self, latents: torch.Tensor) -> torch.Tensor:
@@ -142,7 +143,7 @@ class FlowChefStableDiffusion3Pipeline(_FlowChefMixin, StableDiffusion3Pipeline)
         return self._call_with_flowchef(StableDiffusion3Pipeline.__call__, args, kwargs, flowchef)
 
 
-class FlowChefFluxPipeline(_FlowChefMixin, FluxPipeline):
+class FlowChefFluxPipeline(FolderCodeMixin, _FlowChefMixin, FluxPipeline):
     """``FluxPipeline`` with ``flowchef=`` in ``__call__`` and :meth:`make_flowchef` (packed 2x2 latents)."""
 
     def _to_model_layout(self, latents: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,12 @@ from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .base import FolderCodeMixin
+
 __all__ = ["RectifiedFlowPipeline"]
 
 
-class RectifiedFlowPipeline(DiffusionPipeline):
+class RectifiedFlowPipeline(FolderCodeMixin, DiffusionPipeline):
     """Unconditional image generation with a velocity-predicting ``UNet2DModel``.
 
     Components:

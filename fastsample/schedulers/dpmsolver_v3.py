@@ -12,6 +12,9 @@ lambda, guided: uniform t). The statistics load lazily; :meth:`DPMSolverV3Schedu
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import numpy as np
 
 from .. import grids
@@ -21,6 +24,7 @@ from ..solvers.dpmsolver_v3 import DPMSolverV3, preset
 
 
 class DPMSolverV3Scheduler(FastScheduler):
+    artifact_keys = ("ems_path",)
     config_keys = {
         "ems_path": None,
         "guidance_scale": None,
@@ -56,6 +60,14 @@ class DPMSolverV3Scheduler(FastScheduler):
         self.plan = None
         self.solver = self.make_solver()
         return self
+
+    def _save_artifact(self, key: str, directory: Path) -> str | None:
+        """Statistics given in memory (no file) are written into the folder as ``ems.safetensors``."""
+        ems = getattr(self, "_ems", None)
+        if key == "ems_path" and ems is not None and self.config.ems_path is None:
+            copy.copy(ems).save(directory / "ems.safetensors")
+            return "ems.safetensors"
+        return super()._save_artifact(key, directory)
 
     def _check_ems(self, ems: EMS):
         g = self.config.guidance_scale

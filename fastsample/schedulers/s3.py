@@ -48,6 +48,7 @@ class _ScheduleSolver(Solver):
 
 
 class S3Scheduler(FastScheduler):
+    artifact_keys = ("schedule_file",)
     config_keys = {"schedule_file": None, "builtin_schedule": "unipc-bh2"}
 
     @classmethod

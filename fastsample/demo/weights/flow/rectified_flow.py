@@ -1,0 +1,1 @@
+from fastsample.pipelines.rectified_flow import RectifiedFlowPipeline  # noqa: F401
