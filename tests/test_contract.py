@@ -7,7 +7,9 @@ Pipelines are the real Diffusers classes built from tiny random configs (``tiny_
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -33,6 +35,7 @@ from tiny_pipelines import (
     sd3_pipeline,
     sd_img2img_pipeline,
     sd_pipeline,
+    sdxl_pipeline,
 )
 
 import fastsample.schedulers as public
@@ -51,6 +54,7 @@ class DDIMTestScheduler(FastScheduler):
         return DDIMSolver()
 
 
+REPO = Path(__file__).resolve().parents[1]
 PUBLIC = [getattr(public, name) for name in public.__all__]
 # (class, extra config): every public class at its defaults, plus multi-stage / other-variant DEIS.
 CASES = [(cls, {}) for cls in PUBLIC] + [
@@ -789,3 +793,347 @@ def test_sd_pipeline_matches_ddim(ours, pipes):
     assert pipe.scheduler.timesteps.tolist() == ddim.timesteps.tolist()
     torch.testing.assert_close(got_x, want_x, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+# --- every step count on every grid option and released config -----------------------------------------
+
+STEP_COUNTS = (1, 2, 3, 4, 5, 7, 10, 16, 25, 30, 50, 100, 999, 1000)
+VP_GRIDS = {
+    "default": {},
+    "linspace": {"timestep_spacing": "linspace"},
+    "leading": {"timestep_spacing": "leading"},
+    "trailing": {"timestep_spacing": "trailing"},
+    "karras": {"use_karras_sigmas": True},
+    "lambdas": {"use_lambdas": True},
+    "uniform_t": {"time_grid": "uniform_t"},
+    "quadratic_t": {"time_grid": "quadratic_t"},
+}
+# SDXL's config differs from SD 1.5's in keys that do not move the grid: three grid options suffice there.
+VP_CONFIGS = {
+    "sd15": (PNDMScheduler, SD15_SCHEDULER, list(VP_GRIDS)),
+    "sdxl": (EulerDiscreteScheduler, SDXL_SCHEDULER, ["default", "trailing", "karras"]),
+    "ddpm": (DDPMScheduler, {}, list(VP_GRIDS)),
+}
+# Flow: a static shift (SD3), dynamic shifting with two mu (Flux, as its pipeline computes mu), and
+# the sigmas Flux passes (linspace(1, 1/n, n)).
+FLOW_GRIDS = {"sd3": (SD3_SCHEDULER, None, False), "flux": (FLUX_SCHEDULER, 0.5, False)}
+FLOW_GRIDS |= {"flux_mu1.15": (FLUX_SCHEDULER, 1.15, False), "flux_sigmas": (FLUX_SCHEDULER, 0.8, True)}
+
+
+def _cheap(x, t):
+    return 0.5 * x + 0.01 * torch.as_tensor(t, dtype=x.dtype) / 1000.0
+
+
+def _check_run(sched, n, **kw):
+    """set_timesteps(n), then a whole run: labels match evaluations, finite output, then step() refuses."""
+    sched.set_timesteps(n, **kw)
+    assert sched.num_inference_steps == n
+    assert len(sched.timesteps) == sched.plan.nfe and len(sched.sigmas) == sched.plan.nfe + 1
+    t_eval = sched.plan.eval_times
+    assert t_eval[0] == sched._grid[0] == t_eval.max()  # the first call is at the noisiest point
+    x = torch.ones(1, 3, dtype=torch.float32)
+    for t in sched.timesteps:
+        x = sched.step(_cheap(x, t), t, x).prev_sample
+    assert torch.isfinite(x).all()
+    with pytest.raises(IndexError, match="set_timesteps"):
+        sched.step(_cheap(x, sched.timesteps[-1]), sched.timesteps[-1], x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", list(VP_CONFIGS))
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_every_step_count_vp(case, config):
+    """Every step count on every VP grid option (SD 1.5, SDXL and DDPM configs), as diffusers' schedulers run."""
+    cls, kw = case
+    _skip_unsupported(cls, "vp", kw)
+    src_cls, cfg, grid_names = VP_CONFIGS[config]
+    for name in grid_names:
+        sched = cls.from_config(src_cls(**cfg).config, **kw, **VP_GRIDS[name])
+        for n in STEP_COUNTS:
+            try:
+                _check_run(sched, n)
+            except Exception as e:
+                raise AssertionError(f"{config} / {name} / {n} steps: {e}") from e
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grid", list(FLOW_GRIDS))
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_every_step_count_flow(case, grid):
+    cls, kw = case
+    _skip_unsupported(cls, "flow", kw)
+    cfg, mu, pass_sigmas = FLOW_GRIDS[grid]
+    sched = cls.from_config(FlowMatchEulerDiscreteScheduler(**cfg).config, **kw)
+    for n in STEP_COUNTS:
+        extra = {"mu": mu} if mu is not None else {}
+        if pass_sigmas:
+            extra["sigmas"] = np.linspace(1.0, 1.0 / n, n)
+        try:
+            _check_run(sched, n, **extra)
+        except Exception as e:
+            raise AssertionError(f"{grid} / {n} steps: {e}") from e
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_dense_grids_keep_integer_labels_where_they_fit(case):
+    """Grids that fit the training timesteps are snapped (integer labels); denser ones keep float labels."""
+    cls, kw = case
+    _skip_unsupported(cls, "vp", kw)
+    sched = cls.from_config(PNDMScheduler(**SD15_SCHEDULER).config, **kw, use_karras_sigmas=True)
+    sched.set_timesteps(10)
+    assert sched.timesteps.dtype == torch.int64 or kw.get("deis_variant") == "rhork"
+    sched.set_timesteps(50)  # Karras at 50 steps puts several points within one timestep near the data end
+    ts = sched.timesteps.double()
+    assert sched.timesteps.dtype == torch.float32 and torch.all(ts[1:] <= ts[:-1])  # stages may share a time
+    # float labels are the exact times of the grid, and sigmas belong to them
+    t = sched.schedule.t_of_timestep(ts.numpy())
+    np.testing.assert_allclose(t, sched.plan.eval_times, rtol=1e-5)
+
+
+def test_one_step_grid_starts_at_the_noisiest_point():
+    """A one-point grid keeps its start (it used to be overwritten by the end: one call at timestep 0)."""
+    sched = public.DPMSolverV3Scheduler.from_config(PNDMScheduler(**SD15_SCHEDULER).config)
+    for n in (1, 2):
+        sched.set_timesteps(n)
+        assert int(sched.timesteps[0]) == 999, sched.timesteps
+    sched = DEISScheduler(use_karras_sigmas=True)
+    sched.set_timesteps(1)
+    assert int(sched.timesteps[0]) == 999
+
+
+# --- 1 and 2 steps against the exact x0-estimate -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["vp", "flow"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_one_step_is_the_exact_x0_estimate(case, kind, mixture):
+    """On the analytic mixture, one step from pure noise returns E[x0 | x_T] (one model call), or for a
+    multi-stage step a result at least as close to the exact ODE solution as that estimate."""
+    sched = _make(case, kind)
+    sched.set_timesteps(1)
+    s = sched.schedule
+    t0 = float(sched.plan.eval_times[0])
+    assert t0 == s.t_max  # the noisiest point of the schedule
+    model = mixture.model_fn(s, sched.prediction_type)
+    x = torch.from_numpy(mixture.prior_sample(64, s, t_start=t0, seed=3)).float()
+    xt = x
+    for label, t in zip(sched.timesteps, sched.plan.eval_times):
+        xt = sched.step(model(xt.double(), float(t)).float(), label, xt).prev_sample
+    x0_hat = mixture.denoise(x.double(), float(s.alpha(t0)), float(s.sigma(t0)))
+    if sched.plan.nfe == 1:
+        torch.testing.assert_close(xt.double(), x0_hat, rtol=1e-4, atol=1e-4)
+    else:
+        exact = torch.from_numpy(mixture.ode_solve(x.double().numpy(), s, t0, 0.0))
+        assert (xt.double() - exact).norm() <= (x0_hat - exact).norm() * 1.05
+    assert xt.std() < 0.5 * x.std()  # data, not the input noise
+
+
+@pytest.mark.parametrize("kind", ["vp", "flow"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_two_steps_beat_one(case, kind, mixture):
+    sched = _make(case, kind)
+    s = sched.schedule
+    model = mixture.model_fn(s, sched.prediction_type)
+    x = torch.from_numpy(mixture.prior_sample(64, s, t_start=s.t_max, seed=4)).float()
+    exact = torch.from_numpy(mixture.ode_solve(x.double().numpy(), s, s.t_max, 0.0))
+    errs = []
+    for n in (1, 2):
+        sched.set_timesteps(n)
+        xt = x
+        for label, t in zip(sched.timesteps, sched.plan.eval_times):
+            xt = sched.step(model(xt.double(), float(t)).float(), label, xt).prev_sample
+        errs.append(float((xt.double() - exact).norm()))
+    assert errs[1] < errs[0], errs
+
+
+# --- whole pipelines: save, reload, move -----------------------------------------------------------------
+
+PIPELINE_KINDS = {"ddpm": "vp", "sd": "vp", "sdxl": "vp", "sd3": "flow", "flux": "flow"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipe_name", list(PIPELINE_KINDS))
+@pytest.mark.parametrize("cls", PUBLIC, ids=lambda c: c.__name__)
+def test_whole_pipeline_round_trip(cls, pipe_name, tmp_path):
+    """save_pretrained, then DiffusionPipeline / the pipeline class / scheduler= / subfolder all restore our class."""
+    _skip_unsupported(cls, PIPELINE_KINDS[pipe_name])
+    pipe = {"ddpm": ddpm_pipeline, "sd": sd_pipeline, "sdxl": sdxl_pipeline, "sd3": sd3_pipeline}.get(
+        pipe_name, flux_pipeline
+    )()
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path / "p")
+    want = _public_config(pipe.scheduler.config)
+    for loaded in (
+        diffusers.DiffusionPipeline.from_pretrained(tmp_path / "p"),
+        type(pipe).from_pretrained(tmp_path / "p"),
+        diffusers.DiffusionPipeline.from_pretrained(tmp_path / "p", scheduler=cls.from_config(pipe.scheduler.config)),
+    ):
+        assert type(loaded.scheduler) is cls
+        assert _public_config(loaded.scheduler.config) == want
+    sched = cls.from_pretrained(tmp_path / "p", subfolder="scheduler")
+    assert type(sched) is cls and _public_config(sched.config) == want
+
+
+def _demo_sample(pipe, steps=5):
+    return pipe(batch_size=2, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["ems", "schedule"])
+def test_saved_folder_with_scheduler_files_moves(which, tmp_path):
+    """A pipeline whose scheduler needs a file (statistics, a solver schedule) is saved with that file inside
+    the scheduler folder, named relative to it: moved elsewhere (the original file gone) it gives the same samples."""
+    import shutil
+
+    from fastsample import demo
+
+    pipe = demo.load_ddpm_pipeline()
+    cfg = pipe.scheduler.config
+    if which == "ems":
+        src = tmp_path / "mine" / "stats.safetensors"
+        src.parent.mkdir()
+        shutil.copy(demo.WEIGHTS_DIR / "ddpm" / "ems.safetensors", src)
+        pipe.scheduler = public.DPMSolverV3Scheduler.from_config(cfg, ems_path=str(src))
+        key = "ems_path"
+    else:
+        src = tmp_path / "mine" / "s3.json"
+        src.parent.mkdir()
+        shutil.copy(REPO / "eval" / "schedules" / "demo_ddpm_nfe5.json", src)
+        pipe.scheduler = public.S3Scheduler.from_config(cfg, schedule_file=str(src))
+        key = "schedule_file"
+    before = _demo_sample(pipe).images
+    pipe.save_pretrained(tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "scheduler" / "scheduler_config.json").read_text())
+    assert saved[key] == src.name and (tmp_path / "a" / "scheduler" / src.name).is_file()
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "mine")
+    moved = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "b")
+    moved.set_progress_bar_config(disable=True)
+    assert moved.scheduler.config[key] == str((tmp_path / "b" / "scheduler" / src.name).resolve())
+    np.testing.assert_array_equal(_demo_sample(moved).images, before)
+    # saved again from its new place (the file is already there), then loaded by the scheduler class alone
+    moved.save_pretrained(tmp_path / "b")
+    assert type(moved.scheduler).from_pretrained(tmp_path / "b", subfolder="scheduler").config[key].endswith(src.name)
+
+
+def test_statistics_in_memory_are_saved_into_the_folder(tmp_path):
+    from fastsample import EMS, demo
+
+    ems = EMS.load(demo.WEIGHTS_DIR / "ddpm" / "ems.safetensors")
+    arrays = EMS(ems.lambdas, ems.l, ems.s, ems.b, metadata=ems.metadata)  # no file behind it
+    cfg = DDPMScheduler().config
+    sched = public.DPMSolverV3Scheduler.from_config(cfg).use_ems(arrays)
+    sched.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "scheduler_config.json").read_text())["ems_path"] == "ems.safetensors"
+    assert sched.config.ems_path is None and arrays.path is None  # saving changed nothing in memory
+    back = public.DPMSolverV3Scheduler.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(back.ems.l, ems.l)
+
+
+def test_missing_scheduler_file_is_named(tmp_path):
+    from fastsample import demo
+
+    sched = public.DPMSolverV3Scheduler(ems_path=str(demo.WEIGHTS_DIR / "ddpm" / "ems.safetensors"))
+    sched.save_pretrained(tmp_path)
+    (tmp_path / "ems.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="ems_path names 'ems.safetensors'"):
+        public.DPMSolverV3Scheduler.from_pretrained(tmp_path)
+
+
+def test_pipelines_package_exports_every_pipeline_class():
+    import inspect
+
+    import fastsample.pipelines as pipelines
+
+    defined = {
+        name
+        for mod in (pipelines.flowchef, pipelines.rectified_flow)
+        for name, obj in inspect.getmembers(mod, inspect.isclass)
+        if issubclass(obj, diffusers.DiffusionPipeline) and obj.__module__.startswith("fastsample")
+    }
+    assert defined == set(pipelines.__all__)
+
+
+# --- the attributes pipelines and training scripts read ----------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["sd15_pndm", "sdxl_euler"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_diffusers_attributes_vp(case, source):
+    cls, kw = case
+    _skip_unsupported(cls, "vp", kw)
+    src, _ = _source(source)
+    sched = cls.from_config(src.config, **kw)
+    ref = DDPMScheduler.from_config(src.config)
+    for name in ("betas", "alphas", "alphas_cumprod"):
+        got = getattr(sched, name)
+        assert got.dtype == torch.float32 and got.shape == (1000,), name
+        torch.testing.assert_close(got, getattr(ref, name), rtol=1e-5, atol=1e-7)
+    assert sched.step_index is None and sched.begin_index is None
+    assert isinstance(sched.order, int) and sched.init_noise_sigma == 1.0
+    sched.set_timesteps(6)
+    assert sched.sigmas.dtype == torch.float32 and sched.timesteps.dtype == torch.int64 or kw
+    sched.set_begin_index(2)
+    assert sched.begin_index == 2
+    x = torch.ones(1, 3)
+    t = sched.timesteps[2]
+    sched.step(_cheap(x, t), t, x)
+    assert sched.step_index == 3
+
+
+def test_flow_schedulers_have_no_beta_tables_like_flowmatch():
+    for cls in PUBLIC:
+        if _supports(cls, "flow"):
+            sched = cls.from_config(FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER).config)
+            assert not hasattr(sched, "alphas_cumprod") and not hasattr(FlowMatchEulerDiscreteScheduler(), "betas")
+
+
+# --- bad input: one clear error naming the argument -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["vp", "flow"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_bad_input_names_the_argument(case, kind):
+    sched = _make(case, kind)
+    top = 1.0 if kind == "flow" else 14.0
+    bad = [
+        (dict(sigmas=[top, float("nan"), 0.2]), "sigmas.*NaN"),
+        (dict(sigmas=[0.2, top]), "sigmas.*strictly decreasing"),
+        (dict(sigmas=[top * 100, 0.2]), "sigmas.*must lie in"),
+        (dict(sigmas=[top, -0.2]), "sigmas.*must lie in"),
+        (dict(timesteps=[5000, 500]), "timesteps.*must lie in"),
+        (dict(timesteps=[500, 500]), "timesteps.*strictly decreasing"),
+        (dict(timesteps=[]), "timesteps.*non-empty"),
+        (dict(num_inference_steps=2.5), "num_inference_steps.*positive integer"),
+        (dict(num_inference_steps=0), "num_inference_steps.*positive integer"),
+        (dict(num_inference_steps=True), "num_inference_steps.*positive integer"),
+        (dict(num_inference_steps="8"), "num_inference_steps.*positive integer"),
+    ]
+    for kwargs, match in bad:
+        if kind == "flow" and "sigmas" in kwargs and sched.config.use_dynamic_shifting:
+            kwargs["mu"] = 0.5
+        with pytest.raises(ValueError, match=match):
+            sched.set_timesteps(**kwargs)
+    sched.set_timesteps(num_inference_steps=4.0)  # an integral float is a step count
+    assert sched.num_inference_steps == 4
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="model_output has shape"):
+        sched.step(torch.zeros(2, 4), sched.timesteps[0], x)
+
+
+def test_wrong_length_trained_betas():
+    with pytest.raises(ValueError, match="trained_betas has 10 entries"):
+        DEISScheduler(trained_betas=[0.01] * 10)
+
+
+@pytest.mark.parametrize("kind", ["vp", "flow"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_step_after_the_last_step_is_refused_until_set_timesteps(case, kind):
+    sched = _make(case, kind)
+    sched.set_timesteps(3)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    x = _run(sched, x)
+    with pytest.raises(IndexError, match="set_timesteps"):
+        sched.step(_model(x, sched.timesteps[-1]), sched.timesteps[-1], x)
+    sched.set_timesteps(3)
+    assert torch.isfinite(_run(sched, x)).all()

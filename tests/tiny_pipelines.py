@@ -16,6 +16,7 @@ from diffusers import (
     AutoencoderKL,
     DDPMPipeline,
     DDPMScheduler,
+    EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
@@ -25,6 +26,7 @@ from diffusers import (
     StableDiffusion3Pipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
     UNet2DModel,
 )
@@ -49,6 +51,7 @@ __all__ = [
     "ddpm_pipeline",
     "sd_pipeline",
     "sd_img2img_pipeline",
+    "sdxl_pipeline",
     "sd3_pipeline",
     "sd3_img2img_pipeline",
     "flux_pipeline",
@@ -214,6 +217,39 @@ def sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
 def sd_img2img_pipeline(seed: int = 0) -> StableDiffusionImg2ImgPipeline:
     pipe = StableDiffusionImg2ImgPipeline(**_sd_components(seed))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """Stable Diffusion XL (two CLIPs, added time ids, SDXL's Euler config); 16x16 images, 8x8 latents."""
+    _seed(seed)
+    tok = clip_tokenizer()
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * HIDDEN,
+        attention_head_dim=2,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + HIDDEN,
+    ).eval()
+    pipe = StableDiffusionXLPipeline(
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_clip_config(len(tok))).eval(),
+        tokenizer=tok,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(len(tok))).eval(),
+        tokenizer_2=clip_tokenizer(),
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
