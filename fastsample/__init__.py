@@ -1,6 +1,6 @@
 """fastsample: few-step samplers for diffusion and flow models as drop-in Diffusers schedulers.
 
-Layers (see DESIGN.md): noise schedules (:mod:`.schedules`), time grids (:mod:`.grids`), the
+Layers (see docs/design.md): noise schedules (:mod:`.schedules`), time grids (:mod:`.grids`), the
 parameterisation (:mod:`.parameterization`), solvers as float64 plans (:mod:`.solvers`),
 steering hooks, the Diffusers adapter (:mod:`.adapter`) and the public schedulers
 (:mod:`.schedulers`). :mod:`.analytic` holds exact Gaussian-mixture models for testing.

@@ -5,7 +5,7 @@ A public scheduler is a subclass that declares its own config keys (diffusers' n
 the declared keys into a real ``@register_to_config __init__`` with an explicit signature, so
 ``from_config`` / ``save_pretrained`` / ``from_pretrained`` work as for any diffusers scheduler.
 
-The contract (see DESIGN.md): ``set_timesteps(num_inference_steps, device, sigmas, timesteps,
+The contract (see docs/design.md): ``set_timesteps(num_inference_steps, device, sigmas, timesteps,
 mu)``, ``step(model_output, timestep, sample, generator, return_dict)``, ``scale_model_input``,
 ``add_noise``, ``scale_noise``, ``set_begin_index``, ``order``, ``init_noise_sigma``,
 ``_compatibles``. Diffusers' integer or float ``timestep`` labels exist only in this layer.

@@ -1,4 +1,4 @@
-"""The drop-in contract (DESIGN.md): every public scheduler against what Diffusers pipelines call.
+"""The drop-in contract (docs/design.md): every public scheduler against what Diffusers pipelines call.
 
 Parametrised over ``fastsample.schedulers.__all__``, so schedulers added later are covered
 automatically; a flow-only or VP-only class says so with ``supports_vp`` / ``supports_flow``.
@@ -1137,3 +1137,28 @@ def test_step_after_the_last_step_is_refused_until_set_timesteps(case, kind):
         sched.step(_model(x, sched.timesteps[-1]), sched.timesteps[-1], x)
     sched.set_timesteps(3)
     assert torch.isfinite(_run(sched, x)).all()
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_package_pipelines_and_demo_models(tmp_path):
+    """The wheel has every module and the shipped models (with their statistics and the flow model's
+    class file), so an installed fastsample runs the README's Python examples without the repository."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "fastsample", src / "fastsample", ignore=shutil.ignore_patterns("__pycache__"))
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."]
+    subprocess.run(cmd, cwd=src, check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("fastsample-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    want = {p.relative_to(src).as_posix() for p in (src / "fastsample").rglob("*") if p.is_file()}
+    assert want - names == set()
+    for must in ("fastsample/pipelines/rectified_flow.py", "fastsample/demo/weights/flow/rectified_flow.py"):
+        assert must in names
+    assert {"fastsample/demo/weights/ddpm/ems.safetensors", "fastsample/demo/weights/flow/ems.safetensors"} <= names
