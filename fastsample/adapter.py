@@ -252,17 +252,18 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
 
     # Diffusers' per-training-timestep tables (float32 tensors of length num_train_timesteps), read by
     # img2img strength, SDXL denoising_end and training scripts. VP models only, as in diffusers.
+    def _vp_alphas_cumprod(self) -> np.ndarray:
+        if self.schedule.is_flow:
+            raise AttributeError("a flow-matching scheduler has no alphas_cumprod, alphas or betas")
+        return self.schedule.alphas_cumprod
+
     @property
     def alphas_cumprod(self) -> torch.Tensor:
-        if self.schedule.is_flow:
-            raise AttributeError("a flow-matching scheduler has no alphas_cumprod")
-        return torch.from_numpy(self.schedule.alphas_cumprod).float()
+        return torch.from_numpy(self._vp_alphas_cumprod()).float()
 
     @property
     def alphas(self) -> torch.Tensor:
-        acp = self.schedule.alphas_cumprod if not self.schedule.is_flow else None
-        if acp is None:
-            raise AttributeError("a flow-matching scheduler has no alphas")
+        acp = self._vp_alphas_cumprod()
         return torch.from_numpy(acp / np.concatenate([[1.0], acp[:-1]])).float()
 
     @property
@@ -361,19 +362,19 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         if not np.all(np.isfinite(a)):
             raise ValueError(f"`{name}` contains NaN or Inf: {a.tolist()}")
         body = a[:-1] if name == "sigmas" and a[-1] == 0 and len(a) > 1 else a
-        if np.any(np.diff(body) >= 0):
-            raise ValueError(f"`{name}` must be strictly decreasing (noise first, data last), got {a.tolist()}")
         s = self.schedule
-        if name == "timesteps":
-            lo, hi = s.timestep(s.t_min), s.timestep(s.t_max)
-        elif s.is_flow:
-            lo, hi = 0.0, 1.0
+        if name == "timesteps":  # labels may run either way (rectified-flow labels grow as t falls)
+            t, lo, hi = s.t_of_timestep(body), s.timestep(s.t_min), s.timestep(s.t_max)
         else:
-            lo, hi = s.sigma_ve(s.t_min), s.sigma_ve(s.t_max)
+            t = body if s.is_flow else s.t_of_sigma_ve(body)
+            lo, hi = (0.0, 1.0) if s.is_flow else (s.sigma_ve(s.t_min), s.sigma_ve(s.t_max))
+        if np.any(np.diff(body if name == "sigmas" else t) >= 0):
+            raise ValueError(f"`{name}` must run from noise to data (strictly decreasing noise), got {a.tolist()}")
+        lo, hi = min(lo, hi), max(lo, hi)
         tol = 1e-4 * max(abs(hi), 1.0)
-        if body[-1] < min(lo, hi) - tol or body[0] > max(lo, hi) + tol or (name == "sigmas" and body[-1] <= 0):
+        if body.min() < lo - tol or body.max() > hi + tol or (name == "sigmas" and body[-1] <= 0):
             raise ValueError(
-                f"`{name}` must lie in [{min(lo, hi):.6g}, {max(lo, hi):.6g}] for this schedule"
+                f"`{name}` must lie in [{lo:.6g}, {hi:.6g}] for this schedule"
                 f"{' (plus one final 0)' if name == 'sigmas' else ''}, got {a.tolist()}"
             )
         return a

@@ -1098,11 +1098,12 @@ def test_bad_input_names_the_argument(case, kind):
     top = 1.0 if kind == "flow" else 14.0
     bad = [
         (dict(sigmas=[top, float("nan"), 0.2]), "sigmas.*NaN"),
-        (dict(sigmas=[0.2, top]), "sigmas.*strictly decreasing"),
+        (dict(sigmas=[0.2, top]), "sigmas.*from noise to data"),
         (dict(sigmas=[top * 100, 0.2]), "sigmas.*must lie in"),
         (dict(sigmas=[top, -0.2]), "sigmas.*must lie in"),
         (dict(timesteps=[5000, 500]), "timesteps.*must lie in"),
-        (dict(timesteps=[500, 500]), "timesteps.*strictly decreasing"),
+        (dict(timesteps=[500, 500]), "timesteps.*from noise to data"),
+        (dict(timesteps=[400, 500]), "timesteps.*from noise to data"),
         (dict(timesteps=[]), "timesteps.*non-empty"),
         (dict(num_inference_steps=2.5), "num_inference_steps.*positive integer"),
         (dict(num_inference_steps=0), "num_inference_steps.*positive integer"),

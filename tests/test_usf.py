@@ -338,8 +338,9 @@ def test_s3_scheduler_runs_schedule_file(tmp_path, mixture):
     ref = sample(model, x.double(), vp, sch)
     assert float((ours.double() - ref).abs().max()) < 1e-5
     sched.save_pretrained(tmp_path / "cfg")
-    again = S3Scheduler.from_pretrained(tmp_path / "cfg")
-    assert again.config.schedule_file == str(path)
+    again = S3Scheduler.from_pretrained(tmp_path / "cfg")  # the schedule travels inside the folder
+    assert again.config.schedule_file == str((tmp_path / "cfg" / path.name).resolve())
+    assert again.solver_schedule.to_dict() == sch.to_dict()
 
 
 @pytest.mark.parametrize("name", sorted(S.BUILTINS))
