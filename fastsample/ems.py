@@ -20,13 +20,13 @@ import argparse
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._io import atomic_path
 from .parameterization import check_prediction_type, to_x0_eps
 from .schedules import DiscreteVP, RectifiedFlow
 
@@ -170,10 +170,8 @@ class EMS:
         path = Path(path)
         arrays = {k: np.ascontiguousarray(self._get(k)) for k in ("lambdas", "l", "s", "b")}
         meta = dict(self.metadata, format_version=FORMAT_VERSION, sha256=self._checksum(arrays))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(arrays, str(tmp), metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(arrays, str(tmp), metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
         self.metadata, self.path = meta, path
         return path
 
@@ -418,9 +416,8 @@ def compute_ems(
 
     def save_state():
         if checkpoint is not None and main_process:
-            tmp = str(checkpoint) + ".tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, checkpoint)
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
 
     mine = torch.arange(rank, num_samples, world)
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
