@@ -793,7 +793,9 @@ def _run(args) -> Path:
 
 def main(argv=None) -> Path:
     """``fastsample ems ...`` as a function: parse ``argv`` and compute, save and return the file path."""
-    p = argparse.ArgumentParser(prog="fastsample ems", description="compute DPM-Solver-v3 empirical model statistics")
+    from .cli import ArgumentParser
+
+    p = ArgumentParser(prog="fastsample ems", description="compute DPM-Solver-v3 empirical model statistics")
     _add_arguments(p)
     return _run(p.parse_args(argv))
 

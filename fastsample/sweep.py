@@ -728,9 +728,9 @@ def write_results(cells: list[dict], cfg: SweepConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import positive_int
+    from .cli import ArgumentParser, positive_int
 
-    p = argparse.ArgumentParser(prog="fastsample sweep", description="Run or resume a schedulers x NFE sweep.")
+    p = ArgumentParser(prog="fastsample sweep", description="Run or resume a schedulers x NFE sweep.")
     p.add_argument("config", help="sweep config (.toml, or .yaml with PyYAML)")
     p.add_argument("--output", help="results folder (default: the config's sweep.output)")
     p.add_argument("--num-samples", type=positive_int, help="override sweep.num_samples (at least 2)")

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from .._io import UserError, refuse_existing
+from ..cli import ArgumentParser, error_line, positive_int
 from ..cli import device as device_arg
-from ..cli import error_line, positive_int
 from .inception import BLOCK_DIMS, RESIZE_MODES, FIDInceptionV3, network_name
 from .stats import FeatureStatistics, fid_from_statistics
 
@@ -199,6 +199,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``main(["A", "B", "--dims", "2048"])``."""
-    p = argparse.ArgumentParser(prog="fastsample fid", description=DESCRIPTION)
+    p = ArgumentParser(prog="fastsample fid", description=DESCRIPTION)
     _add_arguments(p)
     return run(p.parse_args(argv))

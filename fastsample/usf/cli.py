@@ -15,7 +15,7 @@ import json
 import sys
 
 from .._io import UserError, atomic_write, refuse_existing
-from ..cli import positive_int
+from ..cli import ArgumentParser, positive_int
 
 __all__ = ["add_subparser", "main", "build_parser"]
 
@@ -50,7 +50,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastsample search", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="fastsample search", description=__doc__.splitlines()[0])
     _add_arguments(p)
     return p
 
