@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(COMMANDS[argv[0]][0])
         rc = module.main(argv[1:])  # an exit status, or what the subcommand made (e.g. a file path): success
+    except SystemExit as e:  # argparse errors and --help, SIGTERM
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
     except KeyboardInterrupt:
         if debug:
             raise

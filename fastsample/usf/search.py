@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import __version__, grids
+from .. import grids
 from .._io import UserError, atomic_write, file_lock
 from ..sampling import sample as generic_sample
 from .executor import sample as usf_sample
@@ -427,6 +427,8 @@ def search(
     and a later call with the same path resumes. ``out``: where the best schedule is written (JSON).
     """
     from tqdm.auto import tqdm
+
+    from .. import __version__
 
     ns, t0, t1 = problem.noise_schedule, problem.t_start, problem.t_end
     final_zero = t1 == 0
