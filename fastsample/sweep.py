@@ -637,7 +637,12 @@ def _cell_key(cfg: SweepConfig, model_digest: str, features, ref_digest: str, sp
             "guidance": g,
             "num_samples": cfg.num_samples,
             "seed": cfg.seed,
-            "versions": {"fastsample": __version__, "diffusers": diffusers.__version__, "format": FORMAT_VERSION},
+            "versions": {
+                "fastsample": __version__,
+                "diffusers": diffusers.__version__,
+                "torch": torch.__version__,
+                "format": FORMAT_VERSION,
+            },
         }
     )
 

@@ -4,8 +4,9 @@
     python tests/fault_runner.py EVENT K -c "python code"
 
 EVENT: ``write`` (a finished temporary file, just before its rename), ``renamed`` (just after it),
-``generate`` (a sweep batch), ``evaluate`` (a search fitness evaluation), ``jvp`` (an EMS batch).
-K = 0 never kills. At a normal exit the number of events seen is printed as ``EVENTS n`` on stderr.
+``generate`` (a sweep batch), ``evaluate`` (a search fitness evaluation), ``jvp`` (an EMS batch);
+``EVENT:term`` sends SIGTERM instead of SIGKILL. K = 0 never kills. At a normal exit the number of
+events seen is printed as ``EVENTS n`` on stderr.
 """
 
 import atexit
@@ -14,6 +15,8 @@ import signal
 import sys
 
 event, k, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+event, _, how = event.partition(":")
+sig = signal.SIGTERM if how == "term" else signal.SIGKILL
 seen = [0]
 atexit.register(lambda: print(f"EVENTS {seen[0]}", file=sys.stderr))
 
@@ -21,7 +24,7 @@ atexit.register(lambda: print(f"EVENTS {seen[0]}", file=sys.stderr))
 def tick():
     seen[0] += 1
     if seen[0] == k:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), sig)
 
 
 def counted(fn):

@@ -414,6 +414,11 @@ def test_killed_search_resumes_bit_identical(tmp_path):
     """SIGKILL during checkpoint writes and evaluations, resume: the uninterrupted result, no temp files."""
     args = [*SEARCH, "--generations", "6", "--checkpoint"]
     assert _run("write", 0, [*args, tmp_path / "full.ckpt", "--out", tmp_path / "full.json"]).returncode == 0
+    # SIGTERM while a checkpoint's temporary file is complete: it is removed on the way out
+    r = _run("write:term", 1, [*args, tmp_path / "res.ckpt", "--out", tmp_path / "res.json"])
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr
+    assert not (tmp_path / "res.ckpt").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".res")] == []
     rng = random.Random(7)
     plan = [("write", rng.randint(1, 2)), ("evaluate", rng.randint(5, 15)), ("renamed", rng.randint(1, 2))]
     kills = 0
