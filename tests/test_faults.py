@@ -186,6 +186,28 @@ def test_edited_input_file_is_not_served_from_a_stale_cell(tmp_path, edit):
     assert after != before
 
 
+def test_each_input_file_is_hashed_once_per_run(tmp_path, monkeypatch):
+    """Large files are hashed once per run, not once per cell."""
+    shutil.copy(ROOT / "eval" / "schedules" / "demo_ddpm_nfe5.json", tmp_path / "sched.json")
+    s3 = '[[schedulers]]\nname = "fastsample.S3Scheduler"\nlabel = "{}"\nconfig = {{ schedule_file = "sched.json" }}\n'
+    path = _config(tmp_path, nfe="[5]", schedulers=s3.format("S3 a") + s3.format("S3 b"))
+    hashed = []
+    real_open = open
+
+    def counting_open(file, *a, **kw):
+        if not str(file).endswith(".tmp"):  # (atomic writes open their temporary files to fsync them)
+            hashed.append(Path(file).resolve())
+        return real_open(file, *a, **kw)
+
+    monkeypatch.setattr(_io, "_DIGESTS", {})
+    monkeypatch.setattr(_io, "open", counting_open, raising=False)
+    _fds(path, tmp_path / "out")
+    names = [p.name for p in hashed]
+    assert names.count("sched.json") == 1  # two cells use it
+    assert names.count("diffusion_pytorch_model.safetensors") == 2  # the UNet's and the classifier's
+    assert len(hashed) == len(set(hashed))
+
+
 def test_typos_are_refused_with_the_nearest_key(tmp_path, generated):
     """Why: `num_sample = 24` ran 1,000 samples; `config = { solver_ordr = 2 }` ran order 3."""
     path = _config(tmp_path)
