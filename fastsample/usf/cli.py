@@ -74,7 +74,8 @@ def _problem(args):
         return SearchProblem.analytic(mix, DiscreteVP.from_betas(betas_for_schedule("linear")), name=name), "rmse"
     import torch
 
-    from ..demo import digits_split, load_classifier, load_ddpm_pipeline
+    from .._io import tree_digest
+    from ..demo import WEIGHTS_DIR, digits_split, load_classifier, load_ddpm_pipeline
 
     pipe, clf = load_ddpm_pipeline(), load_classifier()
     vp = DiscreteVP.from_config(pipe.scheduler.config)
@@ -96,7 +97,12 @@ def _problem(args):
         tuple(data.shape[1:]),
         features=features,
         reference_steps=None if metric == "fid" else 100,
-        description={"name": "fastsample demo digits DDPM (16x16)", "noise_schedule": vp.describe()},
+        description={
+            "name": "fastsample demo digits DDPM (16x16)",
+            "noise_schedule": vp.describe(),
+            "sha256": tree_digest(WEIGHTS_DIR / "ddpm"),
+            "classifier_sha256": tree_digest(WEIGHTS_DIR / "classifier"),
+        },
     )
     prob.target_features = features(data).double()
     return prob, metric
