@@ -10,7 +10,8 @@ solution for analytic models, a high-NFE run otherwise) or, optionally, the Frec
 sample features (:func:`fastsample.fid.frechet_distance`). Evaluation is multi-fidelity: every
 candidate on a few samples, the promising ones on more; the result is the best at high fidelity.
 ``timestep_only=True`` keeps a base solver's decisions and searches the grid alone (AutoDiffusion,
-Li et al., arXiv 2309.10438). State is checkpointed atomically after every generation and resumed.
+Li et al., arXiv 2309.10438). State is checkpointed atomically after every generation and resumed
+bit for bit; a checkpoint of another problem or other settings is refused.
 
 :func:`evaluate_baselines` and :func:`report` give the held-out check: the found schedule's
 fitness on seeds not used in the search next to every fixed-schedule solver's at the same NFE.
@@ -423,8 +424,11 @@ def search(
     stalls), the surrogate (``predictor``: ``"mlp"``, ``"ridge"``; ``"none"`` picks at random, an ablation)
     picks ``evaluate_per_generation`` of them (plus two at random), and the ``promote`` best low-fidelity
     schedules not yet checked are
-    evaluated at high fidelity. With ``checkpoint`` the state is written atomically after each generation
-    and a later call with the same path resumes. ``out``: where the best schedule is written (JSON).
+    evaluated at high fidelity. With ``checkpoint`` the state (archive, RNG, history) is written atomically
+    after each generation with a fingerprint of the problem's description and every setting but
+    ``generations`` and ``time_budget_s``; a later call with the same path resumes to the bit-identical
+    result, one with another fingerprint raises UserError, and a second search on the same checkpoint
+    at once is refused. ``out``: where the best schedule is written (JSON).
     """
     from tqdm.auto import tqdm
 
