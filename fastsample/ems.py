@@ -20,13 +20,13 @@ import argparse
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._io import UserError, atomic_path, refuse_existing
 from .parameterization import check_prediction_type, to_x0_eps
 from .schedules import DiscreteVP, RectifiedFlow
 
@@ -86,6 +86,13 @@ def schedule_fingerprint(schedule, t_start: float, t_end: float) -> str:
     with np.errstate(divide="ignore"):
         lam = np.round(np.asarray(schedule.lambda_(t), dtype=np.float64), 8)
     return schedule.describe()["family"] + ":" + hashlib.sha256(lam.tobytes()).hexdigest()[:16]
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    """Short SHA-256 of a tensor's dtype, shape and bytes (the data a checkpoint was made from)."""
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}".encode())
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -170,10 +177,8 @@ class EMS:
         path = Path(path)
         arrays = {k: np.ascontiguousarray(self._get(k)) for k in ("lambdas", "l", "s", "b")}
         meta = dict(self.metadata, format_version=FORMAT_VERSION, sha256=self._checksum(arrays))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(arrays, str(tmp), metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(arrays, str(tmp), metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
         self.metadata, self.path = meta, path
         return path
 
@@ -404,23 +409,26 @@ def compute_ems(
         "shape": list(shape),
         "model_hash": model_hash,
         "l_given": l is not None,
+        "data": _tensor_digest(x0) if torch.is_tensor(x0) else None,
     }
     key = _settings_key(settings)
     state = {"key": key, "l_sum": torch.zeros(grid_size, D, dtype=torch.float64), "l_done": np.zeros(grid_size, bool)}
     state["sb_sum"] = torch.zeros(4, grid_size, D, dtype=torch.float64)
     state["sb_done"] = np.zeros(grid_size, bool)
     if checkpoint is not None and Path(checkpoint).is_file():
-        saved = torch.load(checkpoint, weights_only=False)
-        if saved.get("key") != key:
+        try:
+            saved = torch.load(checkpoint, weights_only=False)
+        except Exception as e:
+            raise UserError(f"checkpoint {str(checkpoint)!r} is unreadable or truncated ({e}); delete it") from e
+        if not isinstance(saved, dict) or saved.get("key") != key:
             raise ValueError(f"checkpoint {str(checkpoint)!r} was written with other settings; remove it or match them")
         state = saved
     main_process = rank == 0
 
     def save_state():
         if checkpoint is not None and main_process:
-            tmp = str(checkpoint) + ".tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, checkpoint)
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
 
     mine = torch.arange(rank, num_samples, world)
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
@@ -684,22 +692,25 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_arguments(p):
+    from .cli import device, positive_int
+
     p.add_argument(
         "--model", required=True, help="'demo-ddpm', 'demo-flow', or a local diffusers pipeline directory / hub id"
     )
     p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--data", default=None, help="images in [-1, 1] as .npy/.pt (N, C, H, W); 'self' for SD's own")
     p.add_argument("--prompts", default=None, help="text file, one prompt per line (SD/SDXL)")
     p.add_argument("--guidance-scale", type=float, default=1.0)
-    p.add_argument("--grid-size", type=int, default=250, help="number of lambda points")
-    p.add_argument("--num-samples", type=int, default=1024, help="samples per lambda point")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--grid-size", type=positive_int, default=250, help="number of lambda points")
+    p.add_argument("--num-samples", type=positive_int, default=1024, help="samples per lambda point")
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--t-start", type=float, default=None)
     p.add_argument("--t-end", type=float, default=None)
     p.add_argument("--height", type=int, default=None, help="SD image height (latents are height / 8)")
     p.add_argument("--checkpoint", default=None, help="partial-sums file for resuming")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=device, default=None)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -712,8 +723,11 @@ def _load_images(path):
 def _run(args) -> Path:
     from accelerate import Accelerator
 
+    refuse_existing(args.out, args.force)  # before the work, not after it
+    if args.checkpoint and Path(args.checkpoint).resolve() == Path(args.out).resolve():
+        raise UserError(f"--checkpoint {args.checkpoint} is also --out; give it its own name")
     acc = Accelerator()
-    device = torch.device(args.device) if args.device else acc.device
+    device = args.device or acc.device
     common = dict(
         grid_size=args.grid_size,
         num_samples=args.num_samples,
@@ -779,7 +793,9 @@ def _run(args) -> Path:
 
 def main(argv=None) -> Path:
     """``fastsample ems ...`` as a function: parse ``argv`` and compute, save and return the file path."""
-    p = argparse.ArgumentParser(prog="fastsample ems", description="compute DPM-Solver-v3 empirical model statistics")
+    from .cli import ArgumentParser
+
+    p = ArgumentParser(prog="fastsample ems", description="compute DPM-Solver-v3 empirical model statistics")
     _add_arguments(p)
     return _run(p.parse_args(argv))
 

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ._io import atomic_path
 from .sampling import sample
 
 __all__ = [
@@ -119,13 +120,12 @@ def generate_reflow_pairs(
             with torch.no_grad():
                 ends.append(endpoint_fn(noise[b : b + batch_size].to(device)).detach().to("cpu"))
             bar.update(len(ends[-1]))
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(
-            {"noise": noise.contiguous(), "endpoint": torch.cat(ends).contiguous()},
-            str(tmp),
-            metadata={"seed": str(seed), "shard": str(i), "first_pair": str(i * shard_size)},
-        )
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(
+                {"noise": noise.contiguous(), "endpoint": torch.cat(ends).contiguous()},
+                str(tmp),
+                metadata={"seed": str(seed), "shard": str(i), "first_pair": str(i * shard_size)},
+            )
     bar.close()
     return paths
 

@@ -9,9 +9,16 @@ Guarantees:
 - Per-sample seeds: sample i's starting noise comes from its own generator, so an image does not
   depend on batch size or process count, and every cell sees the same noises (common random
   numbers make scheduler comparisons less noisy).
-- Each finished cell is written atomically (temporary file + rename) under ``OUTPUT/cells/`` and
-  skipped on rerun; a cell's file name carries a hash of everything that determines its value, so
-  a changed config never reuses a stale cell. An interrupted sweep resumes where it stopped.
+- The whole config is checked before any sample is drawn: unknown keys at every level and in each
+  scheduler's ``config`` (with the nearest known key), value types, classes, files, and every
+  scheduler x NFE's ``set_timesteps``. Paths are relative to the config file.
+- Each finished cell is written atomically under ``OUTPUT/cells/`` and reused on rerun. A cell's
+  key holds content hashes (SHA-256) of everything its value depends on: model weights and config,
+  schedule and statistics files, reference statistics, feature-network weights, the scheduler
+  config after defaults, the library versions. A cell whose stored key differs from the expected
+  one (edited inputs, a copied or foreign file) or that is malformed is recomputed, with a message.
+  An interrupted sweep resumes where it stopped; a lock makes a second sweep into the same folder
+  wait, then reuse the first one's cells.
 - Multi-process through ``accelerate launch``: ranks take disjoint sample indices and the sums
   are all-reduced, giving the statistics of a single process to float64 round-off.
 - Results: ``results.json``, ``results.csv``, ``results.md`` and ``fd_vs_nfe.png``, each written
@@ -23,27 +30,65 @@ This module is evaluation code: it imports the library, and the library never im
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import difflib
 import hashlib
 import importlib
 import io
 import json
 import math
 import os
+import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-__all__ = ["SweepConfig", "load_config", "run_sweep", "main", "atomic_write"]
+from ._io import LOCK_NAME, UserError, atomic_write, file_digest, file_lock, remove_stale_temps, tree_digest
 
-FORMAT_VERSION = 1
+__all__ = ["ConfigError", "SweepConfig", "load_config", "run_sweep", "main", "atomic_write"]
+
+FORMAT_VERSION = 2
+
+# every key a sweep config may hold, per table
+KEYS = {
+    "top level": {"sweep", "model", "metric", "schedulers"},
+    "sweep": {"name", "output", "nfe", "guidance_scales", "num_samples", "batch_size", "seed", "device"},
+    "model": {"kind", "path", "num_classes", "torch_dtype", "prompts", "call_kwargs"},
+    "metric": {"features", "reference", "weights", "resize"},
+    "schedulers": {"name", "label", "config"},
+}
+MODEL_KINDS = ("demo-ddpm", "demo-flow", "unet", "pipeline")
+FEATURES = ("demo-classifier", "inception")
+
+
+class ConfigError(UserError):
+    """A sweep config that cannot run as written; the message names the file and the key."""
 
 
 # --- configuration -------------------------------------------------------------------------------
+
+
+def _slug(label: str) -> str:
+    """A label as it appears in cell file names."""
+    return re.sub(r"[^A-Za-z0-9.+=-]+", "_", label).strip("_") or "_"
+
+
+def _is_file_key(key: str) -> bool:
+    return key.endswith(("_path", "_file"))
+
+
+def _scheduler_class(name: str):
+    module, _, cls_name = name.rpartition(".")
+    if module not in ("fastsample", "diffusers"):
+        raise ValueError(f"scheduler {name!r}: name it 'fastsample.<Class>' or 'diffusers.<Class>'")
+    cls = getattr(importlib.import_module(module), cls_name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise ValueError(f"scheduler {name!r}: {module} has no class {cls_name!r} with from_config")
+    return cls
 
 
 @dataclass
@@ -55,13 +100,13 @@ class SchedulerSpec:
     config: dict = field(default_factory=dict)
 
     def build(self, base_config):
-        module, _, cls_name = self.name.rpartition(".")
-        if module not in ("fastsample", "diffusers"):
-            raise ValueError(f"scheduler {self.name!r}: name it 'fastsample.<Class>' or 'diffusers.<Class>'")
-        cls = getattr(importlib.import_module(module), cls_name, None)
-        if cls is None:
-            raise ValueError(f"scheduler {self.name!r}: {module} has no class {cls_name!r}")
-        return cls.from_config(base_config, **self.config)
+        """The scheduler; every key of ``config`` must be one the class takes (``from_config`` drops others)."""
+        scheduler = _scheduler_class(self.name).from_config(base_config, **self.config)
+        known = sorted(k for k in scheduler.config if not k.startswith("_"))
+        for k in self.config:
+            if k not in scheduler.config:
+                raise ConfigError(f"scheduler '{self.label}': {self.name} has no config key '{k}'{_suggest(k, known)}")
+        return scheduler
 
 
 @dataclass
@@ -79,105 +124,249 @@ class SweepConfig:
     device: str = "auto"
 
 
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+
+
+def _table_of(raw, where: str, src) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: [{where}] must be a table, got {raw!r}")
+    for k in raw:
+        if k not in KEYS[where]:
+            raise ConfigError(f"{src}: unknown key '{k}' in [{where}]{_suggest(k, KEYS[where])}")
+    return raw
+
+
 def _require(d: dict, key: str, where: str):
     if key not in d:
-        raise ValueError(f"sweep config: missing key '{key}' in [{where}]")
+        raise ConfigError(f"sweep config: missing key '{key}' in [{where}]")
     return d[key]
 
 
-def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConfig:
-    """Read and validate a sweep config.
+def _int(value, what: str, src, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{src}: {what} must be an integer >= {minimum}, got {value!r}")
+    return value
 
-    Relative paths (``output``, scheduler config keys ending in ``_path`` or ``_file``) are relative
-    to the config file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep config {path} does not exist")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
+
+def _existing(value, what: str, base: Path, src) -> Path:
+    """A path from the config, relative to the config's folder; it must exist."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{src}: {what} must be a path, got {value!r}")
+    p = Path(value).expanduser()
+    p = (p if p.is_absolute() else base / p).resolve()
+    if not p.exists():
+        raise ConfigError(f"{src}: {what} {value!r} is missing: no file at {p} (paths are relative to the config file)")
+    return p
+
+
+def _model_dir(value, base: Path, src) -> Path:
+    """model.path: a local folder (relative to the config file) or a Hub id already in the local cache."""
+    if isinstance(value, str):
+        local = (base / Path(value).expanduser()).resolve()
+        if local.is_dir():
+            return local
         try:
-            import yaml
-        except ImportError as e:
-            raise ImportError("YAML sweep configs need PyYAML (`pip install pyyaml`); or use TOML") from e
-        raw = yaml.safe_load(text)
-    else:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(value, local_files_only=True))
+        except Exception:
+            pass
+    raise ConfigError(
+        f"{src}: model.path {value!r} is missing: not a folder at {(base / str(value)).resolve()} "
+        "(paths are relative to the config file) nor a Hub model in the local cache"
+    )
+
+
+def _read_raw(path: Path) -> dict:
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as e:
+                raise ImportError("YAML sweep configs need PyYAML (`pip install pyyaml`); or use TOML") from e
+            return yaml.safe_load(text)
         try:
             import tomllib
         except ImportError:  # Python 3.10
             import tomli as tomllib
-        raw = tomllib.loads(text)
-    sweep = _require(raw, "sweep", "top level")
+        return tomllib.loads(text)
+    except ImportError:
+        raise
+    except Exception as e:  # the parsers' own error types
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {e}") from None
+
+
+def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConfig:
+    """Read and validate a sweep config (everything that can be checked without the model; see the module doc).
+
+    Relative paths (``sweep.output``, ``model.path``, ``metric.reference``, ``metric.weights`` and
+    scheduler config keys ending in ``_path`` or ``_file``) are relative to the config file; files
+    must exist.
+    """
+    from .cli import device as device_arg
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep config {path} does not exist")
+    src, base = path, path.resolve().parent
+    raw = _table_of(_read_raw(path), "top level", src)
+    sweep = _table_of(_require(raw, "sweep", "top level"), "sweep", src)
+    model = dict(_table_of(_require(raw, "model", "top level"), "model", src))
+    metric = dict(_table_of(_require(raw, "metric", "top level"), "metric", src))
     scheds = _require(raw, "schedulers", "top level")
-    if not scheds:
-        raise ValueError("sweep config: [[schedulers]] is empty")
-    specs = []
+    if not isinstance(scheds, list) or not scheds:
+        raise ConfigError(f"{src}: [[schedulers]] is empty or not a list of tables")
+
+    specs, slugs = [], {}
     for i, s in enumerate(scheds):
+        s = _table_of(s, "schedulers", src)
         name = _require(s, "name", f"schedulers #{i}")
+        if not isinstance(name, str):
+            raise ConfigError(f"{src}: schedulers #{i}: name must be a string, got {name!r}")
+        _scheduler_class(name)
+        label = s.get("label", name.rpartition(".")[2])
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"{src}: schedulers #{i}: label must be a non-empty string, got {label!r}")
+        config = s.get("config", {})
+        if not isinstance(config, dict):
+            raise ConfigError(f"{src}: scheduler '{label}': config must be a table, got {config!r}")
         config = {
-            k: str((path.parent / v).resolve()) if k.endswith(("_path", "_file")) and isinstance(v, str) else v
-            for k, v in s.get("config", {}).items()
+            k: str(_existing(v, f"scheduler '{label}' config {k}", base, src))
+            if _is_file_key(k) and v is not None
+            else v
+            for k, v in config.items()
         }
-        specs.append(SchedulerSpec(name=name, label=s.get("label", name.rpartition(".")[2]), config=config))
-    labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"sweep config: scheduler labels must be unique, got {labels}")
-    nfe = [int(n) for n in _require(sweep, "nfe", "sweep")]
-    if not nfe or min(nfe) < 1:
-        raise ValueError(f"sweep config: nfe must be a non-empty list of positive integers, got {nfe}")
-    out = Path(output or sweep.get("output", f"out/{sweep.get('name', path.stem)}"))
+        key = _slug(label).lower()
+        if key in slugs:
+            same = slugs[key] == label
+            raise ConfigError(
+                f"{src}: scheduler labels must be unique, got {label!r} twice"
+                if same
+                else f"{src}: scheduler labels must be unique: {slugs[key]!r} and {label!r} give the same "
+                f"cell file name {_slug(label)!r}"
+            )
+        slugs[key] = label
+        specs.append(SchedulerSpec(name=name, label=label, config=config))
+
+    nfe = _require(sweep, "nfe", "sweep")
+    if not isinstance(nfe, list) or not nfe or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in nfe):
+        raise ConfigError(f"{src}: nfe must be a non-empty list of positive integers, got {nfe!r}")
+    guidance = sweep.get("guidance_scales", [1.0])
+    if (
+        not isinstance(guidance, list)
+        or not guidance
+        or any(isinstance(g, bool) or not isinstance(g, (int, float)) for g in guidance)
+    ):
+        raise ConfigError(f"{src}: guidance_scales must be a non-empty list of numbers, got {guidance!r}")
+    name = sweep.get("name", path.stem)
+    if not isinstance(name, str):
+        raise ConfigError(f"{src}: sweep name must be a string, got {name!r}")
+    device = sweep.get("device", "auto")
+    if device != "auto":
+        try:
+            device_arg(str(device))
+        except argparse.ArgumentTypeError as e:
+            raise ConfigError(f"{src}: sweep device: {e}") from None
+
+    kind = _require(model, "kind", "model")
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"{src}: model kind {kind!r} unknown; allowed: {', '.join(map(repr, MODEL_KINDS))}")
+    if kind in ("unet", "pipeline"):
+        model["path"] = str(_model_dir(_require(model, "path", "model"), base, src))
+    elif "path" in model:
+        raise ConfigError(f"{src}: model.path applies to kind 'unet' or 'pipeline', not {kind!r}")
+    if "num_classes" in model:
+        _int(model["num_classes"], "model.num_classes", src, 1)
+    if not isinstance(getattr(torch, str(model.get("torch_dtype", "float32")), None), torch.dtype):
+        raise ConfigError(f"{src}: model.torch_dtype {model['torch_dtype']!r} is not a torch dtype")
+
+    features = _require(metric, "features", "metric")
+    if features not in FEATURES:
+        raise ConfigError(f"{src}: metric features {features!r} unknown; allowed: {', '.join(map(repr, FEATURES))}")
+    ref = _require(metric, "reference", "metric")
+    if ref != "demo-heldout":
+        metric["reference"] = str(_existing(ref, "metric.reference", base, src))
+    if features == "inception":
+        from .fid.inception import RESIZE_MODES, find_weights
+
+        if metric.get("resize", "pytorch-fid") not in RESIZE_MODES:
+            raise ConfigError(f"{src}: metric.resize {metric['resize']!r} unknown; allowed: {', '.join(RESIZE_MODES)}")
+        if metric.get("weights") is not None:
+            metric["weights"] = str(_existing(metric["weights"], "metric.weights", base, src))
+        try:
+            metric["weights"] = str(find_weights(metric.get("weights")))
+        except FileNotFoundError as e:
+            raise ConfigError(f"{src}: {e}") from None
+    else:
+        for k in ("weights", "resize"):
+            if k in metric:
+                raise ConfigError(f"{src}: metric.{k} applies to features = 'inception', not {features!r}")
+
+    out = Path(output or sweep.get("output", f"out/{name}"))
     if not out.is_absolute() and output is None:
-        out = (path.parent / out).resolve()
+        out = (base / out).resolve()
     cfg = SweepConfig(
-        name=sweep.get("name", path.stem),
+        name=name,
         output=out,
-        model=_require(raw, "model", "top level"),
-        metric=_require(raw, "metric", "top level"),
+        model=model,
+        metric=metric,
         schedulers=specs,
-        nfe=nfe,
-        guidance_scales=[float(g) for g in sweep.get("guidance_scales", [1.0])],
-        num_samples=int(sweep.get("num_samples", 1000)),
-        batch_size=int(sweep.get("batch_size", 250)),
-        seed=int(sweep.get("seed", 0)),
-        device=str(sweep.get("device", "auto")),
+        nfe=list(nfe),
+        guidance_scales=[float(g) for g in guidance],
+        num_samples=_int(sweep.get("num_samples", 1000), "num_samples", src, 2),
+        batch_size=_int(sweep.get("batch_size", 250), "batch_size", src, 1),
+        seed=_int(sweep.get("seed", 0), "seed", src, 0),
+        device=str(device),
     )
-    if cfg.num_samples < 2 or cfg.batch_size < 1:
-        raise ValueError("sweep config: need num_samples >= 2 and batch_size >= 1")
     return cfg
 
 
-# --- files -----------------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_cell(path: Path) -> dict:
-    try:
-        cell = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"results file {path} is corrupt ({e}); delete it to recompute that cell") from e
-    if not isinstance(cell, dict) or cell.get("format_version") != FORMAT_VERSION or "fd" not in cell:
-        raise ValueError(f"results file {path} is not a sweep cell of format {FORMAT_VERSION}; delete it to recompute")
-    return cell
+# --- cells -----------------------------------------------------------------------------------------
 
 
 def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _plain(obj):
+    """``obj`` as it reads back from JSON (so stored and expected keys compare equal)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _check_cell(path: Path, key: dict, label: str, nfe: int, guidance: float, num_samples: int):
+    """(cell, None) if ``path`` holds a valid result for ``key``, else (None, why not)."""
+    try:
+        cell = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"is unreadable, truncated or corrupt ({e})"
+    if not isinstance(cell, dict) or cell.get("format_version") != FORMAT_VERSION:
+        return None, f"is not a sweep cell of format {FORMAT_VERSION}"
+    stored = cell.get("key")
+    if stored != key:
+        changed = sorted(k for k in key if not isinstance(stored, dict) or stored.get(k) != key[k])
+        return (
+            None,
+            f"was computed from other inputs (a stale, copied or foreign file; differs in {', '.join(changed)})",
+        )
+    if (cell.get("scheduler"), cell.get("nfe"), cell.get("guidance")) != (label, nfe, guidance):
+        return None, "names another scheduler, NFE or guidance scale than its key"
+    fd = cell.get("fd")
+    if fd is None:
+        ok = isinstance(cell.get("skipped"), str)
+    else:
+        ok = (
+            isinstance(fd, (int, float))
+            and not isinstance(fd, bool)
+            and math.isfinite(fd)
+            and isinstance(cell.get("num_inference_steps"), int)
+            and cell.get("count") == num_samples
+        )
+    if not ok:
+        return None, f"has malformed values (fd {fd!r}, num_inference_steps {cell.get('num_inference_steps')!r})"
+    return cell, None
 
 
 # --- models and features ------------------------------------------------------------------------------
@@ -203,7 +392,6 @@ class UNetSource:
         size = unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         self.shape = (unet.config.in_channels, *size)
-        self.identity = {"unet": unet.config.get("_name_or_path", "") or _hash(dict(unet.config)), "shape": self.shape}
 
     def noise(self, indices) -> torch.Tensor:
         out = []
@@ -237,7 +425,6 @@ class PipelineSource:
         self.prompts = spec.get("prompts")
         self.class_labels = spec.get("num_classes")
         self.call_kwargs = dict(spec.get("call_kwargs", {}))
-        self.identity = {"pipeline": spec.get("path"), "kwargs": self.call_kwargs}
 
     @torch.no_grad()
     def generate(self, scheduler, n_steps: int, indices, guidance: float) -> torch.Tensor:
@@ -256,29 +443,35 @@ class PipelineSource:
 
 
 def build_source(model: dict, seed: int, device):
+    """The model of a validated config's ``model`` table; ``.digest``: SHA-256 of its folder's files."""
     kind = _require(model, "kind", "model")
     if kind in ("demo-ddpm", "demo-flow"):
         from . import demo
 
         pipe = demo.load_ddpm_pipeline() if kind == "demo-ddpm" else demo.load_flow_pipeline()
-        return UNetSource(pipe.unet, pipe.scheduler.config, seed, device)
+        source = UNetSource(pipe.unet, pipe.scheduler.config, seed, device)
+        source.digest = tree_digest(demo.WEIGHTS_DIR / kind.removeprefix("demo-"))
+        return source
+    if kind not in ("unet", "pipeline"):
+        raise ValueError(f"model kind {kind!r} unknown; allowed: {', '.join(map(repr, MODEL_KINDS))}")
+    from diffusers import DiffusionPipeline
+
+    path = _require(model, "path", "model")
     if kind == "unet":
-        from diffusers import DiffusionPipeline
-
-        path = _require(model, "path", "model")
         pipe = DiffusionPipeline.from_pretrained(path)
-        return UNetSource(pipe.unet, pipe.scheduler.config, seed, device, model.get("num_classes"))
-    if kind == "pipeline":
-        from diffusers import DiffusionPipeline
-
+        source = UNetSource(pipe.unet, pipe.scheduler.config, seed, device, model.get("num_classes"))
+    else:
         dtype = getattr(torch, model.get("torch_dtype", "float32"))
-        pipe = DiffusionPipeline.from_pretrained(_require(model, "path", "model"), torch_dtype=dtype)
-        return PipelineSource(pipe, model, seed, device)
-    raise ValueError(f"model kind {kind!r} unknown; allowed: 'demo-ddpm', 'demo-flow', 'unet', 'pipeline'")
+        source = PipelineSource(DiffusionPipeline.from_pretrained(path, torch_dtype=dtype), model, seed, device)
+    source.digest = tree_digest(path)
+    return source
 
 
 class FeatureNet:
-    """Images in [0, 1] (B, C, H, W) float -> (B, F) float64 features, plus an identity for the stats."""
+    """Images in [0, 1] (B, C, H, W) float -> (B, F) float64 features, plus an identity for the stats.
+
+    ``digest``: SHA-256 of the network's weight files.
+    """
 
     def __init__(self, metric: dict, device):
         kind = _require(metric, "features", "metric")
@@ -289,11 +482,14 @@ class FeatureNet:
             net = demo.load_classifier().to(device).eval()
             self.fn = lambda x: net.features(x * 2 - 1)
             self.identity = {"features": "demo-classifier"}
+            self.digest = tree_digest(demo.WEIGHTS_DIR / "classifier")
         elif kind == "inception":
-            from .fid.inception import FIDInceptionV3
+            from .fid.inception import FIDInceptionV3, find_weights
 
             mode = metric.get("resize", "pytorch-fid")
-            net = FIDInceptionV3.from_weights(metric.get("weights"), resize=mode).to(device).eval()
+            weights = find_weights(metric.get("weights"))
+            net = FIDInceptionV3.from_weights(weights, resize=mode).to(device).eval()
+            self.digest = file_digest(weights)
             self.fn = net
             self.identity = {"features": "inception-pool3", "resize": mode}
         else:
@@ -304,15 +500,21 @@ class FeatureNet:
         return self.fn(images.to(self.device)).double()
 
 
-def reference_statistics(metric: dict, features: FeatureNet, cache: Path):
-    """The reference set's statistics: a .npz file, or the demo's held-out digits (cached)."""
+def reference_statistics(metric: dict, features: FeatureNet, folder: Path):
+    """(ReferenceStatistics, SHA-256 of its float64 mean and covariance): a .npz file, or the demo's
+    held-out digits, cached in ``folder`` under a name that carries the feature network's digest."""
     from .fid import FeatureStatistics, ReferenceStatistics
 
     ref = _require(metric, "reference", "metric")
     if ref == "demo-heldout":
+        cache = folder / f"reference_stats-{_hash([features.identity, features.digest])}.npz"
+        stats = None
         if cache.is_file():
-            stats = FeatureStatistics.load(cache)
-        else:
+            try:
+                stats = FeatureStatistics.load(cache)
+            except ValueError as e:
+                print(f"sweep: {e}; recomputing the reference statistics", file=sys.stderr)
+        if stats is None:
             from . import demo
 
             _, held = demo.digits_split()
@@ -323,7 +525,10 @@ def reference_statistics(metric: dict, features: FeatureNet, cache: Path):
     else:
         stats = FeatureStatistics.load(Path(ref))
     stats.check_compatible(features.identity)
-    return ReferenceStatistics(stats.mean, stats.cov, device=features.device)
+    h = hashlib.sha256()
+    for t in (stats.mean, stats.cov):
+        h.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return ReferenceStatistics(stats.mean, stats.cov, device=features.device), h.hexdigest()
 
 
 # --- the sweep -------------------------------------------------------------------------------------------
@@ -393,8 +598,61 @@ def _plot(cells: list[dict], cfg: SweepConfig, path: Path):
     atomic_write(path, buf.getvalue())
 
 
+def _prepare(cfg: SweepConfig, base_config) -> list[tuple]:
+    """Build every scheduler and find its steps for every NFE, before any sample is drawn.
+
+    Returns (spec, scheduler config after defaults, {nfe: num_inference_steps or None}) per scheduler.
+    """
+    out = []
+    for spec in cfg.schedulers:
+        scheduler = spec.build(base_config)
+        steps = {}
+        for nfe in cfg.nfe:
+            try:
+                steps[nfe] = steps_for_nfe(scheduler, nfe)
+            except Exception as e:
+                raise ConfigError(f"scheduler '{spec.label}' at NFE {nfe}: set_timesteps fails: {e}") from e
+        if all(n is None for n in steps.values()):
+            raise ConfigError(f"scheduler '{spec.label}' cannot make exactly {cfg.nfe} model calls (any of them)")
+        out.append((spec, dict(scheduler.config), steps))
+    return out
+
+
+def _cell_key(cfg: SweepConfig, model_digest: str, features, ref_digest: str, spec, sched_config: dict, nfe, g):
+    """Everything a cell's value depends on, with files as content hashes (see the module docstring)."""
+    import diffusers
+
+    from . import __version__
+
+    config = {
+        k: {"sha256": file_digest(v)} if _is_file_key(k) and isinstance(v, str) else v for k, v in sched_config.items()
+    }
+    return _plain(
+        {
+            "model": {**{k: v for k, v in cfg.model.items() if k != "path"}, "sha256": model_digest},
+            "features": {**features.identity, "sha256": features.digest},
+            "reference": ref_digest,
+            "scheduler": {"class": spec.name, "config": config},
+            "nfe": nfe,
+            "guidance": g,
+            "num_samples": cfg.num_samples,
+            "seed": cfg.seed,
+            "versions": {
+                "fastsample": __version__,
+                "diffusers": diffusers.__version__,
+                "torch": torch.__version__,
+                "format": FORMAT_VERSION,
+            },
+        }
+    )
+
+
 def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
-    """Run (or resume) the sweep; returns the list of cells. Writes results on the main process."""
+    """Run (or resume) the sweep; returns the list of cells. Writes results on the main process.
+
+    Model, feature network and every scheduler x NFE are set up before the first sample; the main
+    process holds ``OUTPUT/.fastsample.lock`` until the results are written.
+    """
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
@@ -403,56 +661,57 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
     state = PartialState()
     device = state.device if cfg.device == "auto" else _device(cfg.device)
     source = build_source(cfg.model, cfg.seed, device)
+    prepared = _prepare(cfg, source.scheduler_config)
     features = FeatureNet(cfg.metric, device)
     cells_dir = cfg.output / "cells"
-    if state.is_main_process:
-        cells_dir.mkdir(parents=True, exist_ok=True)
-    state.wait_for_everyone()
-    reference = reference_statistics(cfg.metric, features, cfg.output / "reference_stats.npz")
-    my_indices = list(range(state.process_index, cfg.num_samples, state.num_processes))
-
-    grid = [(spec, n, g) for g in cfg.guidance_scales for n in cfg.nfe for spec in cfg.schedulers]
-    cells = []
-    bar = tqdm(grid, desc=cfg.name, disable=not (progress and state.is_main_process))
-    for spec, nfe, g in bar:
-        key = {
-            "model": source.identity,
-            "metric": features.identity,
-            "reference": str(cfg.metric.get("reference")),
-            "scheduler": spec.name,
-            "config": spec.config,
-            "nfe": nfe,
-            "guidance": g,
-            "num_samples": cfg.num_samples,
-            "seed": cfg.seed,
-        }
-        path = cells_dir / f"{spec.label.replace('/', '_').replace(' ', '_')}-nfe{nfe}-g{g:g}-{_hash(key)}.json"
-        bar.set_postfix_str(f"{spec.label} NFE {nfe}")
-        if path.is_file():
-            cells.append(_read_cell(path))
-            continue
-        scheduler = spec.build(source.scheduler_config)
-        n_steps = steps_for_nfe(scheduler, nfe)
-        cell = {"format_version": FORMAT_VERSION, "scheduler": spec.label, "nfe": nfe, "guidance": g, "key": key}
-        if n_steps is None:
-            cell.update(fd=None, skipped=f"{spec.label} cannot make exactly {nfe} model calls")
-        else:
-            t0 = time.perf_counter()
-            stats = FeatureStatistics()
-            for i in range(0, len(my_indices), cfg.batch_size):
-                images = source.generate(scheduler, n_steps, my_indices[i : i + cfg.batch_size], g)
-                stats.update(features(images))
-            stats.all_reduce()
-            fd = reference.distance(stats.mean, stats.cov)
-            cell.update(fd=fd, num_inference_steps=n_steps, seconds=time.perf_counter() - t0, count=int(stats.count))
-            if not math.isfinite(fd):
-                raise FloatingPointError(f"{spec.label} at NFE {nfe}: Frechet distance is {fd}")
+    with contextlib.ExitStack() as stack:
         if state.is_main_process:
-            atomic_write(path, json.dumps(cell, indent=1))
-        cells.append(cell)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        write_results(cells, cfg)
+            cells_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(file_lock(cfg.output / LOCK_NAME, what=f"sweep writing to {cfg.output}"))
+            remove_stale_temps(cfg.output)
+            remove_stale_temps(cells_dir)
+        state.wait_for_everyone()
+        reference, ref_digest = reference_statistics(cfg.metric, features, cfg.output)
+        my_indices = list(range(state.process_index, cfg.num_samples, state.num_processes))
+
+        grid = [(p, n, g) for g in cfg.guidance_scales for n in cfg.nfe for p in prepared]
+        cells = []
+        bar = tqdm(grid, desc=cfg.name, disable=not (progress and state.is_main_process))
+        for (spec, sched_config, steps), nfe, g in bar:
+            key = _cell_key(cfg, source.digest, features, ref_digest, spec, sched_config, nfe, g)
+            path = cells_dir / f"{_slug(spec.label)}-nfe{nfe}-g{g:g}-{_hash(key)}.json"
+            bar.set_postfix_str(f"{spec.label} NFE {nfe}")
+            if path.is_file():
+                cell, why = _check_cell(path, key, spec.label, nfe, g, cfg.num_samples)
+                if cell is not None:
+                    cells.append(cell)
+                    continue
+                if state.is_main_process:
+                    print(f"sweep: cell file {path.name} {why}; recomputing it", file=sys.stderr)
+            n_steps = steps[nfe]
+            cell = {"format_version": FORMAT_VERSION, "scheduler": spec.label, "nfe": nfe, "guidance": g, "key": key}
+            if n_steps is None:
+                cell.update(fd=None, skipped=f"{spec.label} cannot make exactly {nfe} model calls")
+            else:
+                t0 = time.perf_counter()
+                scheduler = spec.build(source.scheduler_config)
+                stats = FeatureStatistics()
+                for i in range(0, len(my_indices), cfg.batch_size):
+                    images = source.generate(scheduler, n_steps, my_indices[i : i + cfg.batch_size], g)
+                    stats.update(features(images))
+                stats.all_reduce()
+                fd = reference.distance(stats.mean, stats.cov)
+                cell.update(
+                    fd=fd, num_inference_steps=n_steps, seconds=time.perf_counter() - t0, count=int(stats.count)
+                )
+                if not math.isfinite(fd):
+                    raise FloatingPointError(f"{spec.label} at NFE {nfe}: Frechet distance is {fd}")
+            if state.is_main_process:
+                atomic_write(path, json.dumps(cell, indent=1))
+            cells.append(cell)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            write_results(cells, cfg)
     return cells
 
 
@@ -474,15 +733,17 @@ def write_results(cells: list[dict], cfg: SweepConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fastsample sweep", description="Run or resume a schedulers x NFE sweep.")
+    from .cli import ArgumentParser, positive_int
+
+    p = ArgumentParser(prog="fastsample sweep", description="Run or resume a schedulers x NFE sweep.")
     p.add_argument("config", help="sweep config (.toml, or .yaml with PyYAML)")
     p.add_argument("--output", help="results folder (default: the config's sweep.output)")
-    p.add_argument("--num-samples", type=int, help="override sweep.num_samples")
+    p.add_argument("--num-samples", type=positive_int, help="override sweep.num_samples (at least 2)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.output)
     if args.num_samples:
-        cfg.num_samples = args.num_samples
+        cfg.num_samples = _int(args.num_samples, "--num-samples", "command line", 2)
     cells = run_sweep(cfg, progress=not args.no_progress)
     print(_table(cells, cfg))
     print(f"results and plot in {cfg.output}", file=sys.stderr)

@@ -105,16 +105,18 @@ def test_images_do_not_depend_on_batch_size(tmp_path):
         assert x["fd"] == pytest.approx(y["fd"], rel=1e-6, abs=1e-9) if x["fd"] is not None else y["fd"] is None
 
 
-def test_corrupt_cell_file_is_a_clear_error(tmp_path):
+def test_corrupt_cell_file_is_recomputed_with_a_message(tmp_path, capsys, count_generate):
     cfg = _config(tmp_path)
-    sweep.run_sweep(cfg, progress=False)
+    first = sweep.run_sweep(cfg, progress=False)
     victim = sorted((cfg.output / "cells").glob("DDIM-*.json"))[0]
-    victim.write_text(victim.read_text()[:20])
-    with pytest.raises(ValueError, match=f"{victim.name}.*corrupt.*delete it"):
-        sweep.run_sweep(cfg, progress=False)
-    victim.write_text(json.dumps({"format_version": 99}))
-    with pytest.raises(ValueError, match="not a sweep cell"):
-        sweep.run_sweep(cfg, progress=False)
+    for bad, why in ((victim.read_text()[:20], "truncated or corrupt"), (json.dumps({"format_version": 99}), "not a")):
+        victim.write_text(bad)
+        n_calls = len(count_generate)
+        again = sweep.run_sweep(cfg, progress=False)
+        err = capsys.readouterr().err
+        assert f"{victim.name} is" in err and why in err
+        assert len(count_generate) == n_calls + 2  # that cell alone, two batches
+        assert [c["fd"] for c in again] == [c["fd"] for c in first]
 
 
 @pytest.mark.parametrize(

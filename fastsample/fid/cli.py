@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import UserError, refuse_existing
+from ..cli import ArgumentParser, error_line, positive_int
+from ..cli import device as device_arg
 from .inception import BLOCK_DIMS, RESIZE_MODES, FIDInceptionV3, network_name
 from .stats import FeatureStatistics, fid_from_statistics
 
@@ -28,9 +31,9 @@ DESCRIPTION = "Frechet distance between two image folders or .npz statistics fil
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=str, nargs=2, help="paths to image folders or .npz statistics files")
-    p.add_argument("--batch-size", type=int, default=50, help="batch size (default 50)")
+    p.add_argument("--batch-size", type=positive_int, default=50, help="batch size (default 50)")
     p.add_argument("--num-workers", type=int, help="data loader processes (default min(8, CPU count))")
-    p.add_argument("--device", type=str, default=None, help="device, e.g. cuda:0 or cpu (default: cuda if available)")
+    p.add_argument("--device", type=device_arg, default=None, help="e.g. cuda:0 or cpu (default: cuda if available)")
     p.add_argument("--dims", type=int, default=2048, choices=list(BLOCK_DIMS), help="Inception features to use")
     p.add_argument(
         "--weights",
@@ -44,6 +47,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compute the statistics of the first path (a folder) and save them to the second (.npz)",
     )
+    p.add_argument("--force", action="store_true", help="with --save-stats: replace an existing statistics file")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip unreadable or truncated images (their number is reported) instead of stopping",
+    )
 
 
 def add_subparser(subparsers) -> argparse.ArgumentParser:
@@ -54,19 +63,47 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def read_image(path: Path) -> torch.Tensor:
+    """An image file as uint8 (3, H, W); 16-bit images are scaled (v * 255 / 65535, rounded), not clipped.
+
+    Raises:
+        UserError: naming the file, when it is unreadable, truncated or of an unsupported mode.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N") or (img.mode == "I" and img.format == "PNG"):
+                v = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+                arr = np.repeat(np.rint(v).astype(np.uint8)[..., None], 3, axis=2)
+            elif img.mode in ("I", "F"):
+                raise UserError(f"{path}: unsupported image mode {img.mode!r} (range unknown); convert to 8 or 16 bit")
+            else:
+                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except UserError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: cannot read image ({' '.join(str(e).split())})") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
 class _ImageFolder(torch.utils.data.Dataset):
-    def __init__(self, files: list[Path]):
-        self.files = files
+    """Images of a folder; with ``skip_bad`` an unreadable one gives None (counted by the caller)."""
+
+    def __init__(self, files: list[Path], skip_bad: bool = False):
+        self.files, self.skip_bad = files, skip_bad
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        with Image.open(self.files[i]) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    def __getitem__(self, i: int) -> torch.Tensor | None:
+        try:
+            return read_image(self.files[i])
+        except UserError:
+            if self.skip_bad:
+                return None
+            raise
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -78,22 +115,42 @@ def _list_images(folder: Path) -> list[Path]:
 
 @torch.no_grad()
 def compute_statistics(
-    folder: str | os.PathLike, model: FIDInceptionV3, batch_size: int = 50, num_workers: int = 0
+    folder: str | os.PathLike,
+    model: FIDInceptionV3,
+    batch_size: int = 50,
+    num_workers: int = 0,
+    skip_bad_images: bool = False,
 ) -> FeatureStatistics:
-    """Statistics of the Inception features of every image in ``folder`` (images of any sizes)."""
+    """Statistics of the Inception features of every image in ``folder`` (images of any sizes).
+
+    An unreadable image stops with an error naming it; with ``skip_bad_images`` it is left out and
+    the number left out is reported on stderr.
+    """
     files = _list_images(Path(folder))
     device = model.fc.weight.device
     loader = torch.utils.data.DataLoader(
-        _ImageFolder(files), batch_size=min(batch_size, len(files)), num_workers=num_workers, collate_fn=list
+        _ImageFolder(files, skip_bad_images),
+        batch_size=min(batch_size, len(files)),
+        num_workers=num_workers,
+        collate_fn=list,
     )
     stats = FeatureStatistics(model.dims, device=device, feature_network=model.name, resize_mode=model.resize)
+    skipped = 0
     for batch in loader:
+        skipped += sum(im is None for im in batch)
+        batch = [im for im in batch if im is not None]
+        if not batch:
+            continue
         if len({im.shape for im in batch}) == 1:
             feats = model(torch.stack(batch))
         else:
             x = torch.cat([model.preprocess(im[None]) for im in batch])
             feats = model.forward_normalized(x)
         stats.update(feats)
+    if skipped:
+        print(f"{folder}: skipped {skipped} unreadable image(s) of {len(files)}", file=sys.stderr)
+    if stats.n < 2:
+        raise UserError(f"{folder}: {stats.n} readable image(s); the statistics need at least 2")
     return stats
 
 
@@ -105,12 +162,12 @@ def _statistics(path: str, model_factory, args) -> FeatureStatistics:
         if p.suffix != ".npz":
             raise ValueError(f"{p}: expected a folder of images or an .npz statistics file")
         return FeatureStatistics.load(p)
-    return compute_statistics(p, model_factory(), args.batch_size, args.num_workers)
+    return compute_statistics(p, model_factory(), args.batch_size, args.num_workers, args.skip_bad_images)
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute parsed arguments; prints ``FID:  <value>`` (or saves statistics) and returns the exit code."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.num_workers is None:
         args.num_workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     model = None
@@ -127,9 +184,8 @@ def run(args: argparse.Namespace) -> int:
             src, out = args.path
             if not Path(src).is_dir():
                 raise ValueError(f"--save-stats needs an image folder as the first path, got {src}")
-            if Path(out).exists():
-                raise ValueError(f"{out} exists already; not overwriting")
-            compute_statistics(src, model_factory(), args.batch_size, args.num_workers).save(out)
+            out = refuse_existing(out, args.force, suffix=".npz")  # the name np.savez writes
+            compute_statistics(src, model_factory(), args.batch_size, args.num_workers, args.skip_bad_images).save(out)
             return 0
         a, b = (_statistics(p, model_factory, args) for p in args.path)
         a.check_compatible(identity)
@@ -137,12 +193,12 @@ def run(args: argparse.Namespace) -> int:
         print("FID: ", fid_from_statistics(a, b))
         return 0
     except (FileNotFoundError, ValueError) as e:
-        print(f"fastsample fid: error: {e}", file=sys.stderr)
+        print(f"fastsample fid: error: {error_line(e)}", file=sys.stderr)
         return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``main(["A", "B", "--dims", "2048"])``."""
-    p = argparse.ArgumentParser(prog="fastsample fid", description=DESCRIPTION)
+    p = ArgumentParser(prog="fastsample fid", description=DESCRIPTION)
     _add_arguments(p)
     return run(p.parse_args(argv))

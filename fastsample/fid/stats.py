@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import atomic_path
 from .distance import ReferenceStatistics
 
-__all__ = ["FORMAT_VERSION", "FeatureStatistics", "UNKNOWN", "accumulate_", "fid_from_statistics"]
+__all__ = ["FORMAT_VERSION", "FeatureStatistics", "UNKNOWN", "accumulate_", "check_moments", "fid_from_statistics"]
 
 FORMAT_VERSION = 1
 UNKNOWN = "unknown"
@@ -220,17 +221,26 @@ class FeatureStatistics:
         if not self._count_known:
             raise ValueError(f"cannot {what}: these statistics were loaded without a sample count (mu/sigma only)")
 
-    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
         """Write ``mu``, ``sigma`` and metadata to an ``.npz`` file readable by pytorch-fid and clean-fid.
 
         ``metadata`` may set ``feature_network`` (alias ``features``) and ``resize_mode`` (alias ``resize``).
+        Like ``np.savez``, adds '.npz' to a name without it; writes atomically; returns the path written.
         """
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
         if metadata:
             meta = _canonical(metadata)
             self.feature_network = meta.get("feature_network", self.feature_network)
             self.resize_mode = meta.get("resize_mode", self.resize_mode)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            self._savez(f)
+        return path
+
+    def _savez(self, f) -> None:
         np.savez(
-            path,
+            f,
             mu=self.mean.cpu().numpy(),
             sigma=self.cov.cpu().numpy(),
             count=np.int64(self.n) if self._count_known else np.int64(-1),
@@ -273,8 +283,7 @@ class FeatureStatistics:
         mu, sigma = arrays["mu"], arrays["sigma"]
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
             raise ValueError(f"{path}: inconsistent shapes mu {mu.shape}, sigma {sigma.shape}")
-        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-            raise ValueError(f"{path}: mu or sigma contains NaN or inf")
+        check_moments(mu, sigma, str(path))
         meta = {"feature_network": UNKNOWN, "resize_mode": UNKNOWN}
         count = None
         if "format_version" in arrays:
@@ -304,6 +313,28 @@ class FeatureStatistics:
         )
 
 
+def check_moments(mu: np.ndarray, sigma: np.ndarray, name: str, tol: float = 1e-5) -> None:
+    """Raise ValueError unless mu (D,) and sigma (D, D) are finite and sigma is a covariance.
+
+    Symmetric: max |sigma - sigma^T| <= tol * max |sigma|; positive semi-definite: the smallest
+    eigenvalue >= -tol * the largest (round-off of a float32-stored covariance passes).
+    """
+    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{name}: mu or sigma contains NaN or inf")
+    scale = float(np.abs(sigma).max()) if sigma.size else 0.0
+    asym = float(np.abs(sigma - sigma.T).max()) if sigma.size else 0.0
+    if asym > tol * scale:
+        raise ValueError(f"{name}: sigma is not symmetric (max |sigma - sigma^T| = {asym:.3g}); not a covariance")
+    if sigma.size:
+        eig = np.linalg.eigvalsh(0.5 * (sigma + sigma.T))
+        if eig[0] < -tol * max(eig[-1], 0.0) or (eig[-1] <= 0 and eig[0] < 0):
+            raise ValueError(
+                f"{name}: sigma is not positive semi-definite (smallest eigenvalue {eig[0]:.3g}, "
+                f"largest {eig[-1]:.3g}); not a covariance"
+            )
+
+
 _ALIASES = {"features": "feature_network", "resize": "resize_mode"}
 
 
@@ -319,6 +350,12 @@ def _canonical(meta: dict) -> dict:
 
 
 def fid_from_statistics(a: FeatureStatistics, b: FeatureStatistics) -> float:
-    """Frechet distance between two compatible statistics (``a``'s reference factor is cached on ``a``)."""
+    """Frechet distance between two compatible statistics (``a``'s reference factor is cached on ``a``).
+
+    Statistics read from files were checked by :func:`check_moments` on loading; here both must be finite.
+    """
     a.check_compatible(b)
+    for name, s in (("first", a), ("second", b)):
+        if not (torch.isfinite(s.mean).all() and torch.isfinite(s.cov).all()):
+            raise ValueError(f"the {name} statistics contain NaN or inf (non-finite features?)")
     return a.reference().distance(b.mean, b.cov)

@@ -14,19 +14,24 @@ import argparse
 import json
 import sys
 
+from .._io import UserError, atomic_write, refuse_existing
+from ..cli import ArgumentParser, positive_int
+
 __all__ = ["add_subparser", "main", "build_parser"]
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=("gmm", "demo-ddpm"), default="gmm")
-    p.add_argument("--nfe", type=int, required=True, help="model evaluations of the schedule")
+    p.add_argument("--nfe", type=positive_int, required=True, help="model evaluations of the schedule")
     p.add_argument("--out", required=True, help="where to write the found schedule (JSON)")
     p.add_argument("--metric", choices=("rmse", "fid"), default=None, help="default: rmse (gmm), fid (demo-ddpm)")
-    p.add_argument("--generations", type=int, default=30)
-    p.add_argument("--offspring", type=int, default=200, help="candidates per generation ranked by the surrogate")
-    p.add_argument("--evaluate", type=int, default=16, help="candidates evaluated per generation")
-    p.add_argument("--low-fidelity", type=int, default=128, help="samples per low-fidelity evaluation")
-    p.add_argument("--high-fidelity", type=int, default=256, help="samples per high-fidelity evaluation")
+    p.add_argument("--generations", type=positive_int, default=30)
+    p.add_argument(
+        "--offspring", type=positive_int, default=200, help="candidates per generation ranked by the surrogate"
+    )
+    p.add_argument("--evaluate", type=positive_int, default=16, help="candidates evaluated per generation")
+    p.add_argument("--low-fidelity", type=positive_int, default=128, help="samples per low-fidelity evaluation")
+    p.add_argument("--high-fidelity", type=positive_int, default=256, help="samples per high-fidelity evaluation")
     p.add_argument("--predictor", choices=("mlp", "ridge", "none"), default="mlp")
     p.add_argument("--timestep-only", action="store_true", help="search the grid only (AutoDiffusion)")
     p.add_argument("--base", default="unipc-bh2", help="base solver for --timestep-only")
@@ -36,15 +41,16 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", action="store_true", help="print the held-out comparison with fixed solvers")
     p.add_argument("--report-json", default=None, help="also write the held-out report to this JSON file")
-    p.add_argument("--gmm-dim", type=int, default=8)
-    p.add_argument("--gmm-components", type=int, default=8)
+    p.add_argument("--gmm-dim", type=positive_int, default=8)
+    p.add_argument("--gmm-components", type=positive_int, default=8)
     p.add_argument("--gmm-seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace an existing --out / --report-json file")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastsample search", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="fastsample search", description=__doc__.splitlines()[0])
     _add_arguments(p)
     return p
 
@@ -68,7 +74,8 @@ def _problem(args):
         return SearchProblem.analytic(mix, DiscreteVP.from_betas(betas_for_schedule("linear")), name=name), "rmse"
     import torch
 
-    from ..demo import digits_split, load_classifier, load_ddpm_pipeline
+    from .._io import tree_digest
+    from ..demo import WEIGHTS_DIR, digits_split, load_classifier, load_ddpm_pipeline
 
     pipe, clf = load_ddpm_pipeline(), load_classifier()
     vp = DiscreteVP.from_config(pipe.scheduler.config)
@@ -90,7 +97,12 @@ def _problem(args):
         tuple(data.shape[1:]),
         features=features,
         reference_steps=None if metric == "fid" else 100,
-        description={"name": "fastsample demo digits DDPM (16x16)", "noise_schedule": vp.describe()},
+        description={
+            "name": "fastsample demo digits DDPM (16x16)",
+            "noise_schedule": vp.describe(),
+            "sha256": tree_digest(WEIGHTS_DIR / "ddpm"),
+            "classifier_sha256": tree_digest(WEIGHTS_DIR / "classifier"),
+        },
     )
     prob.target_features = features(data).double()
     return prob, metric
@@ -101,6 +113,14 @@ def _run(args) -> int:
 
     from .search import report, search
 
+    # the output files are checked before the search, not after it
+    outs = [refuse_existing(args.out, args.force)]
+    if args.report_json:
+        outs.append(refuse_existing(args.report_json, args.force))
+    if args.checkpoint and refuse_existing(args.checkpoint, force=True).resolve() in {o.resolve() for o in outs}:
+        raise UserError(f"--checkpoint {args.checkpoint} is also an output file; give it its own name")
+    if len({o.resolve() for o in outs}) < len(outs):
+        raise UserError("--out and --report-json name the same file")
     torch.set_num_threads(args.threads)
     problem, default_metric = _problem(args)
     metric = args.metric or default_metric
@@ -135,8 +155,7 @@ def _run(args) -> int:
             f"{b['fitness']:.5g} ({100 * rep['improvement']:.1f}% lower)"
         )
         if args.report_json:
-            with open(args.report_json, "w") as f:
-                json.dump(rep, f, indent=1)
+            atomic_write(args.report_json, json.dumps(rep, indent=1))
     return 0
 
 

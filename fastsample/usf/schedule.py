@@ -32,10 +32,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from .._io import atomic_write
 
 __all__ = [
     "FORMAT",
@@ -358,14 +359,8 @@ class SolverSchedule:
         return json.dumps(self.to_dict(), indent=1)
 
     def save(self, path) -> None:
-        """Write atomically (temporary file, then rename)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(self.to_json() + "\n")
-        os.replace(tmp, path)
+        """Write atomically (temporary file, then rename; see :mod:`fastsample._io`)."""
+        atomic_write(path, self.to_json() + "\n")
 
 
 def load(path) -> SolverSchedule:

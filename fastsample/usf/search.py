@@ -10,7 +10,8 @@ solution for analytic models, a high-NFE run otherwise) or, optionally, the Frec
 sample features (:func:`fastsample.fid.frechet_distance`). Evaluation is multi-fidelity: every
 candidate on a few samples, the promising ones on more; the result is the best at high fidelity.
 ``timestep_only=True`` keeps a base solver's decisions and searches the grid alone (AutoDiffusion,
-Li et al., arXiv 2309.10438). State is checkpointed atomically after every generation and resumed.
+Li et al., arXiv 2309.10438). State is checkpointed atomically after every generation and resumed
+bit for bit; a checkpoint of another problem or other settings is refused.
 
 :func:`evaluate_baselines` and :func:`report` give the held-out check: the found schedule's
 fitness on seeds not used in the search next to every fixed-schedule solver's at the same NFE.
@@ -18,10 +19,11 @@ fitness on seeds not used in the search next to every fixed-schedule solver's at
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from .. import grids
+from .._io import UserError, atomic_write, file_lock
 from ..sampling import sample as generic_sample
 from .executor import sample as usf_sample
 from .schedule import Corrector, Derivative, ScheduleError, SolverSchedule, Step, builtin
@@ -83,11 +86,15 @@ class SearchProblem:
         def reference(x):
             return torch.from_numpy(mixture.ode_solve(x.double().numpy(), noise_schedule, t_start, t_end))
 
+        h = hashlib.sha256()
+        for a in (mixture.means, mixture.variances, mixture.weights):
+            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
         desc = {
             "name": name,
             "dim": mixture.dim,
             "components": len(mixture.weights),
             "noise_schedule": noise_schedule.describe(),
+            "sha256": h.hexdigest(),
         }
         return cls(
             mixture.model_fn(noise_schedule), noise_schedule, noise, reference, "epsilon", None, t_start, t_end, desc
@@ -336,13 +343,26 @@ def _spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _atomic_json(path, obj):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+def _read_checkpoint(path, config: dict) -> dict:
+    """A checkpoint's state, refused (UserError) when unreadable or written for another search."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        missing = {"config", "generation", "seconds", "rng", "archive", "history"} - set(state)
+        if missing:
+            raise ValueError(f"missing {', '.join(sorted(missing))}")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"checkpoint {path} is not a readable search checkpoint ({e}); delete it to restart") from None
+    theirs = state["config"] if isinstance(state["config"], dict) else {}
+    if theirs != config:
+        diff = sorted(k for k in set(config) | set(theirs) if theirs.get(k) != config.get(k))
+        raise UserError(
+            f"checkpoint {path} was written for another search (it differs in {', '.join(diff)}); "
+            "use another --checkpoint or delete it"
+        )
+    return state
 
 
 class _Surrogate:
@@ -404,10 +424,15 @@ def search(
     stalls), the surrogate (``predictor``: ``"mlp"``, ``"ridge"``; ``"none"`` picks at random, an ablation)
     picks ``evaluate_per_generation`` of them (plus two at random), and the ``promote`` best low-fidelity
     schedules not yet checked are
-    evaluated at high fidelity. With ``checkpoint`` the state is written atomically after each generation
-    and a later call with the same path resumes. ``out``: where the best schedule is written (JSON).
+    evaluated at high fidelity. With ``checkpoint`` the state (archive, RNG, history) is written atomically
+    after each generation with a fingerprint of the problem's description and every setting but
+    ``generations`` and ``time_budget_s``; a later call with the same path resumes to the bit-identical
+    result, one with another fingerprint raises UserError, and a second search on the same checkpoint
+    at once is refused. ``out``: where the best schedule is written (JSON).
     """
     from tqdm.auto import tqdm
+
+    from .. import __version__
 
     ns, t0, t1 = problem.noise_schedule, problem.t_start, problem.t_end
     final_zero = t1 == 0
@@ -417,214 +442,234 @@ def search(
     rng = np.random.default_rng(seed)
     archive: dict[str, dict] = {}
     start_gen, elapsed0 = 0, 0.0
-    config = dict(
-        nfe=nfe,
-        metric=metric,
-        low=low_fidelity,
-        high=high_fidelity,
-        search_seed=search_seed,
-        timestep_only=timestep_only,
-        base=base,
-    )
-    if checkpoint is not None and os.path.exists(checkpoint):
-        with open(checkpoint) as f:
-            state = json.load(f)
-        if state.get("config") != config:
-            raise ValueError(f"checkpoint {checkpoint} was written for another search: {state.get('config')}")
-        archive = {k: v for k, v in state["archive"].items()}
-        start_gen, elapsed0 = state["generation"], state["seconds"]
-        rng.bit_generator.state = state["rng"]
-
-    def sched_of(entry) -> SolverSchedule:
-        return SolverSchedule.from_dict(entry["schedule"])
-
-    def evaluate(s: SolverSchedule, fidelity: str) -> float:
-        k = _key(s)
-        entry = archive.setdefault(k, {"schedule": s.to_dict(), "low": None, "high": None})
-        if entry[fidelity] is None:
-            n, sd = (low_fidelity, search_seed) if fidelity == "low" else (high_fidelity, search_seed + 1)
-            x, ref = problem.batch(sd, n)
-            try:
-                entry[fidelity] = fitness_of(problem, problem.run(s, x), ref, metric)
-            except (ScheduleError, FloatingPointError, ValueError):
-                entry[fidelity] = math.inf
-        return entry[fidelity]
-
-    # -- the initial population: converter schedules on standard grids, with and without AFS
-    def seeds_population():
-        pop = []
-        names = [base] if timestep_only else list(SCHEDULE_BASELINES)
-        for name in names:
-            for gname in BASELINE_GRIDS:
-                grid = _grid_for(gname, ns, nfe, t0, t1)
-                pop.append(builtin(name, nfe).with_grid(grid))
-                if allow_afs and not timestep_only:
-                    grid = _grid_for(gname, ns, nfe + 1, t0, t1)
-                    b = builtin(name, nfe + 1)
-                    steps = (Step(b.steps[0].prediction, 1),) + b.steps[1:]
-                    try:
-                        pop.append(SolverSchedule(steps, grid, "t", "zero_x0"))
-                    except ScheduleError:
-                        pass
-        return pop
-
-    def mutate(s: SolverSchedule, boost: float = 1.0) -> SolverSchedule:
-        n = s.num_steps
-        u = _u_of_t(ns, s.grid[1 : n if final_zero else n], t0, t_end_pos)
-        sigma_u = boost * rng.choice([0.02, 0.05, 0.1])
-        mask = rng.random(len(u)) < 0.5
-        u = np.sort(np.clip(u + mask * rng.normal(0, sigma_u, len(u)), 1e-3, 1 - 1e-3))
-        if len(u) and np.any(np.diff(u) < 1e-3):
-            u = np.sort(rng.uniform(0.01, 0.99, len(u)))
-        inner = _t_of_u(ns, u, t0, t_end_pos)
-        if final_zero:
-            tail = [0.0]
-        else:
-            end_u = float(np.clip(_u_of_t(ns, s.grid[-1], t0, t_end_pos) + rng.normal(0, 0.02), 0.9, 1.0))
-            tail = [float(_t_of_u(ns, end_u, t0, t_end_pos))]
-        grid = np.concatenate([[s.grid[0]], inner, tail])
-        if timestep_only:
-            return SolverSchedule(s.steps, grid, "t", s.afs)
-        steps = list(s.steps)
-        p = min(0.5, boost * 1.5 / n)
-        for i, st in enumerate(steps):
-            if i == 0 and s.afs != "none":
-                continue
-            g = _step_genes(st)
-            old = list(g)
-            if rng.random() < p:
-                g[0] = "noise" if g[0] == "data" else "data"
-            if rng.random() < p:
-                g[1] = int(rng.choice([1, 2, 3], p=[0.2, 0.45, 0.35]))
-            if rng.random() < p:
-                g[2] = int(rng.integers(1, 3))
-            if rng.random() < 2 * p:
-                g[3] = float(np.clip(g[3] + rng.normal(0, 0.1), -1.5, 1.5)) if rng.random() < 0.8 else 0.0
-            if rng.random() < p:
-                g[4] = not g[4]
-            if g != old:
-                steps[i] = _make_step(i, n, *g, final_zero)
-        return SolverSchedule(tuple(steps), grid, "t", s.afs)
-
-    def crossover(a: SolverSchedule, b: SolverSchedule) -> SolverSchedule:
-        if a.num_steps != b.num_steps or a.afs != b.afs:
-            return a
-        steps = a.steps if timestep_only else tuple(x if rng.random() < 0.5 else y for x, y in zip(a.steps, b.steps))
-        grid = a.grid if rng.random() < 0.5 else b.grid
-        if rng.random() < 0.3:
-            w = rng.random()
-            ua = _u_of_t(ns, a.grid[1:-1], t0, t_end_pos)
-            ub = _u_of_t(ns, b.grid[1:-1], t0, t_end_pos)
-            inner = _t_of_u(ns, np.sort(w * ua + (1 - w) * ub), t0, t_end_pos)
-            grid = np.concatenate([[a.grid[0]], inner, [a.grid[-1]]])
-        return SolverSchedule(steps, grid, "t", a.afs)
-
-    def ranked(fid: str):
-        items = [(v[fid], k) for k, v in archive.items() if v[fid] is not None and math.isfinite(v[fid])]
-        return sorted(items)
-
-    t_begin = time.time()
-    if not archive:
-        for s in seeds_population():
-            evaluate(s, "low")
-    surrogate = _Surrogate(predictor, seed)
     history = []
-    bar = tqdm(range(start_gen, generations), desc=f"S3 search nfe={nfe}", disable=not progress, leave=False)
-    gen = start_gen
-    for gen in bar:
-        if time_budget_s is not None and time.time() - t_begin + elapsed0 > time_budget_s:
-            break
-        keys = [k for k, v in archive.items() if v["low"] is not None and math.isfinite(v["low"])]
-        X = np.stack([_features(sched_of(archive[k]), nfe, ns, t0, t_end_pos) for k in keys])
-        y = np.log10(np.array([archive[k]["low"] for k in keys]) + 1e-12)
-        surrogate.fit(X, y)
-        elite = [k for _, k in ranked("high")[:6]]
-        parents = [archive[k] for k in elite + [k for _, k in ranked("low")[:12] if k not in elite]]
-        stall = _stalled(history)
-        cands, seen = [], set(archive)
-        tries = 0
-        while len(cands) < offspring and tries < offspring * 5:
-            tries += 1
-            pa = sched_of(parents[int(rng.integers(len(parents)))])
-            try:
-                boost = 1.0 + 2.0 * stall * rng.random()
-                if rng.random() < 0.3 and len(parents) > 1:
-                    child = crossover(pa, sched_of(parents[int(rng.integers(len(parents)))]))
-                    child = mutate(child, boost) if rng.random() < 0.5 else child
-                else:
-                    child = mutate(pa, boost)
-            except (ScheduleError, ValueError):
-                continue
-            k = _key(child)
-            if k in seen:
-                continue
-            seen.add(k)
-            cands.append(child)
-        if not cands:
-            break
-        pred = surrogate.predict(np.stack([_features(c, nfe, ns, t0, t_end_pos) for c in cands]), rng)
-        order = list(np.argsort(pred)[:evaluate_per_generation])
-        rest = [i for i in range(len(cands)) if i not in order]
-        order += list(rng.choice(rest, size=min(2, len(rest)), replace=False)) if rest else []
-        got = np.array([evaluate(cands[i], "low") for i in order])
-        ok = np.isfinite(got)
-        rank_corr = _spearman(pred[order][ok], np.log10(got[ok] + 1e-12)) if ok.sum() > 2 else float("nan")
-        promoted = 0
-        for _, k in ranked("low"):
-            if promoted >= promote:
-                break
-            if archive[k]["high"] is None:
-                evaluate(sched_of(archive[k]), "high")
-                promoted += 1
-        best_high = ranked("high")[0][0] if ranked("high") else math.inf
-        history.append(
-            {
-                "generation": gen,
-                "evaluated": len(archive),
-                "best_low": ranked("low")[0][0],
-                "best_high": best_high,
-                "surrogate_rank_corr": rank_corr,
-            }
+    # everything the search's course depends on (not `generations` or the time budget: a resumed search
+    # may run longer); a checkpoint written for anything else is refused
+    config = json.loads(
+        json.dumps(
+            dict(
+                model=problem.description,
+                prediction_type=problem.prediction_type,
+                t_start=t0,
+                t_end=t1,
+                nfe=nfe,
+                metric=metric,
+                low=low_fidelity,
+                high=high_fidelity,
+                search_seed=search_seed,
+                offspring=offspring,
+                evaluate_per_generation=evaluate_per_generation,
+                promote=promote,
+                predictor=predictor,
+                timestep_only=timestep_only,
+                base=base,
+                allow_afs=allow_afs,
+                seed=seed,
+                library=__version__,
+            ),
+            default=str,
         )
-        bar.set_postfix(best=f"{best_high:.4g}", evals=len(archive))
-        if checkpoint is not None:
-            _atomic_json(
-                checkpoint,
+    )
+    lock = contextlib.nullcontext()
+    if checkpoint is not None:
+        lock = file_lock(f"{checkpoint}.lock", wait=False, what=f"search using checkpoint {checkpoint}")
+    with lock:
+        if checkpoint is not None and os.path.exists(checkpoint):
+            state = _read_checkpoint(checkpoint, config)
+            archive, history = state["archive"], state["history"]
+            start_gen, elapsed0 = state["generation"], state["seconds"]
+            rng.bit_generator.state = state["rng"]
+
+        def sched_of(entry) -> SolverSchedule:
+            return SolverSchedule.from_dict(entry["schedule"])
+
+        def evaluate(s: SolverSchedule, fidelity: str) -> float:
+            k = _key(s)
+            entry = archive.setdefault(k, {"schedule": s.to_dict(), "low": None, "high": None})
+            if entry[fidelity] is None:
+                n, sd = (low_fidelity, search_seed) if fidelity == "low" else (high_fidelity, search_seed + 1)
+                x, ref = problem.batch(sd, n)
+                try:
+                    entry[fidelity] = fitness_of(problem, problem.run(s, x), ref, metric)
+                except (ScheduleError, FloatingPointError, ValueError):
+                    entry[fidelity] = math.inf
+            return entry[fidelity]
+
+        # -- the initial population: converter schedules on standard grids, with and without AFS
+        def seeds_population():
+            pop = []
+            names = [base] if timestep_only else list(SCHEDULE_BASELINES)
+            for name in names:
+                for gname in BASELINE_GRIDS:
+                    grid = _grid_for(gname, ns, nfe, t0, t1)
+                    pop.append(builtin(name, nfe).with_grid(grid))
+                    if allow_afs and not timestep_only:
+                        grid = _grid_for(gname, ns, nfe + 1, t0, t1)
+                        b = builtin(name, nfe + 1)
+                        steps = (Step(b.steps[0].prediction, 1),) + b.steps[1:]
+                        try:
+                            pop.append(SolverSchedule(steps, grid, "t", "zero_x0"))
+                        except ScheduleError:
+                            pass
+            return pop
+
+        def mutate(s: SolverSchedule, boost: float = 1.0) -> SolverSchedule:
+            n = s.num_steps
+            u = _u_of_t(ns, s.grid[1 : n if final_zero else n], t0, t_end_pos)
+            sigma_u = boost * rng.choice([0.02, 0.05, 0.1])
+            mask = rng.random(len(u)) < 0.5
+            u = np.sort(np.clip(u + mask * rng.normal(0, sigma_u, len(u)), 1e-3, 1 - 1e-3))
+            if len(u) and np.any(np.diff(u) < 1e-3):
+                u = np.sort(rng.uniform(0.01, 0.99, len(u)))
+            inner = _t_of_u(ns, u, t0, t_end_pos)
+            if final_zero:
+                tail = [0.0]
+            else:
+                end_u = float(np.clip(_u_of_t(ns, s.grid[-1], t0, t_end_pos) + rng.normal(0, 0.02), 0.9, 1.0))
+                tail = [float(_t_of_u(ns, end_u, t0, t_end_pos))]
+            grid = np.concatenate([[s.grid[0]], inner, tail])
+            if timestep_only:
+                return SolverSchedule(s.steps, grid, "t", s.afs)
+            steps = list(s.steps)
+            p = min(0.5, boost * 1.5 / n)
+            for i, st in enumerate(steps):
+                if i == 0 and s.afs != "none":
+                    continue
+                g = _step_genes(st)
+                old = list(g)
+                if rng.random() < p:
+                    g[0] = "noise" if g[0] == "data" else "data"
+                if rng.random() < p:
+                    g[1] = int(rng.choice([1, 2, 3], p=[0.2, 0.45, 0.35]))
+                if rng.random() < p:
+                    g[2] = int(rng.integers(1, 3))
+                if rng.random() < 2 * p:
+                    g[3] = float(np.clip(g[3] + rng.normal(0, 0.1), -1.5, 1.5)) if rng.random() < 0.8 else 0.0
+                if rng.random() < p:
+                    g[4] = not g[4]
+                if g != old:
+                    steps[i] = _make_step(i, n, *g, final_zero)
+            return SolverSchedule(tuple(steps), grid, "t", s.afs)
+
+        def crossover(a: SolverSchedule, b: SolverSchedule) -> SolverSchedule:
+            if a.num_steps != b.num_steps or a.afs != b.afs:
+                return a
+            steps = (
+                a.steps if timestep_only else tuple(x if rng.random() < 0.5 else y for x, y in zip(a.steps, b.steps))
+            )
+            grid = a.grid if rng.random() < 0.5 else b.grid
+            if rng.random() < 0.3:
+                w = rng.random()
+                ua = _u_of_t(ns, a.grid[1:-1], t0, t_end_pos)
+                ub = _u_of_t(ns, b.grid[1:-1], t0, t_end_pos)
+                inner = _t_of_u(ns, np.sort(w * ua + (1 - w) * ub), t0, t_end_pos)
+                grid = np.concatenate([[a.grid[0]], inner, [a.grid[-1]]])
+            return SolverSchedule(steps, grid, "t", a.afs)
+
+        def ranked(fid: str):
+            items = [(v[fid], k) for k, v in archive.items() if v[fid] is not None and math.isfinite(v[fid])]
+            return sorted(items)
+
+        t_begin = time.time()
+        if not archive:
+            for s in seeds_population():
+                evaluate(s, "low")
+        surrogate = _Surrogate(predictor, seed)
+        bar = tqdm(range(start_gen, generations), desc=f"S3 search nfe={nfe}", disable=not progress, leave=False)
+        gen = start_gen
+        for gen in bar:
+            if time_budget_s is not None and time.time() - t_begin + elapsed0 > time_budget_s:
+                break
+            keys = [k for k, v in archive.items() if v["low"] is not None and math.isfinite(v["low"])]
+            X = np.stack([_features(sched_of(archive[k]), nfe, ns, t0, t_end_pos) for k in keys])
+            y = np.log10(np.array([archive[k]["low"] for k in keys]) + 1e-12)
+            surrogate.fit(X, y)
+            elite = [k for _, k in ranked("high")[:6]]
+            parents = [archive[k] for k in elite + [k for _, k in ranked("low")[:12] if k not in elite]]
+            stall = _stalled(history)
+            cands, seen = [], set(archive)
+            tries = 0
+            while len(cands) < offspring and tries < offspring * 5:
+                tries += 1
+                pa = sched_of(parents[int(rng.integers(len(parents)))])
+                try:
+                    boost = 1.0 + 2.0 * stall * rng.random()
+                    if rng.random() < 0.3 and len(parents) > 1:
+                        child = crossover(pa, sched_of(parents[int(rng.integers(len(parents)))]))
+                        child = mutate(child, boost) if rng.random() < 0.5 else child
+                    else:
+                        child = mutate(pa, boost)
+                except (ScheduleError, ValueError):
+                    continue
+                k = _key(child)
+                if k in seen:
+                    continue
+                seen.add(k)
+                cands.append(child)
+            if not cands:
+                break
+            pred = surrogate.predict(np.stack([_features(c, nfe, ns, t0, t_end_pos) for c in cands]), rng)
+            order = list(np.argsort(pred)[:evaluate_per_generation])
+            rest = [i for i in range(len(cands)) if i not in order]
+            order += list(rng.choice(rest, size=min(2, len(rest)), replace=False)) if rest else []
+            got = np.array([evaluate(cands[i], "low") for i in order])
+            ok = np.isfinite(got)
+            rank_corr = _spearman(pred[order][ok], np.log10(got[ok] + 1e-12)) if ok.sum() > 2 else float("nan")
+            promoted = 0
+            for _, k in ranked("low"):
+                if promoted >= promote:
+                    break
+                if archive[k]["high"] is None:
+                    evaluate(sched_of(archive[k]), "high")
+                    promoted += 1
+            best_high = ranked("high")[0][0] if ranked("high") else math.inf
+            history.append(
                 {
+                    "generation": gen,
+                    "evaluated": len(archive),
+                    "best_low": ranked("low")[0][0],
+                    "best_high": best_high,
+                    "surrogate_rank_corr": rank_corr,
+                }
+            )
+            bar.set_postfix(best=f"{best_high:.4g}", evals=len(archive))
+            if checkpoint is not None:
+                state = {
                     "config": config,
                     "generation": gen + 1,
                     "seconds": elapsed0 + time.time() - t_begin,
                     "rng": rng.bit_generator.state,
                     "archive": archive,
-                },
-            )
-    bar.close()
-    # final: the top low-fidelity ones all checked at high fidelity
-    for _, k in ranked("low")[: 3 * promote]:
-        evaluate(sched_of(archive[k]), "high")
-    best_fit, best_key = ranked("high")[0]
-    seconds = elapsed0 + time.time() - t_begin
-    best = sched_of(archive[best_key]).with_metadata(
-        nfe=nfe,
-        model=problem.description,
-        guidance_scale=None,
-        provenance={
-            "method": "S3 evolutionary search with surrogate predictor"
-            + (" (timesteps only)" if timestep_only else ""),
-            "reference": "arXiv 2312.07243",
-            "fitness": {"metric": metric, "value": best_fit, "samples": high_fidelity, "seed": search_seed + 1},
-            "low_fidelity": {"samples": low_fidelity, "seed": search_seed},
-            "predictor": predictor,
-            "generations": gen + 1 - start_gen + (start_gen if start_gen else 0),
-            "evaluations": len(archive),
-            "seconds": round(seconds, 2),
-            "search_seed": seed,
-            "library": "fastsample",
-        },
-    )
-    if out is not None:
-        best.save(out)
-    return SearchResult(best, best_fit, len(archive), gen + 1, history, seconds)
+                    "history": history,
+                }
+                atomic_write(checkpoint, json.dumps(state))
+        bar.close()
+        # final: the top low-fidelity ones all checked at high fidelity
+        for _, k in ranked("low")[: 3 * promote]:
+            evaluate(sched_of(archive[k]), "high")
+        best_fit, best_key = ranked("high")[0]
+        seconds = elapsed0 + time.time() - t_begin
+        best = sched_of(archive[best_key]).with_metadata(
+            nfe=nfe,
+            model=problem.description,
+            guidance_scale=None,
+            provenance={
+                "method": "S3 evolutionary search with surrogate predictor"
+                + (" (timesteps only)" if timestep_only else ""),
+                "reference": "arXiv 2312.07243",
+                "fitness": {"metric": metric, "value": best_fit, "samples": high_fidelity, "seed": search_seed + 1},
+                "low_fidelity": {"samples": low_fidelity, "seed": search_seed},
+                "predictor": predictor,
+                "generations": gen + 1 - start_gen + (start_gen if start_gen else 0),
+                "evaluations": len(archive),
+                "seconds": round(seconds, 2),
+                "search_seed": seed,
+                "library": "fastsample",
+            },
+        )
+        if out is not None:
+            best.save(out)
+        return SearchResult(best, best_fit, len(archive), gen + 1, history, seconds)
 
 
 def report(
