@@ -23,7 +23,10 @@ Input preprocessing (``resize``), recorded with every statistics file:
   [0, 255] and not quantised, then (x - 128) / 128 (Parmar et al., arXiv 2104.11222). Needs Pillow;
   runs on the CPU image by image.
 - ``"torch-fidelity"``: TensorFlow 1.x bilinear resize (source = destination * in / out, no half-pixel
-  offset), then (x - 128) / 128, as the original TF graph does (toshas/torch-fidelity).
+  offset), then (x - 128) / 128, as the original TF graph does (toshas/torch-fidelity); torchmetrics'
+  ``antialias=False``.
+- ``"torchmetrics"``: ``F.interpolate(bilinear, 299, align_corners=False, antialias=True)`` of the
+  uint8 values as floats, then (x - 128) / 128: torchmetrics' default (``antialias=True``).
 
 Accepted images: uint8 (B, 3, H, W) in [0, 255]; float (B, 3, H, W) in [0, 1] (or [-1, 1] with
 ``input_range=(-1, 1)``), which is first quantised to uint8 by rounding, as saving to PNG would;
@@ -53,7 +56,7 @@ __all__ = [
     "resize_and_normalize",
 ]
 
-RESIZE_MODES = ("pytorch-fid", "clean-fid", "torch-fidelity")
+RESIZE_MODES = ("pytorch-fid", "clean-fid", "torch-fidelity", "torchmetrics")
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FIDELITY_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILENAME
@@ -327,6 +330,9 @@ def resize_and_normalize(images_u8: torch.Tensor, resize: str, size: int = INPUT
     if resize == "pytorch-fid":
         x = F.interpolate(images_u8.float() / 255.0, size=(size, size), mode="bilinear", align_corners=False)
         return 2 * x - 1
+    if resize == "torchmetrics":
+        x = F.interpolate(images_u8.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return (x - 128) / 128
     x = _tf1_bilinear(images_u8.float(), size) if resize == "torch-fidelity" else _pil_bicubic(images_u8, size)
     return (x - 128) / 128
 
@@ -342,8 +348,11 @@ class FIDInceptionV3(nn.Module):
         resize: one of :data:`RESIZE_MODES`.
         input_range: range of float input images, (0, 1) or (-1, 1).
 
-    ``forward(images)`` returns float32 (B, dims); :meth:`features_and_logits` returns pool3 (B, 2048)
-    and logits (B, 1008). Feature extraction always runs with TF32 disabled (:func:`no_tf32`).
+    ``forward(images)`` returns (B, dims); :meth:`features_and_logits` returns pool3 (B, 2048) and logits
+    (B, 1008), both in the network's dtype (float32 unless converted, e.g. ``.double()``). Feature
+    extraction always runs with TF32 disabled (:func:`no_tf32`). The network never leaves eval mode
+    (``train()`` is a no-op, as torchmetrics' ``NoTrainInceptionV3``): BatchNorm in training mode
+    would make features depend on the batch.
     """
 
     def __init__(
@@ -404,6 +413,10 @@ class FIDInceptionV3(nn.Module):
     def num_features(self) -> int:
         return self.dims
 
+    def train(self, mode: bool = True) -> FIDInceptionV3:
+        """Stay in eval mode whatever ``mode`` is (an evaluation network; see the class docstring)."""
+        return super().train(False)
+
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load a pytorch-fid or torch-fidelity state dict (BatchNorm ``num_batches_tracked`` optional)."""
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -441,9 +454,10 @@ class FIDInceptionV3(nn.Module):
         return self
 
     def preprocess(self, images: torch.Tensor, check: bool = True) -> torch.Tensor:
-        """Images (see :func:`images_to_uint8`) -> float32 (B, 3, 299, 299) network input on the model's device."""
+        """Images (see :func:`images_to_uint8`) -> (B, 3, 299, 299) network input on the model's device and dtype."""
         u8 = images_to_uint8(images, self.input_range, check=check)
-        return resize_and_normalize(u8, self.resize).to(self.fc.weight.device)
+        w = self.fc.weight
+        return resize_and_normalize(u8, self.resize).to(device=w.device, dtype=w.dtype)
 
     def _trunk(self, x: torch.Tensor, stop_dims: int) -> torch.Tensor:
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
@@ -462,24 +476,24 @@ class FIDInceptionV3(nn.Module):
         return self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
 
     def forward_normalized(self, x: torch.Tensor, dims: int | None = None) -> torch.Tensor:
-        """Already preprocessed float input (B, 3, 299, 299) -> float32 features (B, dims)."""
+        """Already preprocessed float input (B, 3, 299, 299) -> features (B, dims) in the network's dtype."""
         fmap = self._trunk(x, dims or self.dims)
-        return F.adaptive_avg_pool2d(fmap, 1).flatten(1).float()
+        return F.adaptive_avg_pool2d(fmap, 1).flatten(1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images -> float32 features (B, dims)."""
+        """Images -> features (B, dims) in the network's dtype."""
         with torch.no_grad(), no_tf32():
             return self.forward_normalized(self.preprocess(images))
 
     def features_and_logits(self, images: torch.Tensor, bias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images -> (pool3 features (B, 2048), logits (B, 1008)), both float32.
+        """Images -> (pool3 features (B, 2048), logits (B, 1008)), both in the network's dtype.
 
         ``bias=False`` gives torch-fidelity's ``logits_unbiased`` (the classifier without its bias), which
         torch-fidelity and torchmetrics use for the Inception Score.
         """
         with torch.no_grad(), no_tf32():
             feats = self.forward_normalized(self.preprocess(images), dims=2048)
-            logits = feats @ self.fc.weight.float().T
+            logits = feats @ self.fc.weight.to(feats.dtype).T
             if bias:
-                logits = logits + self.fc.bias.float()
+                logits = logits + self.fc.bias.to(feats.dtype)
         return feats, logits
