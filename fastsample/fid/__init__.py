@@ -8,7 +8,7 @@
 - :mod:`.cli`: the ``fastsample fid`` command.
 """
 
-from .distance import ReferenceStatistics, frechet_distance, sqrtm_psd
+from .distance import ReferenceStatistics, centred_factor, frechet_distance, frechet_distance_features, sqrtm_psd
 from .inception import RESIZE_MODES, FIDInceptionV3, find_weights, images_to_uint8
 from .kid import inception_score, kernel_inception_distance, poly_mmd2
 from .stats import FeatureStatistics, fid_from_statistics
@@ -20,9 +20,11 @@ __all__ = [
     "FrechetInceptionDistance",
     "KernelInceptionDistance",
     "ReferenceStatistics",
+    "centred_factor",
     "fid_from_statistics",
     "find_weights",
     "frechet_distance",
+    "frechet_distance_features",
     "images_to_uint8",
     "inception_score",
     "kernel_inception_distance",
