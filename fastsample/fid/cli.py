@@ -5,6 +5,11 @@ Behaves like pytorch-fid's command line (``python -m pytorch_fid A B``): same ar
 same output line ``FID:  <value>``, plus ``--weights PATH`` (the Inception weights file; default: the
 torch hub cache) and ``--resize {pytorch-fid,clean-fid,torch-fidelity}``, which is recorded in the
 statistics files we write and checked against the files we read.
+
+``--metrics fid,kid,prdc,fd_dinov2,cmmd`` computes several metrics between two image folders in one
+pass (:class:`~fastsample.fid.suite.MetricSuite`: each encoder runs once per batch), printing one
+``NAME: value`` line each; ``--dinov2`` / ``--clip`` name the Hugging Face models and ``--download``
+lets missing weights be fetched (Inception hash-checked into the torch hub cache).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 
 from .inception import BLOCK_DIMS, RESIZE_MODES, FIDInceptionV3, network_name
 from .stats import FeatureStatistics, fid_from_statistics
+from .suite import METRICS, MetricSuite, parse_metrics
 
 __all__ = ["IMAGE_EXTENSIONS", "add_subparser", "compute_statistics", "main"]
 
@@ -44,6 +50,18 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compute the statistics of the first path (a folder) and save them to the second (.npz)",
     )
+    p.add_argument(
+        "--metrics",
+        default="fid",
+        help=f"comma-separated metrics, one pass over two image folders: {', '.join(METRICS)} (default fid)",
+    )
+    p.add_argument("--dinov2", default="facebook/dinov2-large", help="DINOv2 model folder or hub id (fd_dinov2)")
+    p.add_argument("--clip", default="openai/clip-vit-large-patch14-336", help="CLIP model folder or hub id (cmmd)")
+    p.add_argument("--download", action="store_true", help="download missing weights (Inception: hash-checked)")
+    p.add_argument(
+        "--max-samples", type=int, default=10_000, help="features kept per side for kid, prdc, cmmd (seeded subsample)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the kid / prdc / cmmd subsamples (default 0)")
 
 
 def add_subparser(subparsers) -> argparse.ArgumentParser:
@@ -108,6 +126,36 @@ def _statistics(path: str, model_factory, args) -> FeatureStatistics:
     return compute_statistics(p, model_factory(), args.batch_size, args.num_workers)
 
 
+def _folder_batches(folder: Path, batch_size: int, num_workers: int):
+    """uint8 image batches of a folder; images of another size than their neighbours come one by one."""
+    files = _list_images(folder)
+    loader = torch.utils.data.DataLoader(
+        _ImageFolder(files), batch_size=min(batch_size, len(files)), num_workers=num_workers, collate_fn=list
+    )
+    for batch in loader:
+        if len({im.shape for im in batch}) == 1:
+            yield torch.stack(batch)
+        else:
+            yield from (im[None] for im in batch)
+
+
+def _run_suite(args: argparse.Namespace, metrics: list[str], device: torch.device) -> int:
+    if args.save_stats or args.dims != 2048:
+        raise ValueError("--save-stats and --dims apply to --metrics fid only")
+    for p in args.path:
+        if not Path(p).is_dir():
+            raise ValueError(f"--metrics {','.join(metrics)} needs two image folders, got {p}")
+    suite = MetricSuite(
+        metrics, device, args.weights, args.resize, args.dinov2, args.clip, args.download, args.max_samples, args.seed
+    )
+    for path, real in zip(args.path, (True, False)):
+        for batch in _folder_batches(Path(path), args.batch_size, args.num_workers):
+            suite.update(batch, real=real)
+    for key, value in suite.compute().items():
+        print(f"{key}: {value}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute parsed arguments; prints ``FID:  <value>`` (or saves statistics) and returns the exit code."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -118,11 +166,14 @@ def run(args: argparse.Namespace) -> int:
     def model_factory() -> FIDInceptionV3:
         nonlocal model
         if model is None:
-            model = FIDInceptionV3(args.weights, dims=args.dims, resize=args.resize).to(device)
+            model = FIDInceptionV3(args.weights, dims=args.dims, resize=args.resize, download=args.download).to(device)
         return model
 
     identity = {"feature_network": network_name(args.dims), "resize_mode": args.resize, "dim": args.dims}
     try:
+        metrics = parse_metrics(args.metrics)
+        if metrics != ["fid"]:
+            return _run_suite(args, metrics, device)
         if args.save_stats:
             src, out = args.path
             if not Path(src).is_dir():

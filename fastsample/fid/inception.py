@@ -48,7 +48,9 @@ __all__ = [
     "FIDInceptionV3",
     "RESIZE_MODES",
     "WEIGHTS_FILENAME",
+    "WEIGHTS_SHA256_PREFIX",
     "WEIGHTS_URL",
+    "download_weights",
     "find_weights",
     "images_to_uint8",
     "network_name",
@@ -60,6 +62,7 @@ RESIZE_MODES = ("pytorch-fid", "clean-fid", "torch-fidelity", "torchmetrics")
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FIDELITY_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILENAME
+WEIGHTS_SHA256_PREFIX = "6726825d"  # torch hub convention: the file name ends with its SHA-256 prefix
 INPUT_SIZE = 299
 BLOCK_DIMS = (64, 192, 768, 2048)
 
@@ -199,8 +202,27 @@ def network_name(dims: int = 2048) -> str:
     return "inception-pool3" if dims == 2048 else f"inception-{dims}"
 
 
-def find_weights(path: str | os.PathLike | None = None) -> Path:
-    """Locate the FID Inception weights file; never downloads.
+def download_weights(url: str | None = None, sha256_prefix: str | None = None) -> Path:
+    """Download the Inception weights (default :data:`WEIGHTS_URL`) into ``torch.hub.get_dir()/checkpoints/``.
+
+    The SHA-256 of the file must start with ``sha256_prefix`` (default :data:`WEIGHTS_SHA256_PREFIX`);
+
+    ``torch.hub.download_url_to_file`` writes a temporary file and moves it into place only when its
+    hash starts with ``sha256_prefix``, so a failed or corrupt download leaves nothing behind.
+
+    Raises:
+        RuntimeError: the downloaded file's hash does not match.
+    """
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(
+        url or WEIGHTS_URL, str(dest), hash_prefix=sha256_prefix or WEIGHTS_SHA256_PREFIX, progress=True
+    )
+    return dest
+
+
+def find_weights(path: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """Locate the FID Inception weights file; downloads only when ``download`` (see :func:`download_weights`).
 
     Looks at ``path`` if given, else ``torch.hub.get_dir()/checkpoints/`` for pytorch-fid's
     ``pt_inception-2015-12-05-6726825d.pth`` or torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``.
@@ -217,8 +239,11 @@ def find_weights(path: str | os.PathLike | None = None) -> Path:
     for name in (WEIGHTS_FILENAME, FIDELITY_WEIGHTS_FILENAME):
         if (ckpt / name).is_file():
             return ckpt / name
+    if download:
+        return download_weights()
     raise FileNotFoundError(
-        f"FID Inception weights not found. Download {WEIGHTS_URL} (about 92 MB) and put it at "
+        f"FID Inception weights not found. Pass download=True (--download on the command line) to fetch them, "
+        f"or download {WEIGHTS_URL} (about 92 MB) and put it at "
         f"{ckpt / WEIGHTS_FILENAME} (the torch hub cache, where pytorch-fid keeps it), or pass its path "
         f"explicitly (weights=... in Python, --weights on the command line). torch-fidelity's copy "
         f"{FIDELITY_WEIGHTS_FILENAME} in the same folder works too."
@@ -343,6 +368,7 @@ class FIDInceptionV3(nn.Module):
     Args:
         weights: path to the weights file, ``None`` to search the torch hub cache (see
             :func:`find_weights`), or ``"random"`` for an initialised but untrained network (tests, timing).
+        download: with ``weights=None``, download missing weights into the torch hub cache (hash-checked).
         dims: feature dimension returned by ``forward``: 2048 (pool3, FID), or 768, 192, 64 (earlier
             blocks, globally averaged, like pytorch-fid's ``--dims``).
         resize: one of :data:`RESIZE_MODES`.
@@ -361,6 +387,7 @@ class FIDInceptionV3(nn.Module):
         dims: int = 2048,
         resize: str = "pytorch-fid",
         input_range: tuple[float, float] = (0.0, 1.0),
+        download: bool = False,
     ):
         super().__init__()
         if dims not in BLOCK_DIMS:
@@ -390,7 +417,7 @@ class FIDInceptionV3(nn.Module):
             self.to_empty(device="cpu")
             self.init_random_()
         else:
-            self.load_weights(find_weights(weights))
+            self.load_weights(find_weights(weights, download=download))
         self.requires_grad_(False)
         self.eval()
 

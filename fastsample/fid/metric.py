@@ -1,4 +1,4 @@
-"""torchmetrics metrics: FID on streaming float64 sums, and KID on stored features.
+"""torchmetrics metrics: FID and FD-DINOv2 on streaming float64 sums; KID, CMMD, P/R/D/C on stored features.
 
 :class:`FrechetInceptionDistance` has the interface of ``torchmetrics.image.fid.FrechetInceptionDistance``
 (``update(imgs, real=...)``, ``compute()``, ``reset()``, ``reset_real_features``, ``feature`` as an int
@@ -21,11 +21,19 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from .distance import ReferenceStatistics
+from .encoders import CLIPEncoder, DINOv2Encoder
 from .inception import BLOCK_DIMS, FIDInceptionV3
-from .kid import kernel_inception_distance
+from .kid import kernel_inception_distance, rbf_mmd2
+from .manifold import Reservoir, precision_recall_density_coverage
 from .stats import UNKNOWN, FeatureStatistics, accumulate_
 
-__all__ = ["FrechetInceptionDistance", "KernelInceptionDistance"]
+__all__ = [
+    "CLIPMaximumMeanDiscrepancy",
+    "FrechetDINOv2Distance",
+    "FrechetInceptionDistance",
+    "KernelInceptionDistance",
+    "PrecisionRecallDensityCoverage",
+]
 
 
 def _resize_mode(resize: str | None, antialias: bool | None) -> str:
@@ -49,8 +57,10 @@ def _feature_net(feature, weights, resize, antialias, input_range) -> tuple[nn.M
         return net, False
     if isinstance(feature, nn.Module):
         if resize is not None or antialias is not None:
-            raise ValueError("resize= and antialias= configure the built-in Inception; a custom `feature` module "
-                             "does its own preprocessing")
+            raise ValueError(
+                "resize= and antialias= configure the built-in Inception; a custom `feature` module "
+                "does its own preprocessing"
+            )
         return feature, True
     raise TypeError(
         f"Got unknown input to argument `feature`: expected an int {BLOCK_DIMS} or an nn.Module returning (B, F) "
@@ -170,7 +180,7 @@ class FrechetInceptionDistance(_FeatureMetric):
     @property
     def identity(self) -> dict:
         """Metadata of the feature network (network name, resize mode, dimension)."""
-        if isinstance(self.inception, FIDInceptionV3):
+        if isinstance(getattr(self.inception, "identity", None), dict):
             return self.inception.identity
         return {"feature_network": type(self.inception).__name__, "resize_mode": UNKNOWN, "dim": self.num_features}
 
@@ -319,3 +329,137 @@ class KernelInceptionDistance(_FeatureMetric):
     def plot(self, val=None, ax=None):
         """torchmetrics' plot of the KID mean (default: ``compute()[0]``); returns (fig, ax)."""
         return self._plot(self.compute()[0] if val is None else val, ax)
+
+
+class FrechetDINOv2Distance(FrechetInceptionDistance):
+    """FD-DINOv2: the Frechet distance of DINOv2 CLS features (dgm-eval conventions, :class:`DINOv2Encoder`).
+
+    Args:
+        model: ``save_pretrained`` folder or hub id of a ``Dinov2Model`` (default ``facebook/dinov2-large``).
+        download: let ``from_pretrained`` download the model into the Hugging Face cache.
+        **kwargs: as :class:`FrechetInceptionDistance` (``reset_real_features``, ``num_features``, ...).
+    """
+
+    def __init__(self, model: str | os.PathLike = "facebook/dinov2-large", download: bool = False, **kwargs):
+        super().__init__(feature=DINOv2Encoder(model, download=download), **kwargs)
+
+
+class _SampledFeatureMetric(_FeatureMetric):
+    """Metrics on the features themselves: a seeded uniform subsample of at most ``max_samples`` per side.
+
+    States ``real_features`` / ``fake_features`` (lists, concatenated across processes) hold each process's
+    :class:`Reservoir`; after a sync, more than ``max_samples`` rows are subsampled again with ``seed``.
+    """
+
+    def _init_sampling(self, max_samples: int, seed: int, reset_real_features: bool) -> None:
+        if not isinstance(reset_real_features, bool):
+            raise ValueError("Argument `reset_real_features` expected to be a bool")
+        self.max_samples, self.seed, self.reset_real_features = int(max_samples), int(seed), reset_real_features
+        self._reservoirs = {side: Reservoir(max_samples, seed + i) for i, side in enumerate(("real", "fake"))}
+        self.add_state("real_features", [], dist_reduce_fx="cat")
+        self.add_state("fake_features", [], dist_reduce_fx="cat")
+
+    def update(self, imgs: Tensor, real: bool) -> None:
+        """Extract the features of a batch and offer them to the side's reservoir."""
+        side = "real" if real else "fake"
+        reservoir = self._reservoirs[side]
+        reservoir.add(self._features(imgs).detach().float())
+        setattr(self, f"{side}_features", [reservoir.rows])
+
+    def _sample(self, side: str) -> Tensor:
+        rows = getattr(self, f"{side}_features")
+        x = torch.cat(rows) if isinstance(rows, list) and rows else rows
+        if isinstance(x, list) or x.shape[0] < 2:
+            raise RuntimeError(f"{type(self).__name__} needs at least 2 {side} images")
+        if x.shape[0] > self.max_samples:
+            g = torch.Generator().manual_seed(self.seed)
+            x = x[torch.randperm(x.shape[0], generator=g)[: self.max_samples].to(x.device)]
+        return x
+
+    @property
+    def subsampled(self) -> bool:
+        """Whether either side saw more than ``max_samples`` images (the result is on a subsample)."""
+        return any(r.subsampled for r in self._reservoirs.values())
+
+    def reset(self) -> None:
+        """Reset the samples; the real one only when ``reset_real_features``."""
+        keep = list(self.real_features) if not self.reset_real_features else None
+        super().reset()
+        self._reservoirs["fake"].reset()
+        if keep is None:
+            self._reservoirs["real"].reset()
+        else:
+            self.real_features = keep
+
+
+class PrecisionRecallDensityCoverage(_SampledFeatureMetric):
+    """Precision/recall (arXiv 1904.06991) and density/coverage (arXiv 2002.09797) with k nearest neighbours.
+
+    Computed on a seeded uniform subsample of at most ``max_samples`` features per side (default 10,000,
+    as both papers use), see :mod:`fastsample.fid.manifold`. ``compute()`` returns a dict of four float64
+    0-d tensors. Other arguments as :class:`FrechetInceptionDistance` (default features: Inception pool3).
+    """
+
+    higher_is_better = True
+    plot_lower_bound = 0.0
+
+    def __init__(
+        self,
+        feature: int | nn.Module = 2048,
+        k: int = 5,
+        max_samples: int = 10_000,
+        seed: int = 0,
+        reset_real_features: bool = True,
+        normalize: bool = False,
+        feature_extractor_weights_path: str | os.PathLike | None = None,
+        resize: str | None = None,
+        antialias: bool | None = None,
+        input_range: tuple[float, float] = (0.0, 1.0),
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._init_network(feature, feature_extractor_weights_path, resize, antialias, input_range, normalize)
+        self._init_sampling(max_samples, seed, reset_real_features)
+        self.k = int(k)
+
+    def compute(self) -> dict[str, Tensor]:
+        """{"precision", "recall", "density", "coverage"} as float64 0-d tensors."""
+        out = precision_recall_density_coverage(self._sample("real"), self._sample("fake"), self.k)
+        return {key: torch.tensor(v, dtype=torch.float64) for key, v in out.items()}
+
+
+class CLIPMaximumMeanDiscrepancy(_SampledFeatureMetric):
+    """CMMD (arXiv 2401.09603): 1000 x MMD^2 of unit-norm CLIP image embeddings, Gaussian RBF kernel, sigma 10.
+
+    Args:
+        model: ``save_pretrained`` folder or hub id of a ``CLIPVisionModelWithProjection`` (default the
+            paper's ``openai/clip-vit-large-patch14-336``), or any ``nn.Module`` returning (B, F) embeddings.
+        unbiased: the U-statistic (default); False gives the paper code's V-statistic (:func:`rbf_mmd2`).
+        max_samples: features kept per side (seeded uniform subsample beyond it; default 30,000).
+        download: let ``from_pretrained`` download the model into the Hugging Face cache.
+
+    ``compute()`` returns a float64 0-d tensor.
+    """
+
+    higher_is_better = False
+    plot_lower_bound = 0.0
+
+    def __init__(
+        self,
+        model: str | os.PathLike | nn.Module = "openai/clip-vit-large-patch14-336",
+        unbiased: bool = True,
+        max_samples: int = 30_000,
+        seed: int = 0,
+        reset_real_features: bool = True,
+        download: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        net = model if isinstance(model, nn.Module) else CLIPEncoder(model, download=download)
+        self._init_network(net, None, None, None, (0.0, 1.0), False)
+        self._init_sampling(max_samples, seed, reset_real_features)
+        self.unbiased = unbiased
+
+    def compute(self) -> Tensor:
+        """CMMD as a float64 0-d tensor."""
+        return rbf_mmd2(self._sample("real"), self._sample("fake"), unbiased=self.unbiased)
