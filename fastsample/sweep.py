@@ -14,8 +14,10 @@ Guarantees:
   a changed config never reuses a stale cell. An interrupted sweep resumes where it stopped.
 - Multi-process through ``accelerate launch``: ranks take disjoint sample indices and the sums
   are all-reduced, giving the statistics of a single process to float64 round-off.
-- Results: ``results.json``, ``results.csv``, ``results.md`` and ``fd_vs_nfe.png``, each written
-  atomically.
+- Results: ``results.json``, ``results.csv``, ``results.md``, one ``<metric>_vs_nfe.png`` per metric
+  (the train/held-out floor drawn on the FD plot) and per NFE a sample sheet ``samples_nfe<N>.png``
+  (same seeds across schedulers), each written atomically; a progress bar runs inside each cell.
+  ``[metric] metrics = ["fd", "kid", "prdc"]`` adds metrics (see :mod:`fastsample.sweep_report`).
 
 This module is evaluation code: it imports the library, and the library never imports it.
 """
@@ -37,6 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from . import sweep_report
+from .sweep_report import SHEET_SAMPLES, sweep_metrics
 
 __all__ = ["SweepConfig", "load_config", "run_sweep", "main", "atomic_write"]
 
@@ -143,6 +148,7 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
     )
     if cfg.num_samples < 2 or cfg.batch_size < 1:
         raise ValueError("sweep config: need num_samples >= 2 and batch_size >= 1")
+    sweep_metrics(cfg.metric)
     return cfg
 
 
@@ -364,41 +370,13 @@ def _table(cells: list[dict], cfg: SweepConfig) -> str:
     return "\n".join(lines)
 
 
-def _plot(cells: list[dict], cfg: SweepConfig, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(cfg.guidance_scales), figsize=(6.5 * len(cfg.guidance_scales), 4.5), squeeze=False)
-    for ax, g in zip(axes[0], cfg.guidance_scales):
-        for spec in cfg.schedulers:
-            pts = sorted(
-                (c["nfe"], c["fd"])
-                for c in cells
-                if c["scheduler"] == spec.label and c["guidance"] == g and c["fd"] is not None
-            )
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=spec.label)
-        ax.set_xlabel("NFE (model evaluations)")
-        ax.set_ylabel("Frechet distance")
-        ax.set_yscale("log")
-        ax.set_title(cfg.name + (f" (guidance {g})" if len(cfg.guidance_scales) > 1 else ""))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-
-
 def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
     """Run (or resume) the sweep; returns the list of cells. Writes results on the main process."""
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from .fid import FeatureStatistics
+    from .fid.manifold import Reservoir
 
     state = PartialState()
     device = state.device if cfg.device == "auto" else _device(cfg.device)
@@ -409,6 +387,9 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
         cells_dir.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     reference = reference_statistics(cfg.metric, features, cfg.output / "reference_stats.npz")
+    names = sweep_metrics(cfg.metric)
+    ref_features = sweep_report.reference_features(cfg.metric, features) if names != ["fd"] else None
+    floor_info = sweep_report.floor(cfg.metric, features, reference, cfg.num_samples)
     my_indices = list(range(state.process_index, cfg.num_samples, state.num_processes))
 
     grid = [(spec, n, g) for g in cfg.guidance_scales for n in cfg.nfe for spec in cfg.schedulers]
@@ -426,6 +407,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
             "num_samples": cfg.num_samples,
             "seed": cfg.seed,
         }
+        if names != ["fd"]:
+            key["metrics"] = names
         path = cells_dir / f"{spec.label.replace('/', '_').replace(' ', '_')}-nfe{nfe}-g{g:g}-{_hash(key)}.json"
         bar.set_postfix_str(f"{spec.label} NFE {nfe}")
         if path.is_file():
@@ -439,12 +422,26 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
         else:
             t0 = time.perf_counter()
             stats = FeatureStatistics()
+            sample = Reservoir(sweep_report.MAX_SAMPLES, cfg.seed)
+            inner = tqdm(
+                total=len(my_indices), desc=f"{spec.label} NFE {nfe}", unit="img", leave=False, disable=bar.disable
+            )
             for i in range(0, len(my_indices), cfg.batch_size):
                 images = source.generate(scheduler, n_steps, my_indices[i : i + cfg.batch_size], g)
-                stats.update(features(images))
+                feats = features(images)
+                stats.update(feats)
+                if ref_features is not None:
+                    sample.add(feats)
+                if i == 0 and state.is_main_process:
+                    atomic_write(path.with_suffix(".png"), sweep_report.strip_png(images))
+                    cell["sheet"] = path.with_suffix(".png").name
+                inner.update(images.shape[0])
+            inner.close()
             stats.all_reduce()
-            fd = reference.distance(stats.mean, stats.cov)
+            fd = float(stats.distance_to(reference))
             cell.update(fd=fd, num_inference_steps=n_steps, seconds=time.perf_counter() - t0, count=int(stats.count))
+            if ref_features is not None:
+                cell.update(sweep_report.sampled_metrics(names, sample.rows, ref_features, cfg.seed))
             if not math.isfinite(fd):
                 raise FloatingPointError(f"{spec.label} at NFE {nfe}: Frechet distance is {fd}")
         if state.is_main_process:
@@ -452,25 +449,43 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
         cells.append(cell)
     state.wait_for_everyone()
     if state.is_main_process:
-        write_results(cells, cfg)
+        write_results(cells, cfg, floor_info)
     return cells
 
 
-def write_results(cells: list[dict], cfg: SweepConfig) -> None:
+def write_results(cells: list[dict], cfg: SweepConfig, floor_info: dict | None = None) -> None:
     out = cfg.output
-    rows = [
-        {k: c.get(k) for k in ("scheduler", "nfe", "guidance", "fd", "num_inference_steps", "seconds")} for c in cells
-    ]
-    atomic_write(
-        out / "results.json", json.dumps({"name": cfg.name, "num_samples": cfg.num_samples, "cells": rows}, indent=1)
-    )
+    extra = [k for k in ("kid", "kid_std", "precision", "recall", "density", "coverage") if any(k in c for c in cells)]
+    columns = ("scheduler", "nfe", "guidance", "fd", *extra, "num_inference_steps", "seconds")
+    rows = [{k: c.get(k) for k in columns} for c in cells]
+    summary = {"name": cfg.name, "num_samples": cfg.num_samples, "floor": floor_info, "cells": rows}
+    atomic_write(out / "results.json", json.dumps(summary, indent=1))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(out / "results.csv", buf.getvalue())
-    atomic_write(out / "results.md", f"# {cfg.name}\n\n" + _table(cells, cfg))
-    _plot(cells, cfg, out / "fd_vs_nfe.png")
+    floor_line = ""
+    if floor_info is not None:
+        floor_line = (
+            f"Floor (real images outside the reference, {floor_info['count']} of them, {floor_info['source']}): "
+            f"{floor_info['fd']:.3f}\n\n"
+        )
+    atomic_write(out / "results.md", f"# {cfg.name}\n\n" + floor_line + _table(cells, cfg))
+    for name, png in sweep_report.metric_plots(cells, cfg, floor_info).items():
+        atomic_write(out / name, png)
+    cells_dir = out / "cells"
+    for g in cfg.guidance_scales:
+        for n in cfg.nfe:
+            strips = [
+                (c["scheduler"], cells_dir / c["sheet"])
+                for c in cells
+                if c["nfe"] == n and c["guidance"] == g and (cells_dir / c.get("sheet", "-")).is_file()
+            ]
+            if strips:
+                suffix = f"_g{g:g}" if len(cfg.guidance_scales) > 1 else ""
+                title = f"{cfg.name}: NFE {n}, samples 0-{SHEET_SAMPLES - 1} (same seeds in every row)"
+                atomic_write(out / f"samples_nfe{n}{suffix}.png", sweep_report.sample_sheet(strips, title))
 
 
 def main(argv: list[str] | None = None) -> int:
