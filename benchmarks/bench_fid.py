@@ -5,6 +5,9 @@ Sections (each timed against its competitors in the same run; speed is reported 
 - ``distance``: Frechet distance of two 2048-dim Gaussians: ours from scratch and per sweep cell with the
   reference factor cached, pytorch-fid's ``calculate_frechet_distance`` (scipy ``sqrtm``) and
   torchmetrics' ``_compute_fid`` (``eigvals`` of C1 C2); the values must agree.
+- ``lowrank``: Frechet distance when each set has fewer samples than dimensions (default 1000 x 2048):
+  ours from the features (low-rank factors, :func:`frechet_distance_features`) vs torchmetrics'
+  ``_compute_fid`` on the covariances, same repeats; ours' eigh path (covariances only) timed once.
 - ``streaming``: statistics of N x 2048 features (default 50k) in batches: ours vs torchmetrics'
   ``FrechetInceptionDistance`` accumulation; time and peak resident memory (Linux VmHWM, reset per method).
 - ``extraction``: Inception feature extraction, images/s at equal batch size: ours (pytorch-fid and
@@ -12,7 +15,7 @@ Sections (each timed against its competitors in the same run; speed is reported 
 - ``gpu`` (only with CUDA): distance on the GPU vs pytorch-fid on the CPU, features/s in fp32 and in
   bf16 autocast with channels_last, and the FID change bf16 causes on a 10k set.
 
-Usage: ``python benchmarks/bench_fid.py [--threads 2] [--sections distance,streaming,extraction,gpu]``.
+Usage: ``python benchmarks/bench_fid.py [--threads 2] [--sections distance,lowrank,streaming,extraction,gpu]``.
 Writes ``benchmarks/results/fid.json`` and ``fid.md`` (after every section, so partial runs keep results).
 """
 
@@ -45,7 +48,13 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from fastsample.fid import FeatureStatistics, FIDInceptionV3, ReferenceStatistics, frechet_distance  # noqa: E402
+from fastsample.fid import (  # noqa: E402
+    FeatureStatistics,
+    FIDInceptionV3,
+    ReferenceStatistics,
+    frechet_distance,
+    frechet_distance_features,
+)
 from fastsample.fid.inception import no_tf32  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -81,15 +90,16 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
-def _gaussian_pair(d: int, n: int, seed: int = 0):
-    """Two sets of correlated non-negative 'features' (like pool3 activations): means and covariances."""
+def _feature_pair(d: int, n: int, seed: int = 0):
+    """Two sets (n, d) of correlated non-negative 'features' (like pool3 activations), float64."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5
-    out = []
-    for shift in (0.0, 0.1):
-        x = torch.relu(torch.randn(n, d, generator=g, dtype=torch.float64) @ w + shift)
-        out.append((x.mean(0), torch.cov(x.T)))
-    return out
+    return [torch.relu(torch.randn(n, d, generator=g, dtype=torch.float64) @ w + shift) for shift in (0.0, 0.1)]
+
+
+def _gaussian_pair(d: int, n: int, seed: int = 0):
+    """Means and covariances of :func:`_feature_pair`."""
+    return [(x.mean(0), torch.cov(x.T)) for x in _feature_pair(d, n, seed)]
 
 
 def bench_distance(d: int, n: int) -> dict:
@@ -133,6 +143,33 @@ def bench_distance(d: int, n: int) -> dict:
         speedup_from_scratch_eigh_path_vs_faster_competitor=fastest / t_eigh,
     )
     return res
+
+
+def bench_lowrank(d: int, n: int, repeat: int) -> dict:
+    from torchmetrics.image.fid import _compute_fid
+
+    x1, x2 = _feature_pair(d, n, seed=1)
+    (m1, c1), (m2, c2) = ((x.mean(0), torch.cov(x.T)) for x in (x1, x2))
+    t_ours, all_ours, v_ours = _timed(lambda: frechet_distance_features(x1, x2), repeat)
+    t_tm, all_tm, v_tm = _timed(lambda: float(_compute_fid(m1, c1, m2, c2)), repeat)
+    t_eigh, _, v_eigh = _timed(lambda: ReferenceStatistics(m1, c1, factor="eigh").distance(m2, c2))
+    return {
+        "dim": d,
+        "samples_per_set": n,
+        "repeat": repeat,
+        "values": {"ours_low_rank": v_ours, "ours_eigh_path": v_eigh, "torchmetrics": v_tm},
+        "rel_diff_vs_ours_eigh_path": abs(v_ours - v_eigh) / abs(v_eigh),
+        "rel_diff_vs_torchmetrics": abs(v_ours - v_tm) / abs(v_tm),
+        "seconds": {
+            "ours_low_rank_from_features": t_ours,
+            "ours_low_rank_from_features_all": all_ours,
+            "torchmetrics_eigvals": t_tm,
+            "torchmetrics_eigvals_all": all_tm,
+            "ours_eigh_path_from_covariances": t_eigh,
+        },
+        "speedup_vs_torchmetrics": t_tm / t_ours,
+        "speedup_vs_ours_eigh_path": t_eigh / t_ours,
+    }
 
 
 def bench_streaming(n: int, d: int, batch: int) -> dict:
@@ -334,6 +371,29 @@ def _md(results: dict) -> str:
             "covariance (fewer samples than dimensions) needs the eigh square root instead (row 2).",
             "",
         ]
+    lr = results.get("lowrank")
+    if lr:
+        s = lr["seconds"]
+        lines += [
+            f"## Frechet distance with fewer samples than dimensions: {lr['samples_per_set']} x {lr['dim']} per set",
+            "",
+            "| method | seconds (best of repeats) | all repeats |",
+            "|---|---|---|",
+            f"| ours, low-rank from the features | {s['ours_low_rank_from_features']:.3g} | "
+            f"{_fmt(s['ours_low_rank_from_features_all'])} |",
+            f"| torchmetrics (eigvals of C1 C2) | {s['torchmetrics_eigvals']:.3g} | "
+            f"{_fmt(s['torchmetrics_eigvals_all'])} |",
+            f"| ours from covariances, eigh path (D x D square root) | "
+            f"{s['ours_eigh_path_from_covariances']:.3g} | once |",
+            "",
+            f"Low-rank vs torchmetrics: {lr['speedup_vs_torchmetrics']:.1f}x (target >= 5x); vs our eigh path "
+            f"{lr['speedup_vs_ours_eigh_path']:.1f}x. Values: low-rank {lr['values']['ours_low_rank']:.10g}, eigh "
+            f"path {lr['values']['ours_eigh_path']:.10g}, torchmetrics {lr['values']['torchmetrics']:.10g} "
+            f"(relative differences {lr['rel_diff_vs_ours_eigh_path']:.1e}, {lr['rel_diff_vs_torchmetrics']:.1e}; "
+            "torchmetrics adds square roots of round-off eigenvalues of the singular C1 C2). Ours starts from the "
+            "features; torchmetrics is given the covariances.",
+            "",
+        ]
     s = results.get("streaming")
     if s:
         o, t = s["ours"], s["torchmetrics"]
@@ -384,9 +444,11 @@ def _md(results: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--sections", default="distance,streaming,extraction,gpu")
+    p.add_argument("--sections", default="distance,lowrank,streaming,extraction,gpu")
     p.add_argument("--dim", type=int, default=2048)
     p.add_argument("--samples", type=int, default=3000, help="samples per set for the distance statistics")
+    p.add_argument("--lowrank-samples", type=int, default=1000, help="samples per set for the lowrank section")
+    p.add_argument("--lowrank-repeat", type=int, default=2)
     p.add_argument("--stream-features", type=int, default=50_000)
     p.add_argument("--stream-batch", type=int, default=500)
     p.add_argument("--extract-batch", type=int, default=8)
@@ -414,6 +476,11 @@ def main(argv=None) -> int:
         results["distance"]["run_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         write()
         print(json.dumps(results["distance"], indent=1), flush=True)
+    if "lowrank" in sections:
+        results["lowrank"] = bench_lowrank(args.dim, args.lowrank_samples, args.lowrank_repeat)
+        results["lowrank"]["run_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        write()
+        print(json.dumps(results["lowrank"], indent=1), flush=True)
     if "streaming" in sections:
         results["streaming"] = bench_streaming(args.stream_features, args.dim, args.stream_batch)
         results["streaming"]["run_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -21,8 +21,10 @@ Guarantees:
   wait, then reuse the first one's cells.
 - Multi-process through ``accelerate launch``: ranks take disjoint sample indices and the sums
   are all-reduced, giving the statistics of a single process to float64 round-off.
-- Results: ``results.json``, ``results.csv``, ``results.md`` and ``fd_vs_nfe.png``, each written
-  atomically.
+- Results: ``results.json``, ``results.csv``, ``results.md``, one ``<metric>_vs_nfe.png`` per metric
+  (the train/held-out floor drawn on the FD plot) and per NFE a sample sheet ``samples_nfe<N>.png``
+  (same seeds across schedulers), each written atomically; a progress bar runs inside each cell.
+  ``[metric] metrics = ["fd", "kid", "prdc"]`` adds metrics (see :mod:`fastsample.sweep_report`).
 
 This module is evaluation code: it imports the library, and the library never imports it.
 """
@@ -47,7 +49,9 @@ from pathlib import Path
 
 import torch
 
+from . import sweep_report
 from ._io import LOCK_NAME, UserError, atomic_write, file_digest, file_lock, remove_stale_temps, tree_digest
+from .sweep_report import SHEET_SAMPLES, sweep_metrics
 
 __all__ = ["ConfigError", "SweepConfig", "load_config", "run_sweep", "main", "atomic_write"]
 
@@ -58,7 +62,7 @@ KEYS = {
     "top level": {"sweep", "model", "metric", "schedulers"},
     "sweep": {"name", "output", "nfe", "guidance_scales", "num_samples", "batch_size", "seed", "device"},
     "model": {"kind", "path", "num_classes", "torch_dtype", "prompts", "call_kwargs"},
-    "metric": {"features", "reference", "weights", "resize"},
+    "metric": {"features", "reference", "weights", "resize", "metrics", "reference_images", "floor_stats"},
     "schedulers": {"name", "label", "config"},
 }
 MODEL_KINDS = ("demo-ddpm", "demo-flow", "unet", "pipeline")
@@ -304,6 +308,14 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         for k in ("weights", "resize"):
             if k in metric:
                 raise ConfigError(f"{src}: metric.{k} applies to features = 'inception', not {features!r}")
+
+    for k in ("reference_images", "floor_stats"):
+        if k in metric:
+            metric[k] = str(_existing(metric[k], f"metric.{k}", base, src))
+    try:
+        sweep_metrics(metric)
+    except ValueError as e:
+        raise ConfigError(f"{src}: {e}") from None
 
     out = Path(output or sweep.get("output", f"out/{name}"))
     if not out.is_absolute() and output is None:
@@ -569,35 +581,6 @@ def _table(cells: list[dict], cfg: SweepConfig) -> str:
     return "\n".join(lines)
 
 
-def _plot(cells: list[dict], cfg: SweepConfig, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(cfg.guidance_scales), figsize=(6.5 * len(cfg.guidance_scales), 4.5), squeeze=False)
-    for ax, g in zip(axes[0], cfg.guidance_scales):
-        for spec in cfg.schedulers:
-            pts = sorted(
-                (c["nfe"], c["fd"])
-                for c in cells
-                if c["scheduler"] == spec.label and c["guidance"] == g and c["fd"] is not None
-            )
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=spec.label)
-        ax.set_xlabel("NFE (model evaluations)")
-        ax.set_ylabel("Frechet distance")
-        ax.set_yscale("log")
-        ax.set_title(cfg.name + (f" (guidance {g})" if len(cfg.guidance_scales) > 1 else ""))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-
-
 def _prepare(cfg: SweepConfig, base_config) -> list[tuple]:
     """Build every scheduler and find its steps for every NFE, before any sample is drawn.
 
@@ -657,6 +640,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
     from tqdm.auto import tqdm
 
     from .fid import FeatureStatistics
+    from .fid.manifold import Reservoir
 
     state = PartialState()
     device = state.device if cfg.device == "auto" else _device(cfg.device)
@@ -664,6 +648,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
     prepared = _prepare(cfg, source.scheduler_config)
     features = FeatureNet(cfg.metric, device)
     cells_dir = cfg.output / "cells"
+    names = sweep_metrics(cfg.metric)
     with contextlib.ExitStack() as stack:
         if state.is_main_process:
             cells_dir.mkdir(parents=True, exist_ok=True)
@@ -672,6 +657,12 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
             remove_stale_temps(cells_dir)
         state.wait_for_everyone()
         reference, ref_digest = reference_statistics(cfg.metric, features, cfg.output)
+        ref_features = sweep_report.reference_features(cfg.metric, features) if names != ["fd"] else None
+        metrics_key = None
+        if ref_features is not None:
+            images = cfg.metric.get("reference_images")
+            metrics_key = {"names": names, "reference_images": tree_digest(images) if images else ref_digest}
+        floor_info = sweep_report.floor(cfg.metric, features, reference, cfg.num_samples)
         my_indices = list(range(state.process_index, cfg.num_samples, state.num_processes))
 
         grid = [(p, n, g) for g in cfg.guidance_scales for n in cfg.nfe for p in prepared]
@@ -679,6 +670,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
         bar = tqdm(grid, desc=cfg.name, disable=not (progress and state.is_main_process))
         for (spec, sched_config, steps), nfe, g in bar:
             key = _cell_key(cfg, source.digest, features, ref_digest, spec, sched_config, nfe, g)
+            if metrics_key is not None:
+                key["metrics"] = metrics_key
             path = cells_dir / f"{_slug(spec.label)}-nfe{nfe}-g{g:g}-{_hash(key)}.json"
             bar.set_postfix_str(f"{spec.label} NFE {nfe}")
             if path.is_file():
@@ -696,14 +689,28 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
                 t0 = time.perf_counter()
                 scheduler = spec.build(source.scheduler_config)
                 stats = FeatureStatistics()
+                sample = Reservoir(sweep_report.MAX_SAMPLES, cfg.seed)
+                inner = tqdm(
+                    total=len(my_indices), desc=f"{spec.label} NFE {nfe}", unit="img", leave=False, disable=bar.disable
+                )
                 for i in range(0, len(my_indices), cfg.batch_size):
                     images = source.generate(scheduler, n_steps, my_indices[i : i + cfg.batch_size], g)
-                    stats.update(features(images))
+                    feats = features(images)
+                    stats.update(feats)
+                    if ref_features is not None:
+                        sample.add(feats)
+                    if i == 0 and state.is_main_process:
+                        atomic_write(path.with_suffix(".png"), sweep_report.strip_png(images))
+                        cell["sheet"] = path.with_suffix(".png").name
+                    inner.update(images.shape[0])
+                inner.close()
                 stats.all_reduce()
-                fd = reference.distance(stats.mean, stats.cov)
+                fd = float(stats.distance_to(reference))
                 cell.update(
                     fd=fd, num_inference_steps=n_steps, seconds=time.perf_counter() - t0, count=int(stats.count)
                 )
+                if ref_features is not None:
+                    cell.update(sweep_report.sampled_metrics(names, sample.rows, ref_features, cfg.seed))
                 if not math.isfinite(fd):
                     raise FloatingPointError(f"{spec.label} at NFE {nfe}: Frechet distance is {fd}")
             if state.is_main_process:
@@ -711,25 +718,43 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
             cells.append(cell)
         state.wait_for_everyone()
         if state.is_main_process:
-            write_results(cells, cfg)
+            write_results(cells, cfg, floor_info)
     return cells
 
 
-def write_results(cells: list[dict], cfg: SweepConfig) -> None:
+def write_results(cells: list[dict], cfg: SweepConfig, floor_info: dict | None = None) -> None:
     out = cfg.output
-    rows = [
-        {k: c.get(k) for k in ("scheduler", "nfe", "guidance", "fd", "num_inference_steps", "seconds")} for c in cells
-    ]
-    atomic_write(
-        out / "results.json", json.dumps({"name": cfg.name, "num_samples": cfg.num_samples, "cells": rows}, indent=1)
-    )
+    extra = [k for k in ("kid", "kid_std", "precision", "recall", "density", "coverage") if any(k in c for c in cells)]
+    columns = ("scheduler", "nfe", "guidance", "fd", *extra, "num_inference_steps", "seconds")
+    rows = [{k: c.get(k) for k in columns} for c in cells]
+    summary = {"name": cfg.name, "num_samples": cfg.num_samples, "floor": floor_info, "cells": rows}
+    atomic_write(out / "results.json", json.dumps(summary, indent=1))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(out / "results.csv", buf.getvalue())
-    atomic_write(out / "results.md", f"# {cfg.name}\n\n" + _table(cells, cfg))
-    _plot(cells, cfg, out / "fd_vs_nfe.png")
+    floor_line = ""
+    if floor_info is not None:
+        floor_line = (
+            f"Floor (real images outside the reference, {floor_info['count']} of them, {floor_info['source']}): "
+            f"{floor_info['fd']:.3f}\n\n"
+        )
+    atomic_write(out / "results.md", f"# {cfg.name}\n\n" + floor_line + _table(cells, cfg))
+    for name, png in sweep_report.metric_plots(cells, cfg, floor_info).items():
+        atomic_write(out / name, png)
+    cells_dir = out / "cells"
+    for g in cfg.guidance_scales:
+        for n in cfg.nfe:
+            strips = [
+                (c["scheduler"], cells_dir / c["sheet"])
+                for c in cells
+                if c["nfe"] == n and c["guidance"] == g and (cells_dir / c.get("sheet", "-")).is_file()
+            ]
+            if strips:
+                suffix = f"_g{g:g}" if len(cfg.guidance_scales) > 1 else ""
+                title = f"{cfg.name}: NFE {n}, samples 0-{SHEET_SAMPLES - 1} (same seeds in every row)"
+                atomic_write(out / f"samples_nfe{n}{suffix}.png", sweep_report.sample_sheet(strips, title))
 
 
 def main(argv: list[str] | None = None) -> int:

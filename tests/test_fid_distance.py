@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastsample.fid import ReferenceStatistics, frechet_distance
+from fastsample.fid import ReferenceStatistics, frechet_distance, frechet_distance_features
 
 pytorch_fid_score = pytest.importorskip("pytorch_fid.fid_score")
 
@@ -79,3 +79,58 @@ def test_bad_shapes():
         frechet_distance(np.zeros(3), np.eye(4), np.zeros(3), np.eye(3))
     with pytest.raises(ValueError, match="NaN"):
         frechet_distance(np.full(3, np.nan), np.eye(3), np.zeros(3), np.eye(3))
+
+
+def _relu_features(rng, n, d, shift=0.0):
+    w = np.random.default_rng(99).normal(size=(d, d)) / d**0.5
+    return np.maximum(rng.normal(size=(n, d)) @ w + shift, 0)
+
+
+def _scipy_oracle(x1, x2):
+    """Frechet distance in scipy: eigh square root of C1, eigenvalues of S C2 S, round-off eigenvalues set to 0."""
+    import scipy.linalg as sl
+
+    def clip(w):
+        return np.where(w > len(w) * np.finfo(float).eps * np.abs(w).max(), w, 0.0)
+
+    c1, c2 = np.cov(x1, rowvar=False), np.cov(x2, rowvar=False)
+    w, v = sl.eigh(c1)
+    s = (v * np.sqrt(clip(w))) @ v.T
+    cross = np.sqrt(clip(sl.eigvalsh(s @ c2 @ s))).sum()
+    return ((x1.mean(0) - x2.mean(0)) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * cross
+
+
+@pytest.mark.parametrize(("n1", "n2"), [(20, 30), (30, 20), (200, 20), (20, 200), (100, 100)])
+def test_low_rank_exact(n1, n2):
+    rng = np.random.default_rng(5)
+    x1, x2 = _relu_features(rng, n1, 64), _relu_features(rng, n2, 64, 0.1)
+    ref = ReferenceStatistics.from_features(x1)
+    assert ref.factor_kind == ("low-rank" if n1 <= 64 else "cholesky")
+    ours = frechet_distance_features(x1, x2)
+    assert ours == pytest.approx(_scipy_oracle(x1, x2), rel=1e-9)
+    full = frechet_distance(x1.mean(0), np.cov(x1, rowvar=False), x2.mean(0), np.cov(x2, rowvar=False))
+    assert ours == pytest.approx(full, rel=1e-9)
+    assert float(ref.distance_tensor(x2.mean(0), np.cov(x2, rowvar=False))) == pytest.approx(ours, rel=1e-9)
+    # pytorch-fid's scipy sqrtm of C1 C2 adds square roots of round-off eigenvalues: agreement to ~1e-7 only
+    c1, c2 = np.cov(x1, rowvar=False), np.cov(x2, rowvar=False)
+    assert ours == pytest.approx(pytorch_fid_score.calculate_frechet_distance(x1.mean(0), c1, x2.mean(0), c2), rel=1e-6)
+    torch.testing.assert_close(ref.cov, torch.from_numpy(c1), rtol=1e-12, atol=1e-12)
+
+
+def test_low_rank_statistics_path():
+    from fastsample.fid import FeatureStatistics, fid_from_statistics
+
+    rng = np.random.default_rng(6)
+    x1, x2 = _relu_features(rng, 40, 64), _relu_features(rng, 20, 64, 0.2)
+    a, b = FeatureStatistics(), FeatureStatistics()
+    for k in range(0, 40, 16):
+        a.update(torch.from_numpy(x1[k : k + 16]))
+    b.update(torch.from_numpy(x2))
+    assert a.features.shape == (40, 64) and a.reference().factor_kind == "low-rank"
+    assert fid_from_statistics(a, b) == pytest.approx(_scipy_oracle(x1, x2), rel=1e-9)
+    a.merge(b)
+    assert a.features.shape == (60, 64)
+    a.update(torch.from_numpy(x1))  # 100 > 64 rows: the features are dropped, the sums go on
+    assert a.features is None and a.reference().factor_kind != "low-rank"
+    with pytest.raises(ValueError, match="n >= 2"):
+        frechet_distance_features(x1[:1], x2)

@@ -115,7 +115,7 @@ def test_inception_score_parity():
 
 
 def test_fid_metric_builtin_inception_float_and_uint8_agree():
-    m = FrechetInceptionDistance(feature=64, feature_extractor_weights_path="random")
+    m = FrechetInceptionDistance(feature=64, feature_extractor_weights_path="random", normalize=True)
     assert m.identity == {"feature_network": "inception-64", "resize_mode": "pytorch-fid", "dim": 64}
     u8 = (_images(0, n=3) * 255).round().to(torch.uint8)
     m.update(u8, real=True)

@@ -5,6 +5,11 @@ Behaves like pytorch-fid's command line (``python -m pytorch_fid A B``): same ar
 same output line ``FID:  <value>``, plus ``--weights PATH`` (the Inception weights file; default: the
 torch hub cache) and ``--resize {pytorch-fid,clean-fid,torch-fidelity}``, which is recorded in the
 statistics files we write and checked against the files we read.
+
+``--metrics fid,kid,prdc,fd_dinov2,cmmd`` computes several metrics between two image folders in one
+pass (:class:`~fastsample.fid.suite.MetricSuite`: each encoder runs once per batch), printing one
+``NAME: value`` line each; ``--dinov2`` / ``--clip`` name the Hugging Face models and ``--download``
+lets missing weights be fetched (Inception hash-checked into the torch hub cache).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ..cli import ArgumentParser, error_line, positive_int
 from ..cli import device as device_arg
 from .inception import BLOCK_DIMS, RESIZE_MODES, FIDInceptionV3, network_name
 from .stats import FeatureStatistics, fid_from_statistics
+from .suite import METRICS, MetricSuite, parse_metrics
 
 __all__ = ["IMAGE_EXTENSIONS", "add_subparser", "compute_statistics", "main"]
 
@@ -53,6 +59,18 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip unreadable or truncated images (their number is reported) instead of stopping",
     )
+    p.add_argument(
+        "--metrics",
+        default="fid",
+        help=f"comma-separated metrics, one pass over two image folders: {', '.join(METRICS)} (default fid)",
+    )
+    p.add_argument("--dinov2", default="facebook/dinov2-large", help="DINOv2 model folder or hub id (fd_dinov2)")
+    p.add_argument("--clip", default="openai/clip-vit-large-patch14-336", help="CLIP model folder or hub id (cmmd)")
+    p.add_argument("--download", action="store_true", help="download missing weights (Inception: hash-checked)")
+    p.add_argument(
+        "--max-samples", type=int, default=10_000, help="features kept per side for kid, prdc, cmmd (seeded subsample)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the kid / prdc / cmmd subsamples (default 0)")
 
 
 def add_subparser(subparsers) -> argparse.ArgumentParser:
@@ -126,29 +144,15 @@ def compute_statistics(
     An unreadable image stops with an error naming it; with ``skip_bad_images`` it is left out and
     the number left out is reported on stderr.
     """
-    files = _list_images(Path(folder))
-    device = model.fc.weight.device
-    loader = torch.utils.data.DataLoader(
-        _ImageFolder(files, skip_bad_images),
-        batch_size=min(batch_size, len(files)),
-        num_workers=num_workers,
-        collate_fn=list,
+    stats = FeatureStatistics(
+        model.dims, device=model.fc.weight.device, feature_network=model.name, resize_mode=model.resize
     )
-    stats = FeatureStatistics(model.dims, device=device, feature_network=model.name, resize_mode=model.resize)
-    skipped = 0
-    for batch in loader:
-        skipped += sum(im is None for im in batch)
-        batch = [im for im in batch if im is not None]
-        if not batch:
-            continue
+    for batch in _folder_batches(Path(folder), batch_size, num_workers, skip_bad_images):
         if len({im.shape for im in batch}) == 1:
             feats = model(torch.stack(batch))
         else:
-            x = torch.cat([model.preprocess(im[None]) for im in batch])
-            feats = model.forward_normalized(x)
+            feats = model.forward_normalized(torch.cat([model.preprocess(im[None]) for im in batch]))
         stats.update(feats)
-    if skipped:
-        print(f"{folder}: skipped {skipped} unreadable image(s) of {len(files)}", file=sys.stderr)
     if stats.n < 2:
         raise UserError(f"{folder}: {stats.n} readable image(s); the statistics need at least 2")
     return stats
@@ -165,6 +169,47 @@ def _statistics(path: str, model_factory, args) -> FeatureStatistics:
     return compute_statistics(p, model_factory(), args.batch_size, args.num_workers, args.skip_bad_images)
 
 
+def _folder_batches(folder: Path, batch_size: int, num_workers: int, skip_bad: bool = False):
+    """Lists of uint8 (C, H, W) images of a folder, ``batch_size`` at a time (sizes may differ).
+
+    An unreadable image stops with an error naming it; with ``skip_bad`` it is left out and the
+    number left out is reported on stderr.
+    """
+    files = _list_images(folder)
+    loader = torch.utils.data.DataLoader(
+        _ImageFolder(files, skip_bad), batch_size=min(batch_size, len(files)), num_workers=num_workers, collate_fn=list
+    )
+    skipped = 0
+    for batch in loader:
+        skipped += sum(im is None for im in batch)
+        batch = [im for im in batch if im is not None]
+        if batch:
+            yield batch
+    if skipped:
+        print(f"{folder}: skipped {skipped} unreadable image(s) of {len(files)}", file=sys.stderr)
+
+
+def _run_suite(args: argparse.Namespace, metrics: list[str], device: torch.device) -> int:
+    if args.save_stats or args.dims != 2048:
+        raise ValueError("--save-stats and --dims apply to --metrics fid only")
+    for p in args.path:
+        if not Path(p).is_dir():
+            raise ValueError(f"--metrics {','.join(metrics)} needs two image folders, got {p}")
+    suite = MetricSuite(
+        metrics, device, args.weights, args.resize, args.dinov2, args.clip, args.download, args.max_samples, args.seed
+    )
+    for path, real in zip(args.path, (True, False)):
+        for batch in _folder_batches(Path(path), args.batch_size, args.num_workers, args.skip_bad_images):
+            if len({im.shape for im in batch}) == 1:
+                suite.update(torch.stack(batch), real=real)
+            else:
+                for im in batch:
+                    suite.update(im[None], real=real)
+    for key, value in suite.compute().items():
+        print(f"{key}: {value}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute parsed arguments; prints ``FID:  <value>`` (or saves statistics) and returns the exit code."""
     device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,11 +220,14 @@ def run(args: argparse.Namespace) -> int:
     def model_factory() -> FIDInceptionV3:
         nonlocal model
         if model is None:
-            model = FIDInceptionV3(args.weights, dims=args.dims, resize=args.resize).to(device)
+            model = FIDInceptionV3(args.weights, dims=args.dims, resize=args.resize, download=args.download).to(device)
         return model
 
     identity = {"feature_network": network_name(args.dims), "resize_mode": args.resize, "dim": args.dims}
     try:
+        metrics = parse_metrics(args.metrics)
+        if metrics != ["fid"]:
+            return _run_suite(args, metrics, device)
         if args.save_stats:
             src, out = args.path
             if not Path(src).is_dir():

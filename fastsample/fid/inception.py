@@ -23,7 +23,10 @@ Input preprocessing (``resize``), recorded with every statistics file:
   [0, 255] and not quantised, then (x - 128) / 128 (Parmar et al., arXiv 2104.11222). Needs Pillow;
   runs on the CPU image by image.
 - ``"torch-fidelity"``: TensorFlow 1.x bilinear resize (source = destination * in / out, no half-pixel
-  offset), then (x - 128) / 128, as the original TF graph does (toshas/torch-fidelity).
+  offset), then (x - 128) / 128, as the original TF graph does (toshas/torch-fidelity); torchmetrics'
+  ``antialias=False``.
+- ``"torchmetrics"``: ``F.interpolate(bilinear, 299, align_corners=False, antialias=True)`` of the
+  uint8 values as floats, then (x - 128) / 128: torchmetrics' default (``antialias=True``).
 
 Accepted images: uint8 (B, 3, H, W) in [0, 255]; float (B, 3, H, W) in [0, 1] (or [-1, 1] with
 ``input_range=(-1, 1)``), which is first quantised to uint8 by rounding, as saving to PNG would;
@@ -45,7 +48,9 @@ __all__ = [
     "FIDInceptionV3",
     "RESIZE_MODES",
     "WEIGHTS_FILENAME",
+    "WEIGHTS_SHA256_PREFIX",
     "WEIGHTS_URL",
+    "download_weights",
     "find_weights",
     "images_to_uint8",
     "network_name",
@@ -53,10 +58,11 @@ __all__ = [
     "resize_and_normalize",
 ]
 
-RESIZE_MODES = ("pytorch-fid", "clean-fid", "torch-fidelity")
+RESIZE_MODES = ("pytorch-fid", "clean-fid", "torch-fidelity", "torchmetrics")
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FIDELITY_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILENAME
+WEIGHTS_SHA256_PREFIX = "6726825d"  # torch hub convention: the file name ends with its SHA-256 prefix
 INPUT_SIZE = 299
 BLOCK_DIMS = (64, 192, 768, 2048)
 
@@ -196,8 +202,27 @@ def network_name(dims: int = 2048) -> str:
     return "inception-pool3" if dims == 2048 else f"inception-{dims}"
 
 
-def find_weights(path: str | os.PathLike | None = None) -> Path:
-    """Locate the FID Inception weights file; never downloads.
+def download_weights(url: str | None = None, sha256_prefix: str | None = None) -> Path:
+    """Download the Inception weights (default :data:`WEIGHTS_URL`) into ``torch.hub.get_dir()/checkpoints/``.
+
+    The SHA-256 of the file must start with ``sha256_prefix`` (default :data:`WEIGHTS_SHA256_PREFIX`);
+
+    ``torch.hub.download_url_to_file`` writes a temporary file and moves it into place only when its
+    hash starts with ``sha256_prefix``, so a failed or corrupt download leaves nothing behind.
+
+    Raises:
+        RuntimeError: the downloaded file's hash does not match.
+    """
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(
+        url or WEIGHTS_URL, str(dest), hash_prefix=sha256_prefix or WEIGHTS_SHA256_PREFIX, progress=True
+    )
+    return dest
+
+
+def find_weights(path: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """Locate the FID Inception weights file; downloads only when ``download`` (see :func:`download_weights`).
 
     Looks at ``path`` if given, else ``torch.hub.get_dir()/checkpoints/`` for pytorch-fid's
     ``pt_inception-2015-12-05-6726825d.pth`` or torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``.
@@ -214,8 +239,11 @@ def find_weights(path: str | os.PathLike | None = None) -> Path:
     for name in (WEIGHTS_FILENAME, FIDELITY_WEIGHTS_FILENAME):
         if (ckpt / name).is_file():
             return ckpt / name
+    if download:
+        return download_weights()
     raise FileNotFoundError(
-        f"FID Inception weights not found. Download {WEIGHTS_URL} (about 92 MB) and put it at "
+        f"FID Inception weights not found. Pass download=True (--download on the command line) to fetch them, "
+        f"or download {WEIGHTS_URL} (about 92 MB) and put it at "
         f"{ckpt / WEIGHTS_FILENAME} (the torch hub cache, where pytorch-fid keeps it), or pass its path "
         f"explicitly (weights=... in Python, --weights on the command line). torch-fidelity's copy "
         f"{FIDELITY_WEIGHTS_FILENAME} in the same folder works too."
@@ -327,6 +355,9 @@ def resize_and_normalize(images_u8: torch.Tensor, resize: str, size: int = INPUT
     if resize == "pytorch-fid":
         x = F.interpolate(images_u8.float() / 255.0, size=(size, size), mode="bilinear", align_corners=False)
         return 2 * x - 1
+    if resize == "torchmetrics":
+        x = F.interpolate(images_u8.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return (x - 128) / 128
     x = _tf1_bilinear(images_u8.float(), size) if resize == "torch-fidelity" else _pil_bicubic(images_u8, size)
     return (x - 128) / 128
 
@@ -337,13 +368,17 @@ class FIDInceptionV3(nn.Module):
     Args:
         weights: path to the weights file, ``None`` to search the torch hub cache (see
             :func:`find_weights`), or ``"random"`` for an initialised but untrained network (tests, timing).
+        download: with ``weights=None``, download missing weights into the torch hub cache (hash-checked).
         dims: feature dimension returned by ``forward``: 2048 (pool3, FID), or 768, 192, 64 (earlier
             blocks, globally averaged, like pytorch-fid's ``--dims``).
         resize: one of :data:`RESIZE_MODES`.
         input_range: range of float input images, (0, 1) or (-1, 1).
 
-    ``forward(images)`` returns float32 (B, dims); :meth:`features_and_logits` returns pool3 (B, 2048)
-    and logits (B, 1008). Feature extraction always runs with TF32 disabled (:func:`no_tf32`).
+    ``forward(images)`` returns (B, dims); :meth:`features_and_logits` returns pool3 (B, 2048) and logits
+    (B, 1008), both in the network's dtype (float32 unless converted, e.g. ``.double()``). Feature
+    extraction always runs with TF32 disabled (:func:`no_tf32`). The network never leaves eval mode
+    (``train()`` is a no-op, as torchmetrics' ``NoTrainInceptionV3``): BatchNorm in training mode
+    would make features depend on the batch.
     """
 
     def __init__(
@@ -352,6 +387,7 @@ class FIDInceptionV3(nn.Module):
         dims: int = 2048,
         resize: str = "pytorch-fid",
         input_range: tuple[float, float] = (0.0, 1.0),
+        download: bool = False,
     ):
         super().__init__()
         if dims not in BLOCK_DIMS:
@@ -381,7 +417,7 @@ class FIDInceptionV3(nn.Module):
             self.to_empty(device="cpu")
             self.init_random_()
         else:
-            self.load_weights(find_weights(weights))
+            self.load_weights(find_weights(weights, download=download))
         self.requires_grad_(False)
         self.eval()
 
@@ -403,6 +439,10 @@ class FIDInceptionV3(nn.Module):
     @property
     def num_features(self) -> int:
         return self.dims
+
+    def train(self, mode: bool = True) -> FIDInceptionV3:
+        """Stay in eval mode whatever ``mode`` is (an evaluation network; see the class docstring)."""
+        return super().train(False)
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load a pytorch-fid or torch-fidelity state dict (BatchNorm ``num_batches_tracked`` optional)."""
@@ -441,9 +481,10 @@ class FIDInceptionV3(nn.Module):
         return self
 
     def preprocess(self, images: torch.Tensor, check: bool = True) -> torch.Tensor:
-        """Images (see :func:`images_to_uint8`) -> float32 (B, 3, 299, 299) network input on the model's device."""
+        """Images (see :func:`images_to_uint8`) -> (B, 3, 299, 299) network input on the model's device and dtype."""
         u8 = images_to_uint8(images, self.input_range, check=check)
-        return resize_and_normalize(u8, self.resize).to(self.fc.weight.device)
+        w = self.fc.weight
+        return resize_and_normalize(u8, self.resize).to(device=w.device, dtype=w.dtype)
 
     def _trunk(self, x: torch.Tensor, stop_dims: int) -> torch.Tensor:
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
@@ -462,24 +503,24 @@ class FIDInceptionV3(nn.Module):
         return self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
 
     def forward_normalized(self, x: torch.Tensor, dims: int | None = None) -> torch.Tensor:
-        """Already preprocessed float input (B, 3, 299, 299) -> float32 features (B, dims)."""
+        """Already preprocessed float input (B, 3, 299, 299) -> features (B, dims) in the network's dtype."""
         fmap = self._trunk(x, dims or self.dims)
-        return F.adaptive_avg_pool2d(fmap, 1).flatten(1).float()
+        return F.adaptive_avg_pool2d(fmap, 1).flatten(1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images -> float32 features (B, dims)."""
+        """Images -> features (B, dims) in the network's dtype."""
         with torch.no_grad(), no_tf32():
             return self.forward_normalized(self.preprocess(images))
 
     def features_and_logits(self, images: torch.Tensor, bias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images -> (pool3 features (B, 2048), logits (B, 1008)), both float32.
+        """Images -> (pool3 features (B, 2048), logits (B, 1008)), both in the network's dtype.
 
         ``bias=False`` gives torch-fidelity's ``logits_unbiased`` (the classifier without its bias), which
         torch-fidelity and torchmetrics use for the Inception Score.
         """
         with torch.no_grad(), no_tf32():
             feats = self.forward_normalized(self.preprocess(images), dims=2048)
-            logits = feats @ self.fc.weight.float().T
+            logits = feats @ self.fc.weight.to(feats.dtype).T
             if bias:
-                logits = logits + self.fc.bias.float()
+                logits = logits + self.fc.bias.to(feats.dtype)
         return feats, logits

@@ -49,7 +49,10 @@ class FeatureStatistics:
         resize_mode: image preprocessing used ("pytorch-fid", "clean-fid", "torch-fidelity", or any
             string for other networks); recorded and checked like ``feature_network``.
 
-    Attributes ``count`` (0-d), ``sum`` (D,) and ``sum_outer`` (D, D) are float64 tensors.
+    Attributes ``count`` (0-d), ``sum`` (D,) and ``sum_outer`` (D, D) are float64 tensors. While at most D
+    features have been added, they are also kept (float64, no more memory than ``sum_outer``) so that the
+    Frechet distance takes the low-rank path (:meth:`ReferenceStatistics.from_features`); they are dropped
+    once the count exceeds D, and by ``all_reduce`` and loading.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class FeatureStatistics:
         self._count_known = True
         self._moments = None  # exact (mean, cov) of loaded files, used until the sums change
         self._reference = None
+        self._kept, self._kept_rows = [], 0  # the features while there are at most dim of them, else None
 
     def _allocate(self, dim: int, device: torch.device) -> None:
         self.dim = dim
@@ -93,8 +97,29 @@ class FeatureStatistics:
                 raise ValueError(f"features must have shape (B, D), got {tuple(features.shape)}")
             self._allocate(features.shape[1], self._device or features.device)
         accumulate_(self.count, self.sum, self.sum_outer, features)
+        self._keep([features])
         self._moments = self._reference = None
         return self
+
+    def _keep(self, batches: list[torch.Tensor]) -> None:
+        rows = self._kept_rows + sum(b.shape[0] for b in batches)
+        if self._kept is None or rows > self.dim:
+            self._kept = None
+            return
+        self._kept += [b.detach().to(device=self.device, dtype=torch.float64) for b in batches]
+        self._kept_rows = rows
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        """The float64 (n, D) features while n <= D (see the class docstring), else None."""
+        return torch.cat(self._kept) if self._kept else None
+
+    def distance_to(self, reference: ReferenceStatistics) -> torch.Tensor:
+        """Frechet distance from ``reference`` to these statistics (float64 0-d tensor; low-rank when n <= D)."""
+        x = self.features
+        if x is not None and x.shape[0] >= 2:
+            return reference.distance_tensor_features(x)
+        return reference.distance_tensor(self.mean, self.cov)
 
     def check_compatible(self, other: FeatureStatistics | dict) -> None:
         """Raise ValueError if ``other`` has another dimension, feature network or resize mode.
@@ -141,6 +166,10 @@ class FeatureStatistics:
             return self
         if self.sum is None:
             self._allocate(other.dim, self._device or other.device)
+        if other._kept is None:
+            self._kept = None
+        else:
+            self._keep(other._kept)
         self.count += other.count.to(self.device)
         self.sum += other.sum.to(self.device)
         self.sum_outer += other.sum_outer.to(self.device)
@@ -158,7 +187,7 @@ class FeatureStatistics:
             self.count.copy_(flat[0])
             self.sum.copy_(flat[1 : 1 + self.dim])
             self.sum_outer.copy_(flat[1 + self.dim :].view(self.dim, self.dim))
-            self._moments = self._reference = None
+            self._moments = self._reference = self._kept = None
         return self
 
     @property
@@ -184,7 +213,11 @@ class FeatureStatistics:
     def reference(self) -> ReferenceStatistics:
         """The cached :class:`ReferenceStatistics` of these statistics (recomputed after updates)."""
         if self._reference is None:
-            self._reference = ReferenceStatistics(self.mean, self.cov)
+            x = self.features
+            if x is not None and x.shape[0] >= 2:
+                self._reference = ReferenceStatistics.from_features(x)
+            else:
+                self._reference = ReferenceStatistics(self.mean, self.cov)
         return self._reference
 
     def to(self, device: torch.device | str) -> FeatureStatistics:
@@ -192,6 +225,8 @@ class FeatureStatistics:
         self._device = torch.device(device)
         if self.sum is not None:
             self.count, self.sum, self.sum_outer = (t.to(device) for t in (self.count, self.sum, self.sum_outer))
+        if self._kept:
+            self._kept = [t.to(device) for t in self._kept]
         if self._moments is not None:
             self._moments = tuple(t.to(device) for t in self._moments)
         self._reference = None
@@ -215,6 +250,7 @@ class FeatureStatistics:
         out.sum_outer.copy_((n - 1) * sigma + n * torch.outer(mu, mu))
         out._count_known = count is not None
         out._moments = (mu, 0.5 * (sigma + sigma.mT))
+        out._kept = None
         return out
 
     def _require_sums(self, what: str) -> None:
@@ -358,4 +394,4 @@ def fid_from_statistics(a: FeatureStatistics, b: FeatureStatistics) -> float:
     for name, s in (("first", a), ("second", b)):
         if not (torch.isfinite(s.mean).all() and torch.isfinite(s.cov).all()):
             raise ValueError(f"the {name} statistics contain NaN or inf (non-finite features?)")
-    return a.reference().distance(b.mean, b.cov)
+    return float(b.distance_to(a.reference()))
