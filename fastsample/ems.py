@@ -301,6 +301,38 @@ def _jvp(model_fn, x, ts, vx, vts):
     return torch.func.jvp(model_fn, (x, ts), (vx, vts))
 
 
+def _check_time_derivative(model_fn, x0, points, device, dtype, step: float = 0.1, rtol: float = 0.2) -> None:
+    """Refuse a ``model_fn`` whose forward-mode derivative in the timestep is missing or wrong.
+
+    s and b need d model / d timestep along the ODE (sec. 3.2 of arXiv 2310.13268); a wrapper that calls
+    ``float(t)`` or indexes a table with ``int(t)`` silently gives a zero derivative there. At each probe point
+    (x0: (B, *shape) float64 data; points: dicts of :func:`_point_scalars`) the JVP in the timestep must match
+    the central difference over +-``step`` labels within ``rtol`` of its norm, and that difference must not be 0.
+    """
+    g = torch.Generator().manual_seed(12345)
+    for pt in points:
+        noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        x = (pt["alpha"] * x0 + pt["sigma"] * noise).to(device, dtype)
+        ts = torch.full((len(x),), pt["timestep"], device=device, dtype=dtype)
+        _, d = _jvp(model_fn, x, ts, torch.zeros_like(x), torch.ones_like(ts))
+        fd = (model_fn(x, ts + step).to(torch.float64) - model_fn(x, ts - step).to(torch.float64)) / (2 * step)
+        ref, err = float(fd.norm()), float((d.to(torch.float64) - fd).norm())
+        if not ref > 0 or not err <= rtol * ref:
+            what = "is zero" if float(d.norm()) == 0 else f"differs from finite differences by {err / ref:.0%}"
+            raise ValueError(
+                f"model_fn is not differentiable in the timestep: at timestep {pt['timestep']:.2f} its derivative "
+                f"{what} (finite-difference norm {ref:.3g}). DPM-Solver-v3 statistics need d model / d timestep; "
+                "pass the timestep tensor to the network unchanged (no float(t), int(t) or table lookups on it)."
+            )
+
+
+def _math_attention():
+    """The fused attention kernels have no forward-mode derivative: the math kernel for JVPs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def _settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -333,7 +365,8 @@ def compute_ems(
     Args:
         model_fn: ``model_fn(x, timestep) -> output`` with x (B, *shape) and timestep a float tensor (B,)
             of diffusers' labels; output as the config's ``prediction_type`` says. Must be differentiable
-            by ``torch.func.jvp`` in both inputs (guidance, if any, inside it).
+            by ``torch.func.jvp`` in both inputs (guidance, if any, inside it): a ``ValueError`` names a
+            timestep derivative that is zero or disagrees with finite differences on three probe points.
         scheduler_config: the model's diffusers scheduler config (schedule and prediction type).
         x0: data, a tensor (N, *shape) (cycled), or a callable ``x0(indices) -> tensor``.
         grid_size: number of lambda points K (the statistics' resolution).
@@ -389,6 +422,9 @@ def compute_ems(
 
     get_x0 = x0 if callable(x0) else (lambda idx, data=x0: data[idx % len(data)])
     shape = tuple(get_x0(torch.arange(1)).shape[1:])
+    with torch.no_grad(), _math_attention():
+        probes = [_point_scalars(schedule, lam0 + (lam1 - lam0) * k / 4, ptype) for k in (1, 2, 3)]
+        _check_time_derivative(model_fn, get_x0(torch.arange(2)).to(torch.float64), probes, device, dtype)
     D = int(np.prod(shape))
     settings = {
         "schedule": schedule_fingerprint(schedule, t0, t1),
@@ -457,10 +493,7 @@ def compute_ems(
         m, dm = _jvp(model_fn, x, ts, vx, vts)
         return m.to(torch.float64), dm.to(torch.float64)
 
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    # the fused attention kernels have no forward-mode derivative: the math kernel for the whole run
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+    with torch.no_grad(), _math_attention():
         # pass 1: l = sigma (cx + cm E[v * dm/dx v])
         if l is None:
             for i, pt in enumerate(points):

@@ -187,9 +187,9 @@ def test_checkpoint_resumes_to_the_same_result(tmp_path):
     full = _ems(model, CFG, x0)
     calls = {"n": 0}
 
-    def flaky(x, ts):
+    def flaky(x, ts):  # the timestep-derivative check makes 9 calls first
         calls["n"] += 1
-        if calls["n"] == 9:
+        if calls["n"] == 18:
             raise KeyboardInterrupt
         return model(x, ts)
 
@@ -229,7 +229,9 @@ def test_tiny_sd_unet_with_guidance_one_batch_at_a_time(tmp_path):
         )
     finally:
         h.remove()
-    assert max(seen) == 6 and len(seen) == 2 * (2 + 2 * 2)  # per point: 2 JVP batches (l), 2 x (forward + JVP)
+    # the timestep-derivative check: 3 probes x (JVP + 2 forwards) of 2 samples; then per point: 2 JVP batches
+    # (l), 2 x (forward + JVP)
+    assert max(seen) == 6 and len(seen) == 3 * 3 + 2 * (2 + 2 * 2)
     assert e.shape == (4, 8, 8) and np.isfinite(e.l).all() and np.isfinite(e.s).all()
     e.check(model=pipe.unet, guidance_scale=7.5, shape=(4, 8, 8))
     other = copy.deepcopy(pipe.unet)
@@ -368,3 +370,34 @@ def test_shared_noise_makes_statistics_smooth_in_lambda():
         rough[shared] = [np.abs(np.diff(np.asarray(v), 2, axis=0)).mean() for v in (e.l, e.b)]
         assert e.metadata["shared_noise"] is shared
     assert rough[True][0] < 0.7 * rough[False][0] and rough[True][1] < 0.7 * rough[False][1], rough
+
+
+# --- model functions that are not differentiable in the timestep -----------------------------------------
+
+
+def _wrappers(mix):
+    """Users' wrappers of an exact eps-model: the timestep through float(t), or alphas_cumprod[int(t)]."""
+    schedule, _ = schedule_for_config(CFG)
+    exact = mix.model_fn(schedule)
+    ac = torch.as_tensor(DDPMScheduler().alphas_cumprod, dtype=torch.float64)
+    mu, v = (torch.as_tensor(a[0]) for a in (mix.means, mix.variances))
+
+    def via_float(x, ts):
+        return exact(x, float(ts[0] + 1) / 1000.0)
+
+    def via_table(x, ts):  # one Gaussian component: x0-hat = mu + v / (v + rho^2) (y - mu)
+        a = ac[ts.long()].sqrt()[:, None]
+        s = (1 - a * a).sqrt()
+        y = x.to(torch.float64) / a
+        x0 = mu + v / (v + (s / a) ** 2) * (y - mu)
+        return ((x - a * x0) / s).to(x.dtype)
+
+    return via_float, via_table
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_model_not_differentiable_in_the_timestep_is_refused(which):
+    mix = GaussianMixture.random(dim=3, components=1, seed=0)
+    fn = _wrappers(mix)[which]
+    with pytest.raises(ValueError, match="not differentiable in the timestep"):
+        _ems(fn, CFG, torch.from_numpy(mix.sample(8)))
