@@ -297,3 +297,22 @@ def test_shipped_flow_demo_statistics_drive_the_flow_pipeline():
     images = pipe(batch_size=2, num_inference_steps=6, output_type="np", generator=torch.manual_seed(0)).images
     assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
     assert pipe.scheduler.plan.info["predictor_orders"][0] == 0  # t = 1: alpha = 0, infinite lambda
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_timestep_spacing_is_honoured(spacing):
+    """An explicit ``timestep_spacing`` gives DPMSolverMultistep's timesteps; left unset, the paper's preset grid
+    (also from a config that has the key only at its default, as DDPMScheduler() does)."""
+    ref = DPMSolverMultistepScheduler(timestep_spacing=spacing)
+    for s in (
+        DPMSolverV3Scheduler(timestep_spacing=spacing),
+        DPMSolverV3Scheduler.from_config(CFG, timestep_spacing=spacing),
+    ):
+        for n in (5, 8):
+            ref.set_timesteps(n)
+            s.set_timesteps(n)
+            assert s.timesteps.tolist() == ref.timesteps.tolist()
+    preset_ts = DPMSolverV3Scheduler.from_config(CFG)
+    preset_ts.set_timesteps(6)
+    lam = preset_ts.schedule.lambda_(preset_ts.schedule.t_of_timestep(preset_ts.timesteps.numpy().astype(float)))
+    assert np.allclose(np.diff(lam), np.diff(lam)[0], rtol=0.1)

@@ -5,9 +5,12 @@ s = b = 0, i.e. DPM-Solver++ with exact Taylor weights), ``guidance_scale`` (the
 samples with; checked against the statistics), and the solver options ``solver_order``,
 ``predictor_pseudo``, ``use_corrector``, ``corrector_pseudo``, ``lower_order_final``, ``half_corrector``;
 each left at None takes the paper's preset for the number of steps (:func:`~fastsample.solvers.dpmsolver_v3.preset`),
-as does the time grid when neither ``time_grid`` nor ``sigmas``/``timesteps`` is given (unguided: uniform
-lambda, guided: uniform t). The statistics load lazily; :meth:`DPMSolverV3Scheduler.use_ems` also takes an
-:class:`~fastsample.ems.EMS` object.
+as does the time grid when none of ``time_grid``, ``use_karras_sigmas``, ``use_lambdas``, ``timestep_spacing``,
+``sigmas``/``timesteps`` is given (unguided: uniform lambda, guided: uniform t). ``timestep_spacing`` defaults
+to None here (the preset); "linspace", "leading" or "trailing" give diffusers' integer timesteps, as for
+``DPMSolverMultistepScheduler``, also when the key comes with another scheduler's config (SDXL's states
+"leading"; a config that leaves it at its default does not pass it on). The statistics load lazily;
+:meth:`DPMSolverV3Scheduler.use_ems` also takes an :class:`~fastsample.ems.EMS` object.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ..solvers.dpmsolver_v3 import DPMSolverV3, preset
 
 class DPMSolverV3Scheduler(FastScheduler):
     config_keys = {
+        "timestep_spacing": None,
         "ems_path": None,
         "guidance_scale": None,
         "solver_order": None,
@@ -101,6 +105,7 @@ class DPMSolverV3Scheduler(FastScheduler):
         self.solver = self.make_solver(num_inference_steps)
         c, s = self.config, self.schedule
         explicit = sigmas is not None or timesteps is not None or c.time_grid or c.use_karras_sigmas or c.use_lambdas
+        explicit = explicit or c.timestep_spacing is not None
         if explicit or s.is_flow:
             return super().make_grid(num_inference_steps, sigmas=sigmas, timesteps=timesteps, mu=mu)
         name = self._options(num_inference_steps)["time_grid"]
