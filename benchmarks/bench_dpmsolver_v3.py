@@ -32,6 +32,8 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistep
 from fastsample import DPMSolverV3Scheduler, grids
 from fastsample.analytic import GaussianMixture
 from fastsample.ems import EMS, analytic_model_fn, compute_ems, schedule_for_config
+from fastsample.sampling import sample
+from fastsample.solvers.dpmsolver_v3 import DPMSolverV3, preset, shrink
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NFES = (5, 6, 8, 10, 15, 20)
@@ -218,6 +220,143 @@ def ablation() -> dict:
             cands = [c for c in ours(cfg, schedule, n, ems) if c[0] == V3_BEST]
             out[label][n] = best_errors(cands, f, schedule, x, exact)[V3_BEST][0] / base[n]
         print("ablation", label, {n: round(r, 3) for n, r in out[label].items()}, flush=True)
+    return out
+
+
+# --- why statistics lose: design mixtures ---------------------------------------------------------------
+
+SETUPS = {  # (dimension, beta schedule): the issue's two settings
+    "64-D, linear betas": (64, "linear"),
+    "48-D, scaled-linear betas": (48, "scaled_linear"),
+}
+DESIGN_SEEDS = (0, 1)  # mixtures used to find the cause and design the fix
+HELDOUT_SEEDS = (10, 11)  # mixtures only measured, never used while designing
+SMALL_NFES = (5, 6, 8, 10)
+EMS_KW = dict(grid_size=121, num_samples=512, batch_size=512, progress=False, dtype=torch.float64)
+
+
+def setup(label: str, seed: int):
+    """(mixture, scheduler config, schedule) of a setup: 8 random components (means N(0, 1), variances 0.05-0.3)."""
+    dim, betas = SETUPS[label]
+    cfg = DDPMScheduler(
+        beta_schedule=betas,
+        beta_start=0.00085 if betas == "scaled_linear" else 0.0001,
+        beta_end=0.012 if betas == "scaled_linear" else 0.02,
+    ).config
+    return GaussianMixture.random(dim=dim, components=8, seed=seed), cfg, schedule_for_config(cfg)[0]
+
+
+def v3_error(mix, schedule, stats, grid_name, n, noise_seed, opts=None):
+    """RMS error at t_min of DPM-Solver-v3 (``opts``, default the preset's for n) from t = 1, 64 samples."""
+    x = mix.prior_sample(64, schedule, 1.0, seed=noise_seed)
+    key = (id(mix), noise_seed)
+    if key not in _EXACT:
+        _EXACT[key] = mix.ode_solve(x, schedule, 1.0, schedule.t_min)
+    o = dict(preset(n)) if opts is None else dict(opts)
+    o.pop("time_grid", None)
+    g = grids.make_grid(grid_name, schedule, n, t_start=1.0, t_end=schedule.t_min)
+    try:
+        out = sample(mix.model_fn(schedule), torch.from_numpy(x), schedule, DPMSolverV3(stats=stats, **o), g)
+    except ValueError as e:  # a step finer than the statistics' grid
+        return {"skipped": str(e)}
+    return float(np.sqrt(np.mean((out.numpy() - _EXACT[key]) ** 2)))
+
+
+_EXACT: dict = {}
+
+
+def _variant(ems, **over):
+    """Statistics without standard errors (no shrinkage, bounds only), with arrays replaced by ``over``."""
+    from types import SimpleNamespace
+
+    k = len(ems.lambdas)
+    base = {n: np.asarray(getattr(ems, n), dtype=np.float64).reshape(k, -1) for n in ("l", "s", "b", "f_rms", "fp_rms")}
+    base.update(over)
+    return SimpleNamespace(lambdas=ems.lambdas, **base)
+
+
+def _noise_table(ems) -> dict:
+    """Per statistic and lambda third: median |t-statistic| against DPM-Solver++'s value and mean James-Stein weight."""
+    k = len(ems.lambdas)
+    out = {}
+    for name, target in (("l", 1.0), ("s", 0.0), ("b", 0.0)):
+        est = np.asarray(getattr(ems, name), dtype=np.float64).reshape(k, -1)
+        se = np.asarray(getattr(ems, "se_" + name), dtype=np.float64).reshape(k, -1)
+        _, w = shrink(est, se, target)
+        z = np.abs(est - target) / np.maximum(se, 1e-300)
+        thirds = np.array_split(np.arange(k), 3)
+        out[name] = {
+            f"lambda {ems.lambdas[i[0]]:.1f} to {ems.lambdas[i[-1]]:.1f}": {
+                "median_abs_t": float(np.median(z[i])),
+                "js_weight": float(np.mean(w[i])),
+                "median_se": float(np.median(se[i])),
+            }
+            for i in thirds
+        }
+    return out
+
+
+def diagnose() -> dict:
+    """Which lambda region, which coefficient, estimation noise or modelling error: on the design mixtures, the
+    preset's options on each grid, NFE 5-10, errors of v3 without statistics, with them as computed (512 samples x
+    121 points, bounds only), with them shrunk, with one coefficient or one lambda half only, and with 4x samples."""
+    out = {}
+    for label in SETUPS:
+        for seed in DESIGN_SEEDS:
+            mix, cfg, schedule = setup(label, seed)
+            model = analytic_model_fn(mix, cfg)
+            x0 = torch.from_numpy(mix.sample(2048, seed=100 + seed))
+            ems = compute_ems(model, cfg, x0, seed=seed, **EMS_KW)
+            ems4 = compute_ems(model, cfg, x0, seed=seed, **dict(EMS_KW, num_samples=2048, batch_size=1024))
+            k = len(ems.lambdas)
+            one, zero = np.ones((k, mix.dim)), np.zeros((k, mix.dim))
+            raw = _variant(ems)
+            mid = np.median(ems.lambdas)
+            hi = (ems.lambdas < mid)[:, None]  # the high-noise half
+            variants = {
+                "none": None,
+                "as computed": raw,
+                "shrunk (default)": ems,
+                "l only": _variant(ems, s=zero, b=zero),
+                "s, b only": _variant(ems, l=one),
+                "l, s only": _variant(ems, b=zero),
+                "l, b only": _variant(ems, s=zero),
+                "high-noise half only": _variant(
+                    ems,
+                    **{
+                        n: np.where(hi, v, t) for n, v, t in (("l", raw.l, one), ("s", raw.s, zero), ("b", raw.b, zero))
+                    },
+                ),
+                "low-noise half only": _variant(
+                    ems,
+                    **{
+                        n: np.where(hi, t, v) for n, v, t in (("l", raw.l, one), ("s", raw.s, zero), ("b", raw.b, zero))
+                    },
+                ),
+                "2048 samples, as computed": _variant(ems4),
+                "2048 samples, shrunk": ems4,
+            }
+            rows = {}
+            for g in GRIDS:
+                for n in SMALL_NFES:
+                    rows[f"{g} {n}"] = {name: v3_error(mix, schedule, st, g, n, 0) for name, st in variants.items()}
+                print(
+                    "diagnose",
+                    label,
+                    seed,
+                    g,
+                    {
+                        k2: {a: round(b, 4) if isinstance(b, float) else b for a, b in v.items()}
+                        for k2, v in rows.items()
+                        if k2.startswith(g)
+                    },
+                    flush=True,
+                )
+            out[f"{label}, mixture seed {seed}"] = {
+                "rows": rows,
+                "noise": _noise_table(ems),
+                "lambda_split": float(mid),
+            }
     return out
 
 
@@ -483,7 +622,7 @@ def write(res: dict) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
-    parts = ["analytic", "ablation", "demo", "flow", "memory"]
+    parts = ["analytic", "ablation", "demo", "flow", "memory", "diagnose"]
     p.add_argument("--only", nargs="*", default=parts, choices=parts)
     p.add_argument("--models", nargs="*", default=None, help="analytic models to run (default: all)")
     args = p.parse_args(argv)
@@ -504,6 +643,9 @@ def main(argv=None):
         write(res)
     if "flow" in args.only:
         res["flow"] = demo_flow()
+        write(res)
+    if "diagnose" in args.only:
+        res["diagnose"] = diagnose()
         write(res)
     if "memory" in args.only:
         res["memory"] = memory()

@@ -16,11 +16,37 @@ to None here (the preset); "linspace", "leading" or "trailing" give diffusers' i
 from __future__ import annotations
 
 import numpy as np
+from diffusers.utils import logging
 
 from .. import grids
 from ..adapter import FastScheduler
 from ..ems import EMS, EMSMismatchError
 from ..solvers.dpmsolver_v3 import DPMSolverV3, preset
+
+logger = logging.get_logger(__name__)
+_WARNED: set = set()  # statistics whose failed validation was already reported
+
+
+def _warn_validation(ems: EMS) -> None:
+    """Warn once per statistics when their stored validation (:func:`~fastsample.ems.validate_ems`) found cases
+    where they raised the error of the statistics-free solver."""
+    v = ems.metadata.get("validation") or {}
+    key = ems.metadata.get("sha256") or id(ems)
+    if not v.get("hurt") or key in _WARNED:
+        return
+    _WARNED.add(key)
+    cases = ", ".join(f"{g} NFE {n} ({a:.3g} vs {b:.3g})" for g, n, a, b in v["hurt"])
+    where = str(ems.path) if ems.path else "in memory"
+    start = v.get("use_from_lambda")
+    use = (
+        "the solver does not use them (DPM-Solver++)"
+        if start is not None and start > v.get("lambda_max", np.inf)
+        else f"the solver uses them from lambda {start:.2f} on, where they helped"
+    )
+    logger.warning(
+        f"DPM-Solver-v3 statistics ({where}) did not help on their validation check: RMS error with all of them vs "
+        f"without at {cases}; {use}."
+    )
 
 
 class DPMSolverV3Scheduler(FastScheduler):
@@ -69,6 +95,7 @@ class DPMSolverV3Scheduler(FastScheduler):
                 "`guidance_scale` to the scale the pipeline samples with"
             )
         ems.check(prediction_type=self.prediction_type, schedule=self.schedule, guidance_scale=g)
+        _warn_validation(ems)
 
     def check_model(self, model) -> None:
         """Raise :class:`~fastsample.ems.EMSMismatchError` unless the statistics were computed for ``model``."""
