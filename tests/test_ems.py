@@ -296,8 +296,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
     assert growth[1] <= growth[0] * 1.5 + 16, growth
 
 
-def test_cli_demo_like_unet(tmp_path, monkeypatch):
-    """``main(argv)`` on a local UNet2DModel pipeline directory with images from a .npy file."""
+def test_cli_demo_like_unet(tmp_path, monkeypatch, capsys):
+    """``main(argv)`` on a local UNet2DModel pipeline directory with images from a .npy file: prints the error
+    summary; ``--validate`` stores the with / without check in the file."""
     from diffusers import DDPMPipeline
     from tiny_pipelines import ddpm_pipeline
 
@@ -321,10 +322,16 @@ def test_cli_demo_like_unet(tmp_path, monkeypatch):
             "--batch-size",
             "2",
             "--no-progress",
+            "--validate",
         ]
     )
     e = EMS.load(out)
     assert e.shape == (3, 8, 8) and e.metadata["model_id"] == str(tmp_path / "pipe")
+    printed = capsys.readouterr().out
+    assert "3 lambda points x 4 samples" in printed and "samples" in printed.splitlines()[4]
+    assert "validation on 64 held-out starts" in printed
+    v = e.metadata["validation"]
+    assert set(v["rows"]) == {"uniform_lambda", "uniform_t", "quadratic_t", "karras"} and "use_from_lambda" in v
     e.check(model=DDPMPipeline.from_pretrained(tmp_path / "pipe").unet)
 
 
@@ -432,3 +439,21 @@ def test_model_not_differentiable_in_the_timestep_is_refused(which):
     fn = _wrappers(mix)[which]
     with pytest.raises(ValueError, match="not differentiable in the timestep"):
         _ems(fn, CFG, torch.from_numpy(mix.sample(8)))
+
+
+def test_summary_says_when_more_samples_are_needed(small_ems):
+    """Statistics 1.2 standard errors from DPM-Solver++'s values (3 elements) are partly noise (James-Stein weight
+    0.2-0.8): more samples needed; fifty standard errors away they are resolved."""
+    from fastsample.ems import summary
+
+    k = small_ems.l.shape
+    errors = {n: np.full(k, 0.1) for n in ("se_l", "se_s", "se_b")}
+    errors.update(f_rms=np.ones(k), fp_rms=np.ones(k), x0_var=np.ones((1, *k[1:])))
+    sign = np.where(np.arange(np.prod(k)).reshape(k) % 2, 1.0, -1.0)
+    for z, verdict in ((1.2, "more samples needed"), (50.0, "enough samples")):
+        e = EMS(
+            small_ems.lambdas, 1 + 0.1 * z * sign, 0.1 * z * sign, 0.1 * z * sign, small_ems.metadata, errors=errors
+        )
+        text = summary(e)
+        assert verdict in text, text
+        assert text.splitlines()[1].startswith("l: lambda")

@@ -25,7 +25,9 @@ coefficients computed once per grid (:class:`ElementwisePlan`). With no statisti
 the solver is the data-prediction exponential integrator: DDIM at order 1, DPM-Solver++(2M) with exact
 Taylor weights (diffusers' ``solver_type="heun"``) at order 2, 3M at order 3.
 
-The statistics are piecewise linear in lambda between their grid points (L and S then piecewise quadratic,
+The statistics are first shrunk by their standard errors toward l = 1, s = b = 0 and bounded
+(:func:`regularize`), so that noisy or wrong statistics degrade toward DPM-Solver++ and cannot make it diverge.
+They are piecewise linear in lambda between their grid points (L and S then piecewise quadratic,
 exactly integrated); the remaining integrals use Gauss-Legendre quadrature on sub-intervals that never
 straddle a statistics grid point, accurate to float64 round-off. A step with an infinite end (t = 0, or a
 flow's t = 1 where alpha = 0) is the statistics-free first-order step x' = (sigma'/sigma) x +
@@ -408,7 +410,8 @@ class DPMSolverV3(Solver):
 
     Args:
         stats: an object with ``lambdas`` (K + 1,) increasing, and ``l``, ``s``, ``b`` arrays of shape
-            (K + 1, *S) (e.g. :class:`fastsample.ems.EMS`), or None for l = 1, s = b = 0.
+            (K + 1, *S) (e.g. :class:`fastsample.ems.EMS`), or None for l = 1, s = b = 0; used as
+            :func:`regularize` makes them (shrunk by their standard errors, bounded, validated range).
         order: predictor order 1-3 (warm start at lower order).
         predictor_pseudo, corrector_pseudo: pseudo-order derivative estimates; a pseudo corrector has
             order (predictor order + 1).
