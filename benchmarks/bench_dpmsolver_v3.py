@@ -19,6 +19,7 @@ writes (and updates) benchmarks/results/dpmsolver_v3.{json,md} after each part.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -32,6 +33,8 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistep
 from fastsample import DPMSolverV3Scheduler, grids
 from fastsample.analytic import GaussianMixture
 from fastsample.ems import EMS, analytic_model_fn, compute_ems, schedule_for_config
+from fastsample.sampling import sample
+from fastsample.solvers.dpmsolver_v3 import DPMSolverV3, preset, shrink
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NFES = (5, 6, 8, 10, 15, 20)
@@ -218,6 +221,222 @@ def ablation() -> dict:
             cands = [c for c in ours(cfg, schedule, n, ems) if c[0] == V3_BEST]
             out[label][n] = best_errors(cands, f, schedule, x, exact)[V3_BEST][0] / base[n]
         print("ablation", label, {n: round(r, 3) for n, r in out[label].items()}, flush=True)
+    return out
+
+
+# --- why statistics lose: design mixtures ---------------------------------------------------------------
+
+SETUPS = {  # (dimension, beta schedule): the issue's two settings
+    "64-D, linear betas": (64, "linear"),
+    "48-D, scaled-linear betas": (48, "scaled_linear"),
+}
+DESIGN_SEEDS = (0, 1)  # mixtures used to find the cause and design the fix
+HELDOUT_SEEDS = (10, 11)  # mixtures only measured, never used while designing
+SMALL_NFES = (5, 6, 8, 10)
+EMS_KW = dict(grid_size=121, num_samples=512, batch_size=512, progress=False, dtype=torch.float64)
+
+
+def setup(label: str, seed: int):
+    """(mixture, scheduler config, schedule) of a setup: 8 random components (means N(0, 1), variances 0.05-0.3)."""
+    dim, betas = SETUPS[label]
+    cfg = DDPMScheduler(
+        beta_schedule=betas,
+        beta_start=0.00085 if betas == "scaled_linear" else 0.0001,
+        beta_end=0.012 if betas == "scaled_linear" else 0.02,
+    ).config
+    return GaussianMixture.random(dim=dim, components=8, seed=seed), cfg, schedule_for_config(cfg)[0]
+
+
+def v3_error(mix, schedule, stats, grid_name, n, noise_seed, opts=None):
+    """RMS error at t_min of DPM-Solver-v3 (``opts``, default the preset's for n) from t = 1, 64 samples."""
+    x = mix.prior_sample(64, schedule, 1.0, seed=noise_seed)
+    exact = _exact(mix, schedule, noise_seed)
+    o = dict(preset(n)) if opts is None else dict(opts)
+    o.pop("time_grid", None)
+    g = grids.make_grid(grid_name, schedule, n, t_start=1.0, t_end=schedule.t_min)
+    try:
+        out = sample(mix.model_fn(schedule), torch.from_numpy(x), schedule, DPMSolverV3(stats=stats, **o), g)
+    except ValueError as e:  # a step finer than the statistics' grid
+        return {"skipped": str(e)}
+    return float(np.sqrt(np.mean((out.numpy() - exact) ** 2)))
+
+
+def _exact(mix, schedule, noise_seed):
+    """The exact ODE solution at t_min from the 64 prior samples of ``noise_seed`` (cached on the mixture)."""
+    cache = mix.__dict__.setdefault("_bench_exact", {})
+    if noise_seed not in cache:
+        x = mix.prior_sample(64, schedule, 1.0, seed=noise_seed)
+        cache[noise_seed] = mix.ode_solve(x, schedule, 1.0, schedule.t_min)
+    return cache[noise_seed]
+
+
+def _variant(ems, **over):
+    """Statistics without standard errors (no shrinkage, bounds only), with arrays replaced by ``over``."""
+    from types import SimpleNamespace
+
+    k = len(ems.lambdas)
+    base = {n: np.asarray(getattr(ems, n), dtype=np.float64).reshape(k, -1) for n in ("l", "s", "b", "f_rms", "fp_rms")}
+    base.update(over)
+    return SimpleNamespace(lambdas=ems.lambdas, **base)
+
+
+def _noise_table(ems) -> dict:
+    """Per statistic and lambda third: median |t-statistic| against DPM-Solver++'s value and mean James-Stein weight."""
+    k = len(ems.lambdas)
+    out = {}
+    for name, target in (("l", 1.0), ("s", 0.0), ("b", 0.0)):
+        est = np.asarray(getattr(ems, name), dtype=np.float64).reshape(k, -1)
+        se = np.asarray(getattr(ems, "se_" + name), dtype=np.float64).reshape(k, -1)
+        _, w = shrink(est, se, target)
+        z = np.abs(est - target) / np.maximum(se, 1e-300)
+        thirds = np.array_split(np.arange(k), 3)
+        out[name] = {
+            f"lambda {ems.lambdas[i[0]]:.1f} to {ems.lambdas[i[-1]]:.1f}": {
+                "median_abs_t": float(np.median(z[i])),
+                "js_weight": float(np.mean(w[i])),
+                "median_se": float(np.median(se[i])),
+            }
+            for i in thirds
+        }
+    return out
+
+
+def diagnose() -> dict:
+    """Which lambda region, which coefficient, estimation noise or modelling error: on the design mixtures, the
+    preset's options on each grid, NFE 5-10, errors of v3 without statistics, with them as computed (512 samples x
+    121 points, bounds only), with them shrunk, with one coefficient or one lambda half only, and with 4x samples."""
+    out = {}
+    for label in SETUPS:
+        for seed in DESIGN_SEEDS:
+            mix, cfg, schedule = setup(label, seed)
+            model = analytic_model_fn(mix, cfg)
+            x0 = torch.from_numpy(mix.sample(2048, seed=100 + seed))
+            ems = compute_ems(model, cfg, x0, seed=seed, **EMS_KW)
+            ems4 = compute_ems(model, cfg, x0, seed=seed, **dict(EMS_KW, num_samples=2048, batch_size=1024))
+            k = len(ems.lambdas)
+            one, zero = np.ones((k, mix.dim)), np.zeros((k, mix.dim))
+            raw = _variant(ems)
+            mid = np.median(ems.lambdas)
+            hi = (ems.lambdas < mid)[:, None]  # the high-noise half
+            variants = {
+                "none": None,
+                "as computed": raw,
+                "shrunk (default)": ems,
+                "l only": _variant(ems, s=zero, b=zero),
+                "s, b only": _variant(ems, l=one),
+                "l, s only": _variant(ems, b=zero),
+                "l, b only": _variant(ems, s=zero),
+                "high-noise half only": _variant(
+                    ems,
+                    **{
+                        n: np.where(hi, v, t) for n, v, t in (("l", raw.l, one), ("s", raw.s, zero), ("b", raw.b, zero))
+                    },
+                ),
+                "low-noise half only": _variant(
+                    ems,
+                    **{
+                        n: np.where(hi, t, v) for n, v, t in (("l", raw.l, one), ("s", raw.s, zero), ("b", raw.b, zero))
+                    },
+                ),
+                "2048 samples, as computed": _variant(ems4),
+                "2048 samples, shrunk": ems4,
+            }
+            rows = {}
+            for g in GRIDS:
+                for n in SMALL_NFES:
+                    rows[f"{g} {n}"] = {name: v3_error(mix, schedule, st, g, n, 0) for name, st in variants.items()}
+                print(
+                    "diagnose",
+                    label,
+                    seed,
+                    g,
+                    {
+                        k2: {a: round(b, 4) if isinstance(b, float) else b for a, b in v.items()}
+                        for k2, v in rows.items()
+                        if k2.startswith(g)
+                    },
+                    flush=True,
+                )
+            out[f"{label}, mixture seed {seed}"] = {
+                "rows": rows,
+                "noise": _noise_table(ems),
+                "lambda_split": float(mid),
+            }
+    return out
+
+
+SELECTION_NOISE, HELDOUT_NOISE = (0,), (1, 2, 3)  # starting-noise seeds: choose configurations / report
+
+
+def heldout() -> dict:
+    """The targets on mixtures not used for design (seeds 10, 11 of both setups), statistics as a user gets them
+    (512 samples x 121 points, then ``validate_ems`` on its own held-out starts):
+
+    - never worse: per grid and NFE 5-10 (the preset's options), mean RMS error over the held-out noise seeds with
+      the validated statistics, with all statistics (shrunk, bounded, not validated) and without; "worse" when the
+      mean with exceeds the mean without by more than the seed-to-seed spread (std over seeds, without);
+    - best grid: every method's best grid and options chosen on the selection seed, error on the held-out seeds.
+    """
+    from fastsample.ems import validate_ems
+
+    out = {}
+    for label in SETUPS:
+        for seed in HELDOUT_SEEDS:
+            mix, cfg, schedule = setup(label, seed)
+            model = analytic_model_fn(mix, cfg)
+            t0 = time.time()
+            ems = compute_ems(model, cfg, torch.from_numpy(mix.sample(2048, seed=100 + seed)), seed=seed, **EMS_KW)
+            full = EMS(ems.lambdas, ems.l, ems.s, ems.b, dict(ems.metadata), errors=_errors(ems))
+            v = validate_ems(ems, model, cfg, dtype=torch.float64)
+            cost = time.time() - t0
+            never = {}
+            for g in GRIDS:
+                for n in range(5, 11):
+                    errs = {
+                        name: [v3_error(mix, schedule, st, g, n, k) for k in HELDOUT_NOISE]
+                        for name, st in (("validated", ems), ("all statistics", full), ("none", None))
+                    }
+                    if any(isinstance(e, dict) for es in errs.values() for e in es):
+                        continue
+                    never[f"{g} {n}"] = {k: [float(np.mean(e)), float(np.std(e, ddof=1))] for k, e in errs.items()}
+            best = {}
+            for n in SMALL_NFES:
+                cands = [c for c in ours(cfg, schedule, n, ems) if c[0] != V3_NOEMS] + baselines(cfg, schedule, n)
+                best[n] = select_and_report(cands, mix, schedule)
+            print("heldout", label, seed, {k: round(v[1][0], 4) for k, v in best[5].items()}, flush=True)
+            out[f"{label}, mixture seed {seed}"] = {
+                "use_from_lambda": v["use_from_lambda"],
+                "lambda_range": [float(ems.lambdas[0]), float(ems.lambdas[-1])],
+                "ems_and_validation_seconds": cost,
+                "never_worse": never,
+                "best_grid": best,
+            }
+    return out
+
+
+def _errors(ems) -> dict:
+    return {n: getattr(ems, n) for n in ("se_l", "se_s", "se_b", "f_rms", "fp_rms", "x0_var")}
+
+
+def select_and_report(cands, mix, schedule) -> dict:
+    """{family: [label, [held-out mean RMS, std]]}: each family's candidate with the lowest error on the selection
+    seed, measured on the held-out seeds (schedulers driven from t = 1 to t_min)."""
+    f = mix.model_fn(schedule)
+
+    def err(s, tss, k):
+        x = torch.from_numpy(mix.prior_sample(64, schedule, 1.0, seed=k))
+        out = run_scheduler(copy.deepcopy(s), f, schedule, x, tss)  # a fresh copy: schedulers keep run state
+        return float(np.sqrt(np.mean((out.to(torch.float64).numpy() - _exact(mix, schedule, k)) ** 2)))
+
+    chosen = {}
+    for fam, var, s, tss in cands:
+        e = err(s, tss, SELECTION_NOISE[0])
+        if fam not in chosen or e < chosen[fam][0]:
+            chosen[fam] = (e, var, s, tss)
+    out = {}
+    for fam, (_, var, s, tss) in chosen.items():
+        held = [err(s, tss, k) for k in HELDOUT_NOISE]
+        out[fam] = [var, [float(np.mean(held)), float(np.std(held, ddof=1))]]
     return out
 
 
@@ -410,6 +629,93 @@ NOTES = """\
   samples at batch 4 (one batch of JVPs at a time, O(grid x elements) float64 sums)."""
 
 
+def _ratios(rows: dict, name: str, ref: str = "none", index=None) -> np.ndarray:
+    vals = [(r[name], r[ref]) for r in rows.values() if isinstance(r.get(name), (float, list))]
+    if index is not None:
+        vals = [(a[index], b[index]) for a, b in vals]
+    return np.array([a / b for a, b in vals])
+
+
+def diagnose_md(d: dict) -> list[str]:
+    md = ["## Why statistics lose: design mixtures (mixture seeds 0, 1), preset options, 4 grids x NFE 5, 6, 8, 10", ""]
+    md += [
+        "Error of v3 with each variant of the statistics / without statistics: geometric mean over the 16 "
+        "(grid, NFE) cells, cells where it is > 1, and the largest ratio. Statistics: 512 samples x 121 points "
+        '(the issue\'s setting); "as computed" has no shrinkage (bounds only); halves split the lambda range '
+        'at its median; "2048 samples" is a 4x larger estimate with the same seed.',
+        "",
+    ]
+    labels = list(d)
+    md += ["| variant | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for v in list(next(iter(d.values()))["rows"].values())[0]:
+        if v == "none":
+            continue
+        cells = []
+        for lab in labels:
+            r = _ratios(d[lab]["rows"], v)
+            cells.append(f"{np.exp(np.mean(np.log(r))):.2f}, {int(np.sum(r > 1))}/{len(r)}, max {r.max():.2f}")
+        md.append(f"| {v} | " + " | ".join(cells) + " |")
+    md += [
+        "",
+        "Median |t| of each statistic against DPM-Solver++'s value and mean James-Stein weight, by third of the "
+        "lambda range:",
+        "",
+    ]
+    for lab in labels:
+        md.append(
+            f"- {lab}: "
+            + "; ".join(
+                f"{st}: " + ", ".join(f"{k} |t| {v['median_abs_t']:.1f} w {v['js_weight']:.2f}" for k, v in t.items())
+                for st, t in d[lab]["noise"].items()
+            )
+        )
+    return md + [""]
+
+
+def heldout_md(h: dict) -> list[str]:
+    md = ["## Held-out mixtures (seeds 10, 11), statistics validated by `validate_ems`: never worse?", ""]
+    md += [
+        "Per (grid, NFE 5-10) cell, the preset's options, mean RMS error over held-out noise seeds 1-3 (64 samples "
+        'each). "worse" = mean with statistics > mean without + std over seeds (without).',
+        "",
+        "| mixture | statistics used from lambda (range) | validated: worse cells, max ratio, geo. mean | "
+        "all statistics: worse cells, max ratio, geo. mean |",
+        "|---|---|---|---|",
+    ]
+    for lab, r in h.items():
+        cells = []
+        for name in ("validated", "all statistics"):
+            rows = r["never_worse"]
+            worse = sum(v[name][0] > v["none"][0] + v["none"][1] for v in rows.values())
+            rat = np.array([v[name][0] / v["none"][0] for v in rows.values()])
+            cells.append(f"{worse}/{len(rows)}, {rat.max():.2f}, {np.exp(np.mean(np.log(rat))):.2f}")
+        lo, hi = r["lambda_range"]
+        use = r["use_from_lambda"]
+        where = "not used" if use > hi else f"{use:.2f} ({lo:.2f} to {hi:.2f})"
+        md.append(f"| {lab} | {where} | " + " | ".join(cells) + " |")
+    md += ["", "## Held-out mixtures: best grid and options (chosen on noise seed 0) vs the best Diffusers solver", ""]
+    md += [
+        "Held-out mean RMS error (seeds 1-3); Diffusers = DPM-Solver++ 2M/3M and UniPC, each on its best grid "
+        "and variant; ratio < 1: v3 with statistics is better.",
+        "",
+        "| mixture | NFE | v3 with EMS (validated) | v3 config | best Diffusers | its config | ratio | DEIS (ours) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lab, r in h.items():
+        for n, fams in r["best_grid"].items():
+            v3 = fams[V3_BEST]
+            diff = min(
+                ((k, v) for k, v in fams.items() if k in ("DPM-Solver++ 2M", "DPM-Solver++ 3M", "UniPC")),
+                key=lambda kv: kv[1][1][0],
+            )
+            deis = fams.get("DEIS (ours)", ["-", [float("nan")]])
+            md.append(
+                f"| {lab} | {n} | {v3[1][0]:.4f} | {v3[0]} | {diff[1][1][0]:.4f} | {diff[0]}: {diff[1][0]} | "
+                f"{v3[1][0] / diff[1][1][0]:.2f} | {deis[1][0]:.4f} |"
+            )
+    return md + [""]
+
+
 def write(res: dict) -> None:
     """Write benchmarks/results/dpmsolver_v3.{json,md} from the results so far."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -476,6 +782,10 @@ def write(res: dict) -> None:
         md += [
             f"| {n} | {v['peak_rss_mib']:.0f} | {v['growth_during_ems_mib']:.1f} |" for n, v in res["memory"].items()
         ]
+    if res.get("diagnose"):
+        md += diagnose_md(res["diagnose"])
+    if res.get("heldout"):
+        md += heldout_md(res["heldout"])
     md += ["", "## Notes", "", NOTES]
     (RESULTS / "dpmsolver_v3.md").write_text("\n".join(md) + "\n")
 
@@ -483,7 +793,7 @@ def write(res: dict) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
-    parts = ["analytic", "ablation", "demo", "flow", "memory"]
+    parts = ["analytic", "ablation", "demo", "flow", "memory", "diagnose", "heldout"]
     p.add_argument("--only", nargs="*", default=parts, choices=parts)
     p.add_argument("--models", nargs="*", default=None, help="analytic models to run (default: all)")
     args = p.parse_args(argv)
@@ -504,6 +814,12 @@ def main(argv=None):
         write(res)
     if "flow" in args.only:
         res["flow"] = demo_flow()
+        write(res)
+    if "diagnose" in args.only:
+        res["diagnose"] = diagnose()
+        write(res)
+    if "heldout" in args.only:
+        res["heldout"] = heldout()
         write(res)
     if "memory" in args.only:
         res["memory"] = memory()

@@ -9,6 +9,12 @@ On a grid uniform in lambda = log(alpha / sigma), for x_t = alpha x0 + sigma eps
   by central differences on the grid), s and b are the per-element least-squares fit f' ~ s f + b:
   s = Cov(f, f') / Var(f), b = E[f'] - s E[f] (with a ridge of 1e-6 times the mean E[f^2] at each point).
 
+Each statistic comes with its standard error from the same samples (format version 2): l's from the sample
+variance of v * J v, s's and b's from the least-squares residuals plus l's error propagated by the delta method.
+:func:`summary` says where the statistics cannot be told from DPM-Solver++'s (l = 1, s = b = 0) and how many
+samples would change that; the solver shrinks each statistic toward those values by its error
+(:func:`fastsample.solvers.dpmsolver_v3.shrink`). :func:`validate_ems` checks on held-out noise that they help.
+
 Statistics, model, latent shape, prediction type, noise schedule, t range, grid and guidance scale form
 one matched set: :class:`EMS` stores them together in a safetensors file and :meth:`EMS.check` refuses a
 mismatch. Memory: one batch of JVPs at a time, float64 per-element sums (O(grid x elements)).
@@ -36,6 +42,9 @@ __all__ = [
     "EMSMismatchError",
     "FORMAT_VERSION",
     "compute_ems",
+    "summary",
+    "validate_ems",
+    "validation_text",
     "schedule_for_config",
     "schedule_fingerprint",
     "model_fingerprint",
@@ -46,8 +55,10 @@ __all__ = [
     "main",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: standard errors and f, f' scales beside l, s, b; version 1 files still load
 _META_KEY = "fastsample_ems"
+_STATS = ("lambdas", "l", "s", "b")
+_ERRORS = ("se_l", "se_s", "se_b", "f_rms", "fp_rms", "x0_var")
 
 
 class EMSFileError(ValueError):
@@ -117,29 +128,42 @@ class EMS:
     Attributes:
         lambdas: float64 (K,), increasing (noise end first).
         l, s, b: float32 (K, *shape), loaded lazily from the file when opened with :meth:`load`.
+        se_l, se_s, se_b: float32 (K, *shape) standard errors of l, s, b (None in version-1 files).
+        f_rms, fp_rms: float32 (K, *shape) root mean squares of f and f' over the samples (None in version 1).
+        x0_var: float32 (1, *shape) upper estimate of the data's per-element variance (None in version 1).
         metadata: dict with ``format_version``, ``model_id``, ``model_hash``, ``shape``, ``prediction_type``,
             ``schedule`` (fingerprint), ``t_start``, ``t_end``, ``grid_size`` (K), ``guidance_scale``,
-            ``num_samples``, ``probe``, ``seed``.
+            ``num_samples``, ``probe``, ``seed``, and ``validation`` once :func:`validate_ems` has run.
     """
 
-    def __init__(self, lambdas=None, l=None, s=None, b=None, metadata: dict | None = None, path=None):
+    def __init__(self, lambdas=None, l=None, s=None, b=None, metadata: dict | None = None, path=None, errors=None):
         self.metadata = dict(metadata or {})
         self.path = None if path is None else Path(path)
         self._arrays = None
         if lambdas is not None:
             arrays = {"lambdas": np.asarray(lambdas, dtype=np.float64)}
-            for name, v in (("l", l), ("s", s), ("b", b)):
+            for name, v in (("l", l), ("s", s), ("b", b), *(errors or {}).items()):
                 arrays[name] = np.asarray(v, dtype=np.float32)
             self._set_arrays(arrays)
 
     def _set_arrays(self, arrays: dict):
         lam = arrays["lambdas"]
         k = len(lam)
-        for name in ("l", "s", "b"):
-            if arrays[name].shape[0] != k:
-                raise EMSFileError(f"statistics {name!r} have {arrays[name].shape[0]} grid points, lambdas {k}")
+        errors = [n for n in _ERRORS if n in arrays]
+        if set(arrays) - set(_STATS) - set(_ERRORS) or errors not in ([], list(_ERRORS)):
+            raise EMSFileError(
+                f"statistics arrays {sorted(arrays)}: expected {list(_STATS)}, optionally {list(_ERRORS)}"
+            )
+        for name in ("l", "s", "b", *errors):
+            want = (1, *arrays["l"].shape[1:]) if name == "x0_var" else arrays["l"].shape
+            if arrays[name].shape != want or arrays["l"].shape[0] != k:
+                raise EMSFileError(
+                    f"statistics {name!r} have shape {arrays[name].shape}, l {arrays['l'].shape}, {k} lambdas"
+                )
             if not np.all(np.isfinite(arrays[name])):
                 raise EMSFileError(f"statistics {name!r} contain NaN or Inf")
+        if any(np.any(arrays[n] < 0) for n in errors):
+            raise EMSFileError("standard errors and scales of the statistics must be non-negative")
         if np.any(np.diff(lam) <= 0):
             raise EMSFileError("statistics lambdas must be strictly increasing")
         self._arrays = arrays
@@ -154,6 +178,18 @@ class EMS:
     s = property(lambda self: self._get("s"))
     b = property(lambda self: self._get("b"))
 
+    def _optional(self, name):
+        if self._arrays is None:
+            self._read_arrays()
+        return self._arrays.get(name)
+
+    se_l = property(lambda self: self._optional("se_l"))
+    se_s = property(lambda self: self._optional("se_s"))
+    se_b = property(lambda self: self._optional("se_b"))
+    f_rms = property(lambda self: self._optional("f_rms"))
+    fp_rms = property(lambda self: self._optional("fp_rms"))
+    x0_var = property(lambda self: self._optional("x0_var"))
+
     @property
     def shape(self) -> tuple:
         return tuple(self.metadata["shape"])
@@ -164,8 +200,9 @@ class EMS:
 
     def _checksum(self, arrays) -> str:
         h = hashlib.sha256()
-        for name in ("lambdas", "l", "s", "b"):
-            h.update(np.ascontiguousarray(arrays[name]).tobytes())
+        for name in (*_STATS, *_ERRORS):
+            if name in arrays:
+                h.update(np.ascontiguousarray(arrays[name]).tobytes())
         return h.hexdigest()
 
     # --- files ---
@@ -175,7 +212,9 @@ class EMS:
         from safetensors.numpy import save_file
 
         path = Path(path)
-        arrays = {k: np.ascontiguousarray(self._get(k)) for k in ("lambdas", "l", "s", "b")}
+        if self._arrays is None:
+            self._read_arrays()
+        arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays.items()}
         meta = dict(self.metadata, format_version=FORMAT_VERSION, sha256=self._checksum(arrays))
         with atomic_path(path) as tmp:
             save_file(arrays, str(tmp), metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
@@ -196,13 +235,13 @@ class EMS:
                 keys = set(f.keys())
         except Exception as e:  # safetensors raises its own error type for truncated or corrupt files
             raise EMSFileError(f"statistics file {str(path)!r} is truncated or corrupt ({e})") from e
-        if raw is None or keys != {"lambdas", "l", "s", "b"}:
+        if raw is None or not set(_STATS) <= keys:
             raise EMSFileError(f"{str(path)!r} is not a fastsample statistics file (no {_META_KEY!r} metadata)")
         meta = json.loads(raw)
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in (1, FORMAT_VERSION):
             raise EMSFileError(
                 f"statistics file {str(path)!r} has format version {meta.get('format_version')}, "
-                f"this fastsample reads version {FORMAT_VERSION}; recompute it"
+                f"this fastsample reads versions 1 to {FORMAT_VERSION}; recompute it"
             )
         return cls(metadata=meta, path=path)
 
@@ -306,6 +345,39 @@ def _jvp(model_fn, x, ts, vx, vts):
     return torch.func.jvp(model_fn, (x, ts), (vx, vts))
 
 
+def _check_time_derivative(model_fn, x0, points, device, dtype, step: float = 0.1, rtol: float = 0.2) -> None:
+    """Refuse a ``model_fn`` whose forward-mode derivative in the timestep is missing or wrong.
+
+    s and b need d model / d timestep along the ODE (sec. 3.2 of arXiv 2310.13268); a wrapper that calls
+    ``float(t)`` or indexes a table with ``int(t)`` silently gives a zero derivative there. At each probe point
+    (x0: (B, *shape) float64 data; points: dicts of :func:`_point_scalars`) the JVP in the timestep must match
+    the central difference over +-``step`` labels within ``rtol`` of its norm, and that difference must not be 0.
+    """
+    g = torch.Generator().manual_seed(12345)
+    for pt in points:
+        noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        x = (pt["alpha"] * x0 + pt["sigma"] * noise).to(device, dtype)
+        ts = torch.full((len(x),), pt["timestep"], device=device, dtype=dtype)
+        _, d = _jvp(model_fn, x, ts, torch.zeros_like(x), torch.ones_like(ts))
+        fd = (model_fn(x, ts + step).to(torch.float64) - model_fn(x, ts - step).to(torch.float64)) / (2 * step)
+        ref, err = float(fd.norm()), float((d.to(torch.float64) - fd).norm())
+        if not ref > 0 or not err <= rtol * ref:
+            what = "is zero" if float(d.norm()) == 0 else "disagrees with finite differences"
+            raise ValueError(
+                f"model_fn is not differentiable in the timestep: at timestep {pt['timestep']:.2f} its derivative "
+                f"{what} (norm of the difference {err:.3g}, of the finite difference {ref:.3g}). DPM-Solver-v3 "
+                "statistics need d model / d timestep; "
+                "pass the timestep tensor to the network unchanged (no float(t), int(t) or table lookups on it)."
+            )
+
+
+def _math_attention():
+    """The fused attention kernels have no forward-mode derivative: the math kernel for JVPs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def _settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -338,7 +410,8 @@ def compute_ems(
     Args:
         model_fn: ``model_fn(x, timestep) -> output`` with x (B, *shape) and timestep a float tensor (B,)
             of diffusers' labels; output as the config's ``prediction_type`` says. Must be differentiable
-            by ``torch.func.jvp`` in both inputs (guidance, if any, inside it).
+            by ``torch.func.jvp`` in both inputs (guidance, if any, inside it): a ``ValueError`` names a
+            timestep derivative that is zero or disagrees with finite differences on three probe points.
         scheduler_config: the model's diffusers scheduler config (schedule and prediction type).
         x0: data, a tensor (N, *shape) (cycled), or a callable ``x0(indices) -> tensor``.
         grid_size: number of lambda points K (the statistics' resolution).
@@ -394,6 +467,9 @@ def compute_ems(
 
     get_x0 = x0 if callable(x0) else (lambda idx, data=x0: data[idx % len(data)])
     shape = tuple(get_x0(torch.arange(1)).shape[1:])
+    with torch.no_grad(), _math_attention():
+        probes = [_point_scalars(schedule, lam0 + (lam1 - lam0) * k / 4, ptype) for k in (1, 2, 3)]
+        _check_time_derivative(model_fn, get_x0(torch.arange(2)).to(torch.float64), probes, device, dtype)
     D = int(np.prod(shape))
     settings = {
         "schedule": schedule_fingerprint(schedule, t0, t1),
@@ -410,10 +486,15 @@ def compute_ems(
         "model_hash": model_hash,
         "l_given": l is not None,
         "data": _tensor_digest(x0) if torch.is_tensor(x0) else None,
+        "moments": 2,  # sums of squares for the standard errors (format version 2)
     }
     key = _settings_key(settings)
-    state = {"key": key, "l_sum": torch.zeros(grid_size, D, dtype=torch.float64), "l_done": np.zeros(grid_size, bool)}
-    state["sb_sum"] = torch.zeros(4, grid_size, D, dtype=torch.float64)
+    state = {
+        "key": key,
+        "l_sum": torch.zeros(2, grid_size, D, dtype=torch.float64),
+        "l_done": np.zeros(grid_size, bool),
+    }
+    state["sb_sum"] = torch.zeros(len(_PAIRS) + 4, grid_size, D, dtype=torch.float64)
     state["sb_done"] = np.zeros(grid_size, bool)
     if checkpoint is not None and Path(checkpoint).is_file():
         try:
@@ -465,45 +546,41 @@ def compute_ems(
         m, dm = _jvp(model_fn, x, ts, vx, vts)
         return m.to(torch.float64), dm.to(torch.float64)
 
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    # the fused attention kernels have no forward-mode derivative: the math kernel for the whole run
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+    with torch.no_grad(), _math_attention():
         # pass 1: l = sigma (cx + cm E[v * dm/dx v])
         if l is None:
             for i, pt in enumerate(points):
                 if state["l_done"][i]:
                     continue
-                acc = torch.zeros(D, dtype=torch.float64, device=device)
+                acc = torch.zeros(2, D, dtype=torch.float64, device=device)
                 for idx in batches:
                     xb, noise, v = draw(1, i, idx)
                     x = (pt["alpha"] * xb + pt["sigma"] * noise).to(device, dtype)
                     ts = torch.full((len(idx),), pt["timestep"], device=device, dtype=dtype)
                     _, dm = run(x, ts, v.to(device), torch.zeros_like(ts))
-                    acc += (v.to(device, torch.float64) * dm).reshape(len(idx), -1).sum(0)
-                    del dm, x
+                    u = (v.to(device, torch.float64) * dm).reshape(len(idx), -1)
+                    acc += torch.stack([u.sum(0), (u * u).sum(0)])
+                    del dm, x, u
                     if bar is not None:
                         bar.update(1)
-                state["l_sum"][i] = reduce(acc).cpu()
+                state["l_sum"][:, i] = reduce(acc).cpu()
                 state["l_done"][i] = True
                 save_state()
-            l_arr = np.stack(
-                [
-                    p["sigma"] * (p["cx"] + p["cm"] * state["l_sum"][i].numpy() / num_samples)
-                    for i, p in enumerate(points)
-                ]
-            )
+            eu, euu = state["l_sum"].numpy() / num_samples
+            scale = np.array([[p["sigma"] * p["cm"]] for p in points])
+            l_arr = np.array([[p["sigma"] * p["cx"]] for p in points]) + scale * eu
+            se_l = np.abs(scale) * _standard_error(eu, euu, num_samples)
         else:
             l_arr = np.asarray(l, dtype=np.float64).reshape(grid_size, D)
+            se_l = np.zeros_like(l_arr)  # given l: its error is not known here
         dl = np.gradient(l_arr, lambdas, axis=0)
 
-        # pass 2: f = (N - l x) / alpha and f' along the ODE; per-element sums of f, f', f^2, f f'
+        # pass 2: f = A - l y and f' = P - l' y - l Q along the ODE (y = x / alpha, A = N / alpha, Q = y'): per-element
+        # sums of A, y, P, Q and their products, from which s, b and their errors follow for any l, l'
         for i, pt in enumerate(points):
             if state["sb_done"][i]:
                 continue
-            li = torch.as_tensor(l_arr[i], device=device)
-            dli = torch.as_tensor(dl[i], device=device)
-            acc = torch.zeros(4, D, dtype=torch.float64, device=device)
+            acc = torch.zeros(len(_PAIRS) + 4, D, dtype=torch.float64, device=device)
             a, s = pt["alpha"], pt["sigma"]
             for idx in batches:
                 xb, noise, _ = draw(2, i, idx)
@@ -517,10 +594,10 @@ def compute_ems(
                 m, dm = run(x, ts, vx, torch.full_like(ts, pt["dtimestep"]))
                 m, dm = m.reshape(len(idx), -1), dm.reshape(len(idx), -1)
                 dN = pt["d_sigma_cx"] * xd + s * pt["cx"] * dx + pt["d_sigma_cm"] * m + s * pt["cm"] * dm
-                f = (N - li * xd) / a
-                fp = (dN - dli * xd - li * dx) / a - f * pt["dlog_alpha"]
-                acc += torch.stack([f.sum(0), fp.sum(0), (f * f).sum(0), (f * fp).sum(0)])
-                del m, dm, x, xd, N, dx, f, fp
+                y = xd / a
+                v4 = (N / a, y, (dN - pt["dlog_alpha"] * N) / a, (dx - pt["dlog_alpha"] * xd) / a)  # A, y, P, Q
+                acc += torch.stack([v.sum(0) for v in v4] + [(v4[p] * v4[q]).sum(0) for p, q in _PAIRS])
+                del m, dm, x, xd, N, dx, y, v4
                 if bar is not None:
                     bar.update(1)
             state["sb_sum"][:, i] = reduce(acc).cpu()
@@ -529,7 +606,20 @@ def compute_ems(
     if bar is not None:
         bar.close()
 
-    s_arr, b_arr = _fit_sb(state["sb_sum"].numpy() / num_samples)
+    moments = state["sb_sum"].numpy() / num_samples
+    s_arr, b_arr, se_s, se_b, f_rms, fp_rms = _fit_sb(moments, l_arr, dl, se_l, lambdas, num_samples)
+    # Var(x / alpha) = Var(x0) + rho^2 at the lowest-noise point; + 3 standard errors of a variance estimate
+    var_y = np.maximum(moments[6, -1] - moments[1, -1] ** 2, 0.0) * num_samples / (num_samples - 1)
+    rho2 = (points[-1]["sigma"] / points[-1]["alpha"]) ** 2
+    x0_var = np.maximum(var_y - rho2, 0.0) * (1 + 3 * math.sqrt(2 / (num_samples - 1)))
+    errors = {
+        "se_l": se_l,
+        "se_s": se_s,
+        "se_b": se_b,
+        "f_rms": f_rms,
+        "fp_rms": fp_rms,
+        "x0_var": x0_var[None],
+    }
     meta = {
         "format_version": FORMAT_VERSION,
         "model_id": model_id,
@@ -552,18 +642,216 @@ def compute_ems(
         s_arr.reshape((grid_size,) + shape),
         b_arr.reshape((grid_size,) + shape),
         meta,
+        errors={k: v.reshape((len(v),) + shape) for k, v in errors.items()},
     )
 
 
-def _fit_sb(moments):
-    """s, b of the per-element least-squares fit f' ~ s f + b from the sample moments (E f, E f', E f^2, E f f'),
-    each (K, D); a ridge of 1e-6 of the mean second moment at each point gives s = 0 where f does not vary."""
-    ef, efp, eff, effp = moments
+def _standard_error(mean, mean_sq, n: int):
+    """Standard error of a sample mean from the sample's first two moments (unbiased variance)."""
+    return np.sqrt(np.maximum(mean_sq - mean * mean, 0.0) * n / (n - 1) / n)
+
+
+_PAIRS = ((0, 0), (0, 1), (1, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 2), (2, 3), (3, 3))  # of (A, y, P, Q)
+
+
+def _f_moments(m, l, dl):
+    """E f, E f', E f^2, E f f', E f'^2 for f = A - l y, f' = P - dl y - l Q from the sums of :data:`_PAIRS`."""
+    eA, ey, eP, eQ, AA, Ay, yy, AP, AQ, yP, yQ, PP, PQ, QQ = m
+    ef = eA - l * ey
+    efp = eP - dl * ey - l * eQ
+    eff = AA - 2 * l * Ay + l * l * yy
+    effp = AP - dl * Ay - l * AQ - l * yP + l * dl * yy + l * l * yQ
+    efpfp = PP + dl * dl * yy + l * l * QQ - 2 * dl * yP - 2 * l * PQ + 2 * l * dl * yQ
+    return ef, efp, eff, effp, efpfp
+
+
+def _ols(ef, efp, eff, effp, efpfp, n: int):
+    """s, b of the per-element least-squares fit f' ~ s f + b and their ordinary standard errors (given l)."""
     var = np.maximum(eff - ef * ef, 0.0)
     cov = effp - ef * efp
     ridge = 1e-6 * np.maximum(eff.mean(axis=1, keepdims=True), 1e-30)
     s = cov / (var + ridge)
-    return s, efp - s * ef
+    r2 = np.maximum(efpfp - efp * efp - 2 * s * cov + s * s * var, 0.0) * n / max(n - 2, 1)
+    return s, efp - s * ef, np.sqrt(r2 / (n * (var + ridge))), np.sqrt(r2 * np.maximum(eff, 0.0) / (n * (var + ridge)))
+
+
+def _fit_sb(moments, l, dl, se_l, lambdas, n: int):
+    """s, b (K, D) of the per-element least-squares fit f' ~ s f + b over n samples, their standard errors, and
+    the root mean squares of f and f'.
+
+    A ridge of 1e-6 of the mean E f^2 at each point gives s = 0 where f does not vary. Standard errors: ordinary
+    least squares' (residual variance over n - 2 degrees of freedom: SE(s)^2 = r2 / (n Var f),
+    SE(b)^2 = r2 E f^2 / (n Var f)), plus, by the delta method, the error of l (``se_l``) and of dl/dlambda
+    (central differences of independent points) propagated through f = A - l y, f' = P - l' y - l Q.
+    """
+    s, b, se_s, se_b = _ols(*_f_moments(moments, l, dl), n)
+    step = np.diff(lambdas)[:, None]
+    se_dl = np.empty_like(se_l)
+    se_dl[1:-1] = np.hypot(se_l[2:], se_l[:-2]) / (step[1:] + step[:-1])
+    se_dl[0], se_dl[-1] = np.hypot(se_l[1], se_l[0]) / step[0], np.hypot(se_l[-1], se_l[-2]) / step[-1]
+    var_s, var_b = se_s**2, se_b**2
+    for which, se in ((0, se_l), (1, se_dl)):
+        h = 1e-6 * np.maximum(np.abs(l if which == 0 else dl), 1.0)
+        lp, dlp = (l + h, dl) if which == 0 else (l, dl + h)
+        s2, b2, _, _ = _ols(*_f_moments(moments, lp, dlp), n)
+        var_s = var_s + ((s2 - s) / h * se) ** 2
+        var_b = var_b + ((b2 - b) / h * se) ** 2
+    _, _, eff, _, efpfp = _f_moments(moments, l, dl)
+    return s, b, np.sqrt(var_s), np.sqrt(var_b), np.sqrt(np.maximum(eff, 0.0)), np.sqrt(np.maximum(efpfp, 0.0))
+
+
+# --- error bars and validation ------------------------------------------------------------------------------
+
+
+def summary(ems: EMS) -> str:
+    """Text summary of the statistics' errors: per statistic and third of the lambda range, the median |t| against
+    DPM-Solver++'s value (l = 1, s = b = 0) and the James-Stein weight the solver gives it; ends with whether more
+    samples are needed (some statistic partly noise, weight 0.2-0.8, at more than a tenth of the points)."""
+    from .solvers.dpmsolver_v3 import shrink
+
+    m = ems.metadata
+    lines = [f"{m.get('grid_size')} lambda points x {m.get('num_samples')} samples, shape {m.get('shape')}"]
+    if ems.se_l is None:
+        return "\n".join(lines + ["no standard errors (format version 1): recompute to get them"])
+    k = len(ems.lambdas)
+    thirds = np.array_split(np.arange(k), 3)
+    partly = {}
+    for name, target in (("l", 1.0), ("s", 0.0), ("b", 0.0)):
+        est = np.asarray(getattr(ems, name), dtype=np.float64).reshape(k, -1)
+        se = np.asarray(getattr(ems, "se_" + name), dtype=np.float64).reshape(k, -1)
+        w = np.broadcast_to(shrink(est, se, target)[1], est.shape).mean(axis=1)
+        z = np.abs(est - target) / np.maximum(se, 1e-300)
+        cells = [
+            f"lambda {ems.lambdas[i[0]]:+.1f}..{ems.lambdas[i[-1]]:+.1f}: "
+            f"|t| {np.median(z[i]):.1f}, weight {w[i].mean():.2f}"
+            for i in thirds
+        ]
+        lines.append(f"{name}: " + "; ".join(cells))
+        partly[name] = int(np.sum((w >= 0.2) & (w <= 0.8)))
+    noisy = {n: c for n, c in partly.items() if c > k / 10}
+    if noisy:
+        what = ", ".join(f"{n} at {c} of {k} points" for n, c in noisy.items())
+        lines.append(
+            f"more samples needed: partly noise ({what}; the solver shrinks them toward DPM-Solver++); "
+            f"4x the samples (--num-samples {4 * int(m.get('num_samples', 0))}) halves the errors"
+        )
+    else:
+        lines.append("enough samples: each statistic is either resolved or indistinguishable from DPM-Solver++'s value")
+    return "\n".join(lines)
+
+
+VALIDATION_GRIDS = ("uniform_lambda", "uniform_t", "quadratic_t", "karras")
+
+
+def validate_ems(
+    ems: EMS,
+    model_fn: Callable,
+    scheduler_config,
+    *,
+    nfes=(5, 6, 8, 10),
+    num_samples: int = 64,
+    seed: int = 1_000_003,
+    reference_steps: int = 200,
+    batch_size: int = 64,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
+    """Check on held-out starts that DPM-Solver-v3 with these statistics beats it without them; choose from which
+    lambda on the solver uses them. Stores the result in ``ems.metadata["validation"]`` and returns it.
+
+    From ``num_samples`` standard-normal starts (seeded by ``seed``, not the statistics' seed) at the statistics'
+    t_start, solve to t_end with the paper's preset options for each NFE on each grid of
+    :data:`VALIDATION_GRIDS`, with and without statistics, against a reference: the statistics-free order-3
+    solver with ``reference_steps`` steps on a quadratic-t grid (its distance to half as many steps is stored as
+    its error). Statistics are tried from each of the lambdas in the grid's first point and its quartiles on
+    (below them l = 1, s = b = 0) and not at all; the solver then uses the start with the lowest mean log error
+    ratio (with / without) over grids and NFEs among those not worse anywhere by more than two standard errors
+    of that ratio (over the starts); "not at all" always qualifies. ``model_fn`` as for :func:`compute_ems`.
+
+    Result: ``rows`` {grid: {nfe: [RMS with all statistics, without, with them from the chosen lambda]}},
+    ``hurt`` [[grid, nfe, with, without]] where all statistics raised the error, ``use_from_lambda``,
+    ``reference``, ``num_samples``, ``seed``. The scheduler warns once when ``hurt`` is not empty.
+    """
+    from . import grids as grid_fns
+    from .sampling import sample
+    from .solvers.dpmsolver_v3 import DPMSolverV3, preset
+
+    schedule, ptype = schedule_for_config(scheduler_config)
+    ems.check(prediction_type=ptype, schedule=schedule)
+    t0, t1 = float(ems.metadata["t_start"]), float(ems.metadata["t_end"])
+    device = torch.device("cpu" if device is None else device)
+
+    def fn(x, t):
+        return model_fn(x, torch.full((len(x),), float(schedule.timestep(t)), device=x.device, dtype=x.dtype))
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((num_samples, *ems.shape), generator=g, dtype=torch.float64).to(device, dtype)
+
+    def solve(solver, grid):
+        with torch.no_grad():
+            outs = [
+                sample(fn, x[i : i + batch_size], schedule, solver, grid, ptype) for i in range(0, len(x), batch_size)
+            ]
+        return torch.cat(outs).to(torch.float64)
+
+    def sq_err(a, b):  # per-sample mean squared error (num_samples,)
+        return (a - b).pow(2).reshape(len(a), -1).mean(1).cpu().numpy()
+
+    ref_solver = DPMSolverV3(order=3)
+    ref = solve(ref_solver, grid_fns.quadratic_t(schedule, reference_steps, t_start=t0, t_end=t1))
+    half = solve(ref_solver, grid_fns.quadratic_t(schedule, reference_steps // 2, t_start=t0, t_end=t1))
+    lam = ems.lambdas
+    starts = [float(lam[0]) + (float(lam[-1]) - float(lam[0])) * q for q in (0.0, 0.25, 0.5, 0.75)]
+    starts.append(float(lam[-1]) + 1.0)  # not at all
+    cells = {}  # (grid, nfe) -> [per-sample squared errors without, with from each start]
+    for name in VALIDATION_GRIDS:
+        for n in nfes:
+            opts = preset(n)
+            opts.pop("time_grid")
+            grid = grid_fns.make_grid(name, schedule, n, t_start=t0, t_end=t1)
+            try:
+                runs = [sq_err(solve(DPMSolverV3(stats=_from_lambda(ems, a), **opts), grid), ref) for a in starts[:-1]]
+            except ValueError:  # a step finer than the statistics' grid
+                continue
+            without = sq_err(solve(DPMSolverV3(**opts), grid), ref)
+            cells[(name, int(n))] = [without, *runs, without]
+
+    def log_ratio(a, c):  # log RMS ratio and its standard error over the starts (delta method)
+        r = 0.5 * math.log(a.mean() / c.mean())
+        return r, 0.5 * float(np.std(a / a.mean() - c / c.mean(), ddof=1)) / math.sqrt(len(a))
+
+    best, best_mean = len(starts) - 1, 0.0
+    for j in range(len(starts) - 1):
+        stats = [log_ratio(v[1 + j], v[0]) for v in cells.values()]
+        if stats and all(r <= 2 * se for r, se in stats) and np.mean([r for r, _ in stats]) < best_mean:
+            best, best_mean = j, float(np.mean([r for r, _ in stats]))
+    rows, hurt = {}, []
+    for (name, n), v in cells.items():
+        a, c, chosen = (math.sqrt(float(u.mean())) for u in (v[1], v[0], v[1 + best]))
+        rows.setdefault(name, {})[str(n)] = [a, c, chosen]
+        if a > c:
+            hurt.append([name, n, a, c])
+    result = {
+        "num_samples": num_samples,
+        "seed": seed,
+        "reference": {"solver": "no statistics, order 3, quadratic t", "steps": reference_steps, "error": 0.0},
+        "rows": rows,
+        "hurt": hurt,
+        "use_from_lambda": starts[best],
+        "lambda_max": float(lam[-1]),
+    }
+    result["reference"]["error"] = float(math.sqrt(float(sq_err(half, ref).mean())))
+    ems.metadata["validation"] = result
+    return result
+
+
+def _from_lambda(ems: EMS, start: float) -> EMS:
+    """The same statistics (shared arrays) with validation metadata that makes the solver use them from ``start``."""
+    out = EMS(metadata=dict(ems.metadata, validation={"use_from_lambda": start}), path=ems.path)
+    if ems._arrays is None:
+        ems._read_arrays()
+    out._arrays = ems._arrays
+    return out
 
 
 def _all_reduce(t):
@@ -712,6 +1000,11 @@ def _add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", type=device, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="then compare DPM-Solver-v3 with and without the statistics at NFE 5-10 (stored in the file)",
+    )
 
 
 def _load_images(path):
@@ -750,8 +1043,9 @@ def _run(args) -> Path:
         if flow:  # lambda is infinite at t = 1 and t = 0: the range the solver's finite steps use
             common["t_start"] = 0.995 if args.t_start is None else args.t_start
             common["t_end"] = 0.005 if args.t_end is None else args.t_end
+        fn = unet_model_fn(unet)
         ems = compute_ems(
-            unet_model_fn(unet),
+            fn,
             pipe.scheduler.config,
             data,
             model_id=f"fastsample/{args.model}",
@@ -787,8 +1081,30 @@ def _run(args) -> Path:
             **common,
         )
     if acc.is_main_process:
+        print(summary(ems))
+        if args.validate:
+            print(
+                validation_text(validate_ems(ems, fn, pipe.scheduler.config, device=device, batch_size=args.batch_size))
+            )
         return ems.save(args.out)
     return Path(args.out)
+
+
+def validation_text(v: dict) -> str:
+    """The result of :func:`validate_ems` as lines: RMS error with / without statistics per grid and NFE."""
+    lines = [f"validation on {v['num_samples']} held-out starts (reference error {v['reference']['error']:.2g}):"]
+    for grid, row in v["rows"].items():
+        cells = "; ".join(f"NFE {n} {a:.4f} / {b:.4f} / {c:.4f}" for n, (a, b, c) in row.items())
+        lines.append(f"  {grid} (with / without / used): {cells}")
+    if v["hurt"]:
+        lines.append("all statistics raised the error at " + ", ".join(f"{g} NFE {n}" for g, n, _, _ in v["hurt"]))
+    lam = v["use_from_lambda"]
+    lines.append(
+        f"the solver uses the statistics from lambda {lam:.2f} on"
+        if lam <= v["lambda_max"]
+        else "the solver does not use the statistics (DPM-Solver++): they did not help on this check"
+    )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> Path:

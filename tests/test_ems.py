@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import subprocess
 import sys
@@ -147,11 +148,41 @@ def test_save_load_is_lazy_and_round_trips(small_ems, tmp_path):
     m = e.metadata
     for key in ("model_id", "model_hash", "shape", "prediction_type", "t_start", "t_end", "grid_size"):
         assert key in m
-    assert m["guidance_scale"] == 1.0 and m["num_samples"] == 8 and m["format_version"] == 1
+    assert m["guidance_scale"] == 1.0 and m["num_samples"] == 8 and m["format_version"] == 2
     assert m["grid_size"] == 4 and m["shape"] == [3]
     np.testing.assert_array_equal(e.l, small_ems.l)
     np.testing.assert_array_equal(e.b, small_ems.b)
     np.testing.assert_array_equal(e.lambdas, small_ems.lambdas)
+    for name in ("se_l", "se_s", "se_b", "f_rms", "fp_rms"):
+        np.testing.assert_array_equal(getattr(e, name), getattr(small_ems, name))
+        assert getattr(e, name).shape == e.l.shape and np.all(getattr(e, name) >= 0)
+
+
+def test_version_1_files_still_load(small_ems, tmp_path):
+    """A file written before standard errors existed (format version 1: l, s, b only) loads, without them."""
+    from safetensors.numpy import save_file
+
+    arrays = {k: np.ascontiguousarray(getattr(small_ems, k)) for k in ("lambdas", "l", "s", "b")}
+    meta = dict(small_ems.metadata, format_version=1, sha256=small_ems._checksum(arrays))
+    save_file(arrays, str(tmp_path / "v1.safetensors"), metadata={"fastsample_ems": json.dumps(meta)})
+    e = EMS.load(tmp_path / "v1.safetensors")
+    np.testing.assert_array_equal(e.s, small_ems.s)
+    assert e.se_l is None and e.se_b is None and e.metadata["format_version"] == 1
+
+
+def test_standard_errors_match_the_seed_to_seed_spread():
+    """The standard errors of l, s, b (sample variances; for s and b least squares plus l's error propagated by
+    the delta method) agree with the spread of the estimates over 10 seeds: RMS spread / RMS SE in [0.7, 1.4]
+    for each statistic (observed 0.96 / 1.04 / 1.00 with 12 seeds of 128 samples on a 4-D mixture)."""
+    mix = GaussianMixture.random(dim=4, components=3, seed=5)
+    x0 = torch.from_numpy(mix.sample(4096, seed=1))
+    kw = dict(grid_size=5, num_samples=96, batch_size=96, t_start=0.9, t_end=0.05, dtype=torch.float64)
+    es = [_ems(analytic_model_fn(mix, CFG), CFG, x0, seed=k, **kw) for k in range(10)]
+    for name in ("l", "s", "b"):
+        spread = np.stack([getattr(e, name) for e in es]).std(0, ddof=1)
+        se = np.sqrt(np.mean(np.stack([getattr(e, "se_" + name) for e in es]) ** 2, 0))
+        ratio = np.sqrt(np.mean(spread**2) / np.mean(se**2))
+        assert 0.7 < ratio < 1.4, (name, ratio)
 
 
 def test_truncated_or_corrupt_file(small_ems, tmp_path):
@@ -187,9 +218,9 @@ def test_checkpoint_resumes_to_the_same_result(tmp_path):
     full = _ems(model, CFG, x0)
     calls = {"n": 0}
 
-    def flaky(x, ts):
+    def flaky(x, ts):  # the timestep-derivative check makes 9 calls first
         calls["n"] += 1
-        if calls["n"] == 9:
+        if calls["n"] == 18:
             raise KeyboardInterrupt
         return model(x, ts)
 
@@ -229,7 +260,9 @@ def test_tiny_sd_unet_with_guidance_one_batch_at_a_time(tmp_path):
         )
     finally:
         h.remove()
-    assert max(seen) == 6 and len(seen) == 2 * (2 + 2 * 2)  # per point: 2 JVP batches (l), 2 x (forward + JVP)
+    # the timestep-derivative check: 3 probes x (JVP + 2 forwards) of 2 samples; then per point: 2 JVP batches
+    # (l), 2 x (forward + JVP)
+    assert max(seen) == 6 and len(seen) == 3 * 3 + 2 * (2 + 2 * 2)
     assert e.shape == (4, 8, 8) and np.isfinite(e.l).all() and np.isfinite(e.s).all()
     e.check(model=pipe.unet, guidance_scale=7.5, shape=(4, 8, 8))
     other = copy.deepcopy(pipe.unet)
@@ -263,8 +296,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
     assert growth[1] <= growth[0] * 1.5 + 16, growth
 
 
-def test_cli_demo_like_unet(tmp_path, monkeypatch):
-    """``main(argv)`` on a local UNet2DModel pipeline directory with images from a .npy file."""
+def test_cli_demo_like_unet(tmp_path, monkeypatch, capsys):
+    """``main(argv)`` on a local UNet2DModel pipeline directory with images from a .npy file: prints the error
+    summary; ``--validate`` stores the with / without check in the file."""
     from diffusers import DDPMPipeline
     from tiny_pipelines import ddpm_pipeline
 
@@ -288,10 +322,16 @@ def test_cli_demo_like_unet(tmp_path, monkeypatch):
             "--batch-size",
             "2",
             "--no-progress",
+            "--validate",
         ]
     )
     e = EMS.load(out)
     assert e.shape == (3, 8, 8) and e.metadata["model_id"] == str(tmp_path / "pipe")
+    printed = capsys.readouterr().out
+    assert "3 lambda points x 4 samples" in printed and "samples" in printed.splitlines()[4]
+    assert "validation on 64 held-out starts" in printed
+    v = e.metadata["validation"]
+    assert set(v["rows"]) == {"uniform_lambda", "uniform_t", "quadratic_t", "karras"} and "use_from_lambda" in v
     e.check(model=DDPMPipeline.from_pretrained(tmp_path / "pipe").unet)
 
 
@@ -368,3 +408,52 @@ def test_shared_noise_makes_statistics_smooth_in_lambda():
         rough[shared] = [np.abs(np.diff(np.asarray(v), 2, axis=0)).mean() for v in (e.l, e.b)]
         assert e.metadata["shared_noise"] is shared
     assert rough[True][0] < 0.7 * rough[False][0] and rough[True][1] < 0.7 * rough[False][1], rough
+
+
+# --- model functions that are not differentiable in the timestep -----------------------------------------
+
+
+def _wrappers(mix):
+    """Users' wrappers of an exact eps-model: the timestep through float(t), or alphas_cumprod[int(t)]."""
+    schedule, _ = schedule_for_config(CFG)
+    exact = mix.model_fn(schedule)
+    ac = torch.as_tensor(DDPMScheduler().alphas_cumprod, dtype=torch.float64)
+    mu, v = (torch.as_tensor(a[0]) for a in (mix.means, mix.variances))
+
+    def via_float(x, ts):
+        return exact(x, float(ts[0] + 1) / 1000.0)
+
+    def via_table(x, ts):  # one Gaussian component: x0-hat = mu + v / (v + rho^2) (y - mu)
+        a = ac[ts.long()].sqrt()[:, None]
+        s = (1 - a * a).sqrt()
+        y = x.to(torch.float64) / a
+        x0 = mu + v / (v + (s / a) ** 2) * (y - mu)
+        return ((x - a * x0) / s).to(x.dtype)
+
+    return via_float, via_table
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_model_not_differentiable_in_the_timestep_is_refused(which):
+    mix = GaussianMixture.random(dim=3, components=1, seed=0)
+    fn = _wrappers(mix)[which]
+    with pytest.raises(ValueError, match="not differentiable in the timestep"):
+        _ems(fn, CFG, torch.from_numpy(mix.sample(8)))
+
+
+def test_summary_says_when_more_samples_are_needed(small_ems):
+    """Statistics 1.2 standard errors from DPM-Solver++'s values (3 elements) are partly noise (James-Stein weight
+    0.2-0.8): more samples needed; fifty standard errors away they are resolved."""
+    from fastsample.ems import summary
+
+    k = small_ems.l.shape
+    errors = {n: np.full(k, 0.1) for n in ("se_l", "se_s", "se_b")}
+    errors.update(f_rms=np.ones(k), fp_rms=np.ones(k), x0_var=np.ones((1, *k[1:])))
+    sign = np.where(np.arange(np.prod(k)).reshape(k) % 2, 1.0, -1.0)
+    for z, verdict in ((1.2, "more samples needed"), (50.0, "enough samples")):
+        e = EMS(
+            small_ems.lambdas, 1 + 0.1 * z * sign, 0.1 * z * sign, 0.1 * z * sign, small_ems.metadata, errors=errors
+        )
+        text = summary(e)
+        assert verdict in text, text
+        assert text.splitlines()[1].startswith("l: lambda")

@@ -5,9 +5,12 @@ s = b = 0, i.e. DPM-Solver++ with exact Taylor weights), ``guidance_scale`` (the
 samples with; checked against the statistics), and the solver options ``solver_order``,
 ``predictor_pseudo``, ``use_corrector``, ``corrector_pseudo``, ``lower_order_final``, ``half_corrector``;
 each left at None takes the paper's preset for the number of steps (:func:`~fastsample.solvers.dpmsolver_v3.preset`),
-as does the time grid when neither ``time_grid`` nor ``sigmas``/``timesteps`` is given (unguided: uniform
-lambda, guided: uniform t). The statistics load lazily; :meth:`DPMSolverV3Scheduler.use_ems` also takes an
-:class:`~fastsample.ems.EMS` object.
+as does the time grid when none of ``time_grid``, ``use_karras_sigmas``, ``use_lambdas``, ``timestep_spacing``,
+``sigmas``/``timesteps`` is given (unguided: uniform lambda, guided: uniform t). ``timestep_spacing`` defaults
+to None here (the preset); "linspace", "leading" or "trailing" give diffusers' integer timesteps, as for
+``DPMSolverMultistepScheduler``, also when the key comes with another scheduler's config (SDXL's states
+"leading"; a config that leaves it at its default does not pass it on). The statistics load lazily;
+:meth:`DPMSolverV3Scheduler.use_ems` also takes an :class:`~fastsample.ems.EMS` object.
 """
 
 from __future__ import annotations
@@ -16,16 +19,43 @@ import copy
 from pathlib import Path
 
 import numpy as np
+from diffusers.utils import logging
 
 from .. import grids
 from ..adapter import FastScheduler
 from ..ems import EMS, EMSMismatchError
 from ..solvers.dpmsolver_v3 import DPMSolverV3, preset
 
+logger = logging.get_logger(__name__)
+_WARNED: set = set()  # statistics whose failed validation was already reported
+
+
+def _warn_validation(ems: EMS) -> None:
+    """Warn once per statistics when their stored validation (:func:`~fastsample.ems.validate_ems`) found cases
+    where they raised the error of the statistics-free solver."""
+    v = ems.metadata.get("validation") or {}
+    key = ems.metadata.get("sha256") or id(ems)
+    if not v.get("hurt") or key in _WARNED:
+        return
+    _WARNED.add(key)
+    cases = ", ".join(f"{g} NFE {n} ({a:.3g} vs {b:.3g})" for g, n, a, b in v["hurt"])
+    where = str(ems.path) if ems.path else "in memory"
+    start = v.get("use_from_lambda")
+    use = (
+        "the solver does not use them (DPM-Solver++)"
+        if start is not None and start > v.get("lambda_max", np.inf)
+        else f"the solver uses them from lambda {start:.2f} on, where they helped"
+    )
+    logger.warning(
+        f"DPM-Solver-v3 statistics ({where}) did not help on their validation check: RMS error with all of them vs "
+        f"without at {cases}; {use}."
+    )
+
 
 class DPMSolverV3Scheduler(FastScheduler):
     artifact_keys = ("ems_path",)
     config_keys = {
+        "timestep_spacing": None,
         "ems_path": None,
         "guidance_scale": None,
         "solver_order": None,
@@ -77,6 +107,7 @@ class DPMSolverV3Scheduler(FastScheduler):
                 "`guidance_scale` to the scale the pipeline samples with"
             )
         ems.check(prediction_type=self.prediction_type, schedule=self.schedule, guidance_scale=g)
+        _warn_validation(ems)
 
     def check_model(self, model) -> None:
         """Raise :class:`~fastsample.ems.EMSMismatchError` unless the statistics were computed for ``model``."""
@@ -113,6 +144,7 @@ class DPMSolverV3Scheduler(FastScheduler):
         self.solver = self.make_solver(num_inference_steps)
         c, s = self.config, self.schedule
         explicit = sigmas is not None or timesteps is not None or c.time_grid or c.use_karras_sigmas or c.use_lambdas
+        explicit = explicit or c.timestep_spacing is not None
         if explicit or s.is_flow:
             return super().make_grid(num_inference_steps, sigmas=sigmas, timesteps=timesteps, mu=mu)
         name = self._options(num_inference_steps)["time_grid"]

@@ -25,7 +25,9 @@ coefficients computed once per grid (:class:`ElementwisePlan`). With no statisti
 the solver is the data-prediction exponential integrator: DDIM at order 1, DPM-Solver++(2M) with exact
 Taylor weights (diffusers' ``solver_type="heun"``) at order 2, 3M at order 3.
 
-The statistics are piecewise linear in lambda between their grid points (L and S then piecewise quadratic,
+The statistics are first shrunk by their standard errors toward l = 1, s = b = 0 and bounded
+(:func:`regularize`), so that noisy or wrong statistics degrade toward DPM-Solver++ and cannot make it diverge.
+They are piecewise linear in lambda between their grid points (L and S then piecewise quadratic,
 exactly integrated); the remaining integrals use Gauss-Legendre quadrature on sub-intervals that never
 straddle a statistics grid point, accurate to float64 round-off. A step with an infinite end (t = 0, or a
 flow's t = 1 where alpha = 0) is the statistics-free first-order step x' = (sigma'/sigma) x +
@@ -42,11 +44,90 @@ import torch
 
 from .base import History, Plan, Solver
 
-__all__ = ["DPMSolverV3", "ElementwisePlan", "LinearStats", "elementwise_step", "derivative_weights", "preset"]
+__all__ = [
+    "DPMSolverV3",
+    "ElementwisePlan",
+    "LinearStats",
+    "elementwise_step",
+    "derivative_weights",
+    "preset",
+    "shrink",
+    "regularize",
+    "S_RANGE",
+]
 
 _GL_NODES = 6
 _MAX_PIECE = 0.1  # longest quadrature sub-interval in lambda
 _CHUNK = 1 << 21  # quadrature nodes x elements processed at once (float64 entries per array)
+
+
+S_RANGE = (-3.0, 1.0)  # bounds of s; exact statistics tend to s = +1 at high noise (f - E f ~ e^lambda)
+
+
+def shrink(est, se, target: float):
+    """Positive-part James-Stein shrinkage of ``est`` (K, D) toward ``target`` by its standard errors ``se``.
+
+    Row k (one lambda point, D elements) becomes target + w_k (est_k - target) with z = (est - target) / se and
+    w_k = max(0, 1 - (D - 2) / sum_i z_ki^2) for D >= 3 (per element, w = max(0, 1 - 1 / z^2), for D < 3).
+    For D >= 3 this has a lower expected squared error, in units of se, than ``est`` itself whatever the true
+    values (James & Stein 1961; Efron & Morris 1973): pure noise (z ~ N(0, 1)) gives w ~ 0, the value without
+    statistics; statistics many errors away from it keep w ~ 1. Elements with se = 0 count as exact.
+    Returns (shrunk (K, D) float64, w (K, 1) or (K, D)).
+    """
+    est, se = np.asarray(est, dtype=np.float64), np.asarray(se, dtype=np.float64)
+    d = est - target
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z2 = np.where(se > 0, (d / np.where(se > 0, se, 1.0)) ** 2, np.where(d != 0, np.inf, 0.0))
+        if est.shape[1] >= 3:
+            w = np.clip(1.0 - (est.shape[1] - 2) / z2.sum(axis=1, keepdims=True), 0.0, 1.0)
+        else:
+            w = np.clip(1.0 - 1.0 / z2, 0.0, 1.0)
+    w = np.nan_to_num(w, nan=0.0)
+    return target + w * d, w
+
+
+def regularize(stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """l, s, b (K, D) float64 as the solver uses them: shrunk by their errors, bounded, and trivial below the
+    lambda from which the statistics' validation found them useful.
+
+    ``stats`` has ``lambdas`` (K,), ``l``, ``s``, ``b`` (K, *S) and, from format version 2 of
+    :class:`fastsample.ems.EMS`, ``se_l``, ``se_s``, ``se_b``, ``f_rms``, ``fp_rms`` (K, *S), ``x0_var`` (1, *S)
+    (else None), and ``metadata["validation"]["use_from_lambda"]`` once validated
+    (:func:`fastsample.ems.validate_ems`).
+
+    1. Shrinkage (:func:`shrink`) toward l = 1, s = b = 0, the values for which the solver is DPM-Solver++, so
+       statistics within their errors of those values become them.
+    2. Bounds, whatever the file says. For the exact model 1 - l = E[Var(x0 | x_t)] / rho^2 (rho = sigma / alpha,
+       Tweedie), and E[Var(x0 | x_t)] <= min(rho^2, Var x0) (x_t / alpha has squared error rho^2; total
+       variance), so l is in [max(0, 1 - Var x0 / rho^2), 1]: exp(-(L_t - L_s)) is in [e^{-h}, 1] and the eps
+       weight (1 - l) rho of f is at most min(rho, Var x0 / rho) <= sqrt(Var x0), the data's scale, where an
+       unbounded l makes f grow like 1 / alpha at high noise. s in :data:`S_RANGE`, so the factors
+       exp(-(S_i - S_s)) that carry older evaluations into a step grow at most like e^{lambda span};
+       |b| <= rms(f') + |s| rms(f) (as |E f'| <= rms(f'), |s E f| <= |s| rms(f)).
+    3. Below ``use_from_lambda``, l = 1, s = b = 0.
+    Every step coefficient is then a bounded function of the grid (and of Var x0, rms f, rms f').
+    """
+    lam = np.asarray(stats.lambdas, dtype=np.float64)
+
+    def flat(v):
+        return None if v is None else np.asarray(v, dtype=np.float64).reshape(len(v), -1)
+
+    l, s, b = (flat(v) for v in (stats.l, stats.s, stats.b))
+    se = [flat(getattr(stats, n, None)) for n in ("se_l", "se_s", "se_b")]
+    if all(v is not None for v in se):
+        l, s, b = (shrink(v, e, t)[0] for v, e, t in zip((l, s, b), se, (1.0, 0.0, 0.0)))
+    x0_var = flat(getattr(stats, "x0_var", None))
+    low = 0.0 if x0_var is None else np.clip(1.0 - x0_var * np.exp(2 * lam)[:, None], 0.0, 1.0)
+    l, s = np.clip(l, low, 1.0), np.clip(s, *S_RANGE)
+    f_rms, fp_rms = flat(getattr(stats, "f_rms", None)), flat(getattr(stats, "fp_rms", None))
+    if f_rms is not None and fp_rms is not None:
+        bmax = fp_rms + np.abs(s) * f_rms
+        b = np.clip(b, -bmax, bmax)
+    start = ((getattr(stats, "metadata", None) or {}).get("validation") or {}).get("use_from_lambda")
+    if start is not None:
+        off = (lam < start)[:, None]
+        l, s, b = np.where(off, 1.0, l), np.where(off, 0.0, s), np.where(off, 0.0, b)
+    return l, s, b
 
 
 def preset(nfe: int, guided: bool = False, guidance_scale: float = 1.0) -> dict:
@@ -329,7 +410,8 @@ class DPMSolverV3(Solver):
 
     Args:
         stats: an object with ``lambdas`` (K + 1,) increasing, and ``l``, ``s``, ``b`` arrays of shape
-            (K + 1, *S) (e.g. :class:`fastsample.ems.EMS`), or None for l = 1, s = b = 0.
+            (K + 1, *S) (e.g. :class:`fastsample.ems.EMS`), or None for l = 1, s = b = 0; used as
+            :func:`regularize` makes them (shrunk by their standard errors, bounded, validated range).
         order: predictor order 1-3 (warm start at lower order).
         predictor_pseudo, corrector_pseudo: pseudo-order derivative estimates; a pseudo corrector has
             order (predictor order + 1).
@@ -400,8 +482,8 @@ class DPMSolverV3(Solver):
             return LinearStats.constant(lo - 1.0, hi + 1.0), ()
         st = self.stats
         lams = np.asarray(st.lambdas, dtype=np.float64)
-        l, s, b = (np.asarray(v) for v in (st.l, st.s, st.b))
-        shape = tuple(l.shape[1:])
+        shape = tuple(np.asarray(st.l).shape[1:])
+        l, s, b = regularize(st)
         lo, hi = lams[0], lams[-1]
         tol = 1e-6 * max(1.0, hi - lo)
         if fin.min() < lo - tol or fin.max() > hi + tol:
@@ -409,7 +491,7 @@ class DPMSolverV3(Solver):
                 f"the time grid reaches lambda in [{fin.min():.4f}, {fin.max():.4f}], outside the statistics' "
                 f"range [{lo:.4f}, {hi:.4f}]; compute statistics over the sampling range or keep the grid inside it"
             )
-        flat = LinearStats(lams, l.reshape(len(lams), -1), s.reshape(len(lams), -1), b.reshape(len(lams), -1))
+        flat = LinearStats(lams, l, s, b)
         return flat, shape
 
     def _check_resolution(self, stats: LinearStats, lam, p):
