@@ -304,9 +304,10 @@ class SchedulerRunner:
             raise RuntimeError(f"{type(sch).__name__} starts at t = {got:.6f}, not at the grid's {first:.6f}")
         extra = cond.batch_kwargs(len(x))
         x = x * float(getattr(sch, "init_noise_sigma", 1.0))
+        scale = getattr(sch, "scale_model_input", None)  # FlowMatch schedulers have none
         for label in sch.timesteps:
             t = float(p.noise_schedule.t_of_timestep(float(label)))
-            out = p.model_fn(sch.scale_model_input(x, label), t, **extra)
+            out = p.model_fn(x if scale is None else scale(x, label), t, **extra)
             x = sch.step(out, label, x, return_dict=False)[0]
         return x
 
@@ -520,9 +521,7 @@ def _error(problem: StepProblem, runner: SchedulerRunner, grid, teachers: dict, 
     return float(np.mean(errs))
 
 
-def refine(
-    problem: StepProblem, error: Callable, grid, max_evals: int, progress=None
-) -> tuple[np.ndarray, float, int]:
+def refine(problem: StepProblem, error: Callable, grid, max_evals: int, progress=None) -> tuple[np.ndarray, float, int]:
     """Gradient-free search (Nelder-Mead) from ``grid`` on ``error(grid) -> float``: (grid, error, evaluations).
 
     The interior points are placed by their position q in fine-grid steps (0 = start, M = end; times

@@ -30,7 +30,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["FORMAT", "VERSION", "UNITS", "StepSchedule", "StepScheduleError", "load"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "UNITS",
+    "StepSchedule",
+    "StepScheduleError",
+    "load",
+    "set_timesteps_kwargs",
+    "scheduler_arguments",
+]
 
 FORMAT = "fastsample.step_schedule"
 VERSION = 1
@@ -154,7 +163,8 @@ def set_timesteps_kwargs(scheduler, values, is_flow: bool) -> dict:
     """``set_timesteps`` arguments for a grid in file units on ``scheduler`` (fastsample or Diffusers).
 
     VP: ``timesteps`` (integer training timesteps, ``N t - 1``); flow: ``sigmas`` (unshifted; the scheduler
-    applies its shift or the ``mu`` a pipeline passes). StepScheduleError if the scheduler takes neither.
+    applies its shift or the ``mu`` a pipeline passes), as numpy arrays (Diffusers' UniPC needs an array).
+    StepScheduleError if the scheduler takes neither.
     """
     import inspect
 
@@ -164,13 +174,13 @@ def set_timesteps_kwargs(scheduler, values, is_flow: bool) -> dict:
     if is_flow:
         if "sigmas" not in accepted:
             raise StepScheduleError(f"{name}.set_timesteps takes no `sigmas`; it cannot run a flow step schedule")
-        return {"sigmas": values[:-1].tolist()}
+        return {"sigmas": values[:-1].copy()}
     if "timesteps" not in accepted:
         raise StepScheduleError(
             f"{name}.set_timesteps takes no custom `timesteps`, so it cannot run a VP step schedule; use "
             "DPMSolverMultistepScheduler or a fastsample scheduler (DEISScheduler, S3Scheduler, ...)"
         )
-    return {"timesteps": _vp_timesteps(values, scheduler.config.num_train_timesteps).tolist()}
+    return {"timesteps": _vp_timesteps(values, scheduler.config.num_train_timesteps)}
 
 
 def _vp_timesteps(values, num_train_timesteps: int) -> np.ndarray:
@@ -192,3 +202,22 @@ def load(path) -> StepSchedule:
         return StepSchedule.from_dict(d)
     except StepScheduleError as e:
         raise StepScheduleError(f"{path}: {e}") from e
+
+
+def scheduler_arguments(scheduler, num_inference_steps: int, sigmas=None, timesteps=None) -> tuple:
+    """(sigmas, timesteps) for a fastsample scheduler whose config key ``step_schedule`` names a file.
+
+    The file's grid replaces what the caller passed (Flux pipelines always pass default ``sigmas``; a
+    warning says so); StepScheduleError if the file is for another kind of model or step count.
+    """
+    from diffusers.utils import logging
+
+    sch = load(scheduler.config.step_schedule)
+    sch.check_scheduler(scheduler.schedule.is_flow, num_inference_steps)
+    if sigmas is not None or timesteps is not None:
+        logging.get_logger(__name__).warning(
+            f"{type(scheduler).__name__}: the step schedule {scheduler.config.step_schedule} fixes the time grid; "
+            "the `sigmas`/`timesteps` passed are ignored"
+        )
+    kw = sch.set_timesteps_kwargs(scheduler)
+    return kw.get("sigmas"), kw.get("timesteps")
