@@ -35,6 +35,7 @@ from fastsample.steps import (
 )
 from fastsample.usf.schedule import ScheduleError
 
+torch.set_num_threads(1)  # OpenMP threads beyond the cores a pytest worker has spin-wait (100x slower when shared)
 VP = DiscreteVP.from_betas(betas_for_schedule("linear"))
 RF = RectifiedFlow()
 MIX = GaussianMixture.random(dim=8, components=6, seed=0, width=(0.01, 0.1))
@@ -260,3 +261,88 @@ def test_problem_refuses_bad_inputs():
         )
     with pytest.raises(ValueError, match="VP model"):
         SchedulerRunner(DEISScheduler(), p)
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tmp_path_factory):
+    from tiny_pipelines import ddpm_pipeline
+
+    path = tmp_path_factory.mktemp("pipe") / "ddpm"
+    ddpm_pipeline().save_pretrained(path)
+    return path
+
+
+def _cli_args(pipe, out, *extra):
+    args = ["steps", "--model", str(pipe), "--solver", "DEISScheduler", "--nfe", "4", "--seeds", "0", "--heldout-seeds"]
+    args += ["5", "--batch-size", "4", "--fine-steps", "8", "--teacher-substeps", "1", "--max-evals", "3"]
+    return args + ["--out", str(out), "--no-progress", *extra]
+
+
+def test_command_writes_a_usable_file_refuses_overwrite_and_resumes(tiny_pipe, tmp_path, capsys):
+    from fastsample.cli import main
+
+    out = tmp_path / "deis4.json"
+    assert main(_cli_args(tiny_pipe, out)) == 0
+    sched = load(out)
+    assert sched.nfe == 4 and sched.solver["class"] == "DEISScheduler" and sched.unit == "t"
+    s = DEISScheduler(step_schedule=str(out))
+    s.set_timesteps(4)
+    assert s.timesteps.tolist() == sched.timesteps(1000).tolist()
+    before = out.read_text()
+    assert main(_cli_args(tiny_pipe, out)) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and out.read_text() == before
+    ckpt = tmp_path / "deis4.json.ckpt"
+    stamps = {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()}
+    assert main(_cli_args(tiny_pipe, out, "--force")) == 0  # resumed from the checkpoint: teachers not rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} == stamps
+    assert load(out).values.tolist() == sched.values.tolist()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--seeds", "1"], "made for other inputs"),
+        (["--solver", "NoSuchScheduler"], "not a fastsample or diffusers scheduler"),
+        (["--nfe", "0"], "NFE must be >= 1"),
+        (["--resolutions", "8"], "flow models"),
+    ],
+)
+def test_command_errors_are_one_clear_line(tiny_pipe, tmp_path, capsys, change, message):
+    from fastsample.cli import main
+
+    out = tmp_path / "a.json"
+    assert main(_cli_args(tiny_pipe, out, "--checkpoint", str(tmp_path / "ck"))) == 0
+    assert main(_cli_args(tiny_pipe, tmp_path / "b.json", "--checkpoint", str(tmp_path / "ck"), *change)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fastsample steps:")]
+    assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_match_one(tiny_pipe, tmp_path):
+    """``accelerate launch --cpu --num_processes 2``: each rank computes half of the teacher trajectories into
+    the checkpoint; the main process optimises; the file equals the one-process file (timings aside)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fastsample.cli import main
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher is not installed beside this Python"
+    extra = ["--seeds", "0-1", "--heldout-seeds", "5-6"]
+    cmd = [accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    cmd += ["--dynamo_backend", "no", "-m", "fastsample", *_cli_args(tiny_pipe, tmp_path / "two.json", *extra)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600, env=env)
+    assert len(list((tmp_path / "two.json.ckpt").glob("teacher_*.pt"))) == 4
+    assert main(_cli_args(tiny_pipe, tmp_path / "one.json", *extra)) == 0
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    for d in (one, two):
+        for k in ("search_seconds", "total_seconds"):
+            d["method"].pop(k)
+    assert one == two

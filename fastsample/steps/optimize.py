@@ -281,6 +281,8 @@ class SchedulerRunner:
         return {"class": type(self.scheduler).__name__, "module": type(self.scheduler).__module__, "config": cfg}
 
     def steps_for(self, nfe: int) -> int:
+        if nfe < 1:
+            raise ValueError(f"NFE must be >= 1, got {nfe}")
         if nfe % self.stages:
             raise ValueError(
                 f"NFE {nfe} is not a multiple of {type(self.scheduler).__name__}'s {self.stages} calls per step"
@@ -669,14 +671,18 @@ def optimize_steps(
 ) -> StepSchedule:
     """The whole method for one scheduler and NFE: a :class:`StepSchedule` with its held-out report."""
     runner = SchedulerRunner(scheduler, problem)
-    calls0 = problem.model_fn.calls
     teachers = compute_teachers(problem, checkpoint, progress=progress)
-    teacher_calls = problem.model_fn.calls - calls0
     result = optimize(problem, runner, nfe, teachers, checkpoint, max_evals, progress)
-    return to_schedule(problem, runner, result, teachers, teacher_calls)
+    return to_schedule(problem, runner, result, teachers)
 
 
-def to_schedule(problem, runner, result: StepResult, teachers: dict, teacher_calls: int) -> StepSchedule:
+def teacher_model_calls(problem: StepProblem, split: str = "selection") -> int:
+    """Model calls (batches of ``batch_size``) of the teacher trajectories of one split."""
+    return len(problem.units(split)) * (len(problem.fine_grid()) - 1) * problem.teacher_substeps
+
+
+def to_schedule(problem: StepProblem, runner: SchedulerRunner, result: StepResult, teachers: dict) -> StepSchedule:
+    """The :class:`StepSchedule` of a result, with the held-out report (runs the held-out evaluations)."""
     model = {
         **problem.description,
         "noise_schedule": problem.noise_schedule.describe(),
@@ -690,8 +696,10 @@ def to_schedule(problem, runner, result: StepResult, teachers: dict, teacher_cal
         "fine_steps": problem.fine_steps,
         "teacher": {"solver": "dpmsolver++3m", "substeps": problem.teacher_substeps},
         "refine_evaluations": result.evaluations,
-        "teacher_model_calls": teacher_calls,
+        "teacher_model_calls": teacher_model_calls(problem),
+        "heldout_teacher_model_calls": teacher_model_calls(problem, "heldout"),
         "search_model_calls": result.model_calls,
+        "batch_size": problem.batch_size,
         "search_seconds": result.seconds,
         "dp_grid": result.dp_grid.tolist(),
     }
