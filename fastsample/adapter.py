@@ -46,7 +46,7 @@ COMMON_CONFIG = {
     "use_karras_sigmas": False,
     "use_lambdas": False,
     "time_grid": None,
-    "step_schedule": None,
+    "step_schedule_file": None,
     "final_sigmas_type": "zero",
     "use_flow_sigmas": False,
     "flow_shift": 1.0,
@@ -166,7 +166,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         """The float64 time grid (n + 1 entries, decreasing) for one call of ``set_timesteps``."""
         c, s = self.config, self.schedule
         final_zero = c.final_sigmas_type == "zero"
-        if c.step_schedule is not None:
+        if c.step_schedule_file is not None:
             from .steps.schedule_file import scheduler_arguments
 
             sigmas, timesteps = scheduler_arguments(self, num_inference_steps, sigmas, timesteps)

@@ -217,23 +217,23 @@ def test_vp_file_runs_on_diffusers_dpmsolver_and_every_fastsample_scheduler(tmp_
     with pytest.raises(StepScheduleError, match="DEISMultistepScheduler.set_timesteps takes no custom `timesteps`"):
         sched.set_timesteps_kwargs(DEISMultistepScheduler())
     for s in (DEISScheduler, S3Scheduler, DPMSolverV3Scheduler):
-        ours = s(step_schedule=str(path))
+        ours = s(step_schedule_file=str(path))
         ours.set_timesteps(5)
         assert ours.timesteps.tolist() == labels, s.__name__
         ours.save_pretrained(tmp_path / s.__name__)
         again = s.from_pretrained(tmp_path / s.__name__)
-        assert again.config.step_schedule == str(path)
+        assert again.config.step_schedule_file == str(path)
         with pytest.raises(StepScheduleError, match="num_inference_steps=6"):
             again.set_timesteps(6)
     with pytest.raises(StepScheduleError, match="for a VP"):
-        RectifiedFlowScheduler(step_schedule=str(path)).set_timesteps(5)
-    with pytest.raises(ScheduleError, match="step_schedule"):
-        S3Scheduler(step_schedule=str(path), schedule_file=str(path))
+        RectifiedFlowScheduler(step_schedule_file=str(path)).set_timesteps(5)
+    with pytest.raises(ScheduleError, match="step_schedule_file"):
+        S3Scheduler(step_schedule_file=str(path), schedule_file=str(path))
 
 
 def test_flow_file_through_the_config_key_shifts_once(flow_file):
     _, sched, path = flow_file
-    s = RectifiedFlowScheduler(step_schedule=str(path), use_dynamic_shifting=True)
+    s = RectifiedFlowScheduler(step_schedule_file=str(path), use_dynamic_shifting=True)
     s.set_timesteps(4, sigmas=np.linspace(1, 0.25, 4).tolist(), mu=1.15)  # a Flux pipeline's default sigmas
     np.testing.assert_allclose(s.sigmas.numpy(), shift_sigmas(sched.values, mu=1.15), atol=1e-6)
 
@@ -288,7 +288,7 @@ def test_command_writes_a_usable_file_refuses_overwrite_and_resumes(tiny_pipe, t
     assert main(_cli_args(tiny_pipe, out)) == 0
     sched = load(out)
     assert sched.nfe == 4 and sched.solver["class"] == "DEISScheduler" and sched.unit == "t"
-    s = DEISScheduler(step_schedule=str(out))
+    s = DEISScheduler(step_schedule_file=str(out))
     s.set_timesteps(4)
     assert s.timesteps.tolist() == sched.timesteps(1000).tolist()
     before = out.read_text()

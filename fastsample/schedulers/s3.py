@@ -57,8 +57,8 @@ class S3Scheduler(FastScheduler):
 
     def make_solver(self):
         path = self.config.schedule_file
-        if path and self.config.step_schedule:
-            raise ScheduleError("a solver schedule file fixes its own time grid; do not also set `step_schedule`")
+        if path and self.config.step_schedule_file:
+            raise ScheduleError("a solver schedule file fixes its own time grid; do not also set `step_schedule_file`")
         self.solver_schedule = load(path) if path else None
         if self.solver_schedule is None:
             builtin(self.config.builtin_schedule, 1)  # an unknown name fails at construction

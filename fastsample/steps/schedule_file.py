@@ -3,7 +3,7 @@
 A step schedule fixes only *where* the steps fall; the solver's own update rule is unchanged, so
 every scheduler can run it: Diffusers' through ``set_timesteps(timesteps=...)`` (VP models, integer
 training timesteps) or ``set_timesteps(sigmas=...)`` (flow models), fastsample's through the config
-key ``step_schedule`` or the same arguments. A USF solver schedule (:mod:`fastsample.usf.schedule`)
+key ``step_schedule_file`` or the same arguments. A USF solver schedule (:mod:`fastsample.usf.schedule`)
 would also fix each step's prediction, order and corrector, which a step schedule must not, so this
 is its own format; its ``grid`` object has the solver schedule's shape (``{"unit", "values"}``).
 
@@ -205,18 +205,18 @@ def load(path) -> StepSchedule:
 
 
 def scheduler_arguments(scheduler, num_inference_steps: int, sigmas=None, timesteps=None) -> tuple:
-    """(sigmas, timesteps) for a fastsample scheduler whose config key ``step_schedule`` names a file.
+    """(sigmas, timesteps) for a fastsample scheduler whose config key ``step_schedule_file`` names a file.
 
     The file's grid replaces what the caller passed (Flux pipelines always pass default ``sigmas``; a
     warning says so); StepScheduleError if the file is for another kind of model or step count.
     """
     from diffusers.utils import logging
 
-    sch = load(scheduler.config.step_schedule)
+    sch = load(scheduler.config.step_schedule_file)
     sch.check_scheduler(scheduler.schedule.is_flow, num_inference_steps)
     if sigmas is not None or timesteps is not None:
         logging.get_logger(__name__).warning(
-            f"{type(scheduler).__name__}: the step schedule {scheduler.config.step_schedule} fixes the time grid; "
+            f"{type(scheduler).__name__}: the step schedule {scheduler.config.step_schedule_file} fixes the time grid; "
             "the `sigmas`/`timesteps` passed are ignored"
         )
     kw = sch.set_timesteps_kwargs(scheduler)
