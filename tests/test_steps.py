@@ -346,3 +346,35 @@ def test_accelerate_launch_two_processes_match_one(tiny_pipe, tmp_path):
         for k in ("search_seconds", "total_seconds"):
             d["method"].pop(k)
     assert one == two
+
+
+def test_prompts_as_conditions_on_a_real_sd3_pipeline(tmp_path):
+    """Two prompts searched together on a tiny SD3 (shift 3): the unshifted schedule, passed to the real
+    StableDiffusion3Pipeline as ``sigmas``, gives the latents our runner gives (guidance 1)."""
+    from tiny_pipelines import flux_pipeline, sd3_pipeline
+
+    from fastsample.steps.models import from_pipeline, network_model_fn
+
+    pipe = sd3_pipeline()
+    conds = []
+    for prompt in ("a cat", "a red house"):
+        pe, _, pooled, _ = pipe.encode_prompt(prompt, prompt, prompt, do_classifier_free_guidance=False)
+        conds.append(Condition((4, 8, 8), kwargs={"encoder_hidden_states": pe, "pooled_projections": pooled}))
+    spec = from_pipeline(pipe, name="tiny sd3")
+    assert spec["flow_shift"] == pipe.scheduler.config.shift != 1.0
+    p = StepProblem(conditions=conds, seeds=[0], heldout_seeds=[1], batch_size=1, fine_steps=8, **spec)
+    sched = optimize_steps(p, pipe.scheduler, 3, max_evals=2)
+    cond = conds[1]
+    x = p.noise(cond, 1)
+    ours = SchedulerRunner(pipe.scheduler, p).run(sched.values, x, cond)
+    out = pipe(
+        prompt_embeds=cond.kwargs["encoder_hidden_states"],
+        pooled_prompt_embeds=cond.kwargs["pooled_projections"],
+        guidance_scale=1.0,
+        latents=x,
+        output_type="latent",
+        **sched.set_timesteps_kwargs(pipe.scheduler),
+    ).images
+    torch.testing.assert_close(out, ours, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="Flux transformers"):
+        network_model_fn(flux_pipeline().transformer, RF)
