@@ -261,6 +261,10 @@ def test_problem_refuses_bad_inputs():
         )
     with pytest.raises(ValueError, match="VP model"):
         SchedulerRunner(DEISScheduler(), p)
+    with pytest.raises(ValueError, match="differs from the model's"):
+        SchedulerRunner(DEISScheduler(beta_schedule="scaled_linear"), vp_problem(seeds=[0], heldout_seeds=[1]))
+    with pytest.raises(ValueError, match="expects 'v_prediction'"):
+        SchedulerRunner(DEISScheduler(prediction_type="v_prediction"), vp_problem(seeds=[0], heldout_seeds=[1]))
 
 
 # --- the command line -------------------------------------------------------------------------------

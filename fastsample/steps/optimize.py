@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .. import grids
+from ..ems import schedule_for_config
 from ..parameterization import check_prediction_type
 from ..sampling import observe
 from ..sampling import sample as run_plan
@@ -266,12 +267,22 @@ class SchedulerRunner:
     def __init__(self, scheduler, problem: StepProblem):
         self.scheduler, self.problem = scheduler, problem
         c = scheduler.config
-        flow = bool(c.get("use_flow_sigmas", False)) or "shift" in c and "beta_schedule" not in c
-        if flow != problem.is_flow:
-            raise ValueError(f"{type(scheduler).__name__} is configured for a {'flow' if flow else 'VP'} model")
+        name = type(scheduler).__name__
+        sched, ptype = schedule_for_config(c)
+        if sched.is_flow != problem.is_flow:
+            raise ValueError(f"{name} is configured for a {'flow' if sched.is_flow else 'VP'} model")
+        if not sched.is_flow and not np.allclose(
+            sched.alphas_cumprod, problem.noise_schedule.alphas_cumprod, rtol=1e-6
+        ):
+            raise ValueError(
+                f"{name}'s noise schedule (betas) differs from the model's; build it from the model's config"
+            )
+        if ptype != problem.prediction_type:
+            raise ValueError(f"{name} expects {ptype!r} outputs but the model gives {problem.prediction_type!r}")
         self.dynamic = bool(c.get("use_dynamic_shifting", False))
         if problem.is_flow and not self.dynamic:
-            shift = float(c.get("shift", c.get("flow_shift", 1.0)) if "shift" in c else c.get("flow_shift", 1.0))
+            # ours and UniPC: flow_shift (with use_flow_sigmas); FlowMatch schedulers: shift
+            shift = float(c.get("flow_shift", 1.0) if "use_flow_sigmas" in c else c.get("shift", 1.0))
             if not math.isclose(shift, problem.flow_shift):
                 raise ValueError(f"{type(scheduler).__name__} shifts by {shift}, the problem by {problem.flow_shift}")
         self.stages = int(getattr(scheduler, "order", 1))
