@@ -382,3 +382,30 @@ def test_prompts_as_conditions_on_a_real_sd3_pipeline(tmp_path):
     torch.testing.assert_close(out, ours, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="Flux transformers"):
         network_model_fn(flux_pipeline().transformer, RF)
+
+
+def test_command_searches_over_class_labels_and_reports_unseen_ones(tmp_path):
+    """A class-conditional UNet: searched over labels 0 and 1, the held-out report uses label 2."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from fastsample.cli import main
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        num_class_embeds=3,
+    )
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "pipe")
+    out = tmp_path / "c.json"
+    extra = ["--class-labels", "0,1", "--heldout-class-labels", "2"]
+    assert main(_cli_args(tmp_path / "pipe", out, *extra)) == 0
+    cond = load(out).conditions
+    assert [c["kwargs"]["class_labels"] for c in cond["conditions"]] == [[0], [1]]
+    assert [c["kwargs"]["class_labels"] for c in cond["heldout_conditions"]] == [[2]]
