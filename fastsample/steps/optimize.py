@@ -21,8 +21,11 @@ steps that minimise the final error against a high-accuracy teacher, over all th
    difference from the teacher's end state) is the start.
 5. **Refinement.** Nelder-Mead on the interior points' positions (in fine-grid steps, through a softmax so
    every candidate is an ordered grid; VP points snapped to training timesteps), scored by the real
-   solver's final selection error; the best grid evaluated is kept, so the result is never worse than
-   the start on the selection set.
+   solver's final error as the *worst ratio, over the selection units, of a unit's squared error to the
+   start's*: a change must help every unit (condition, seed), which guards against fitting a few samples
+   (plain selection RMS was 1.3-1.6x worse than the best fixed grid on held-out seeds at NFE 8-10 on the
+   demo DDPM). The best grid evaluated is kept; its score is <= 1, so no unit, and hence not the
+   selection error, is worse than at the start.
 
 Flow models: grids are in *unshifted* time (diffusers' ``sigmas`` before ``shift`` / ``mu``); each
 condition's ``mu`` (Flux) or the static ``flow_shift`` (SD3) maps them to model time, so one schedule is
@@ -515,23 +518,32 @@ def dp_path(cost: np.ndarray, n: int) -> np.ndarray:
 # --- selection error and refinement -------------------------------------------------------------------
 
 
-def _error(problem: StepProblem, runner: SchedulerRunner, grid, teachers: dict, split: str) -> float:
-    """Mean over conditions of the RMS difference between the solver's and the teacher's end states."""
-    errs = []
+def _unit_sse(problem: StepProblem, runner: SchedulerRunner, grid, teachers: dict, split: str) -> dict:
+    """{(c, seed): (squared error sum, element count)} of the solver's end states against the teacher's."""
+    out = {}
     conds = problem.conditions if split == "selection" else problem.heldout_conditions
     seeds = problem.seeds if split == "selection" else problem.heldout_seeds
     for c, cond in enumerate(conds):
-        sse, count = 0.0, 0
         for seed in seeds:
             tr = teachers[(split, c, seed)]
             end = tr["states"][-1] if split == "selection" else tr["end"]
-            out = runner.run(grid, problem.noise(cond, seed), cond)
-            if not torch.isfinite(out).all():
-                return math.inf
-            sse += float(((out.double() - end.double()) ** 2).sum())
-            count += end.numel()
-        errs.append(math.sqrt(sse / count))
-    return float(np.mean(errs))
+            x = runner.run(grid, problem.noise(cond, seed), cond)
+            sse = float(((x.double() - end.double()) ** 2).sum()) if torch.isfinite(x).all() else math.inf
+            out[(c, seed)] = (sse, end.numel())
+    return out
+
+
+def _combine(units: dict) -> float:
+    """Mean over conditions of the RMS error over that condition's seeds."""
+    per = {}
+    for (c, _), (sse, count) in units.items():
+        s0, n0 = per.get(c, (0.0, 0))
+        per[c] = (s0 + sse, n0 + count)
+    return float(np.mean([math.sqrt(sse / count) for sse, count in per.values()]))
+
+
+def _error(problem: StepProblem, runner: SchedulerRunner, grid, teachers: dict, split: str) -> float:
+    return _combine(_unit_sse(problem, runner, grid, teachers, split))
 
 
 def refine(problem: StepProblem, error: Callable, grid, max_evals: int, progress=None) -> tuple[np.ndarray, float, int]:
@@ -627,29 +639,35 @@ def optimize(
     fine = problem.fine_grid()
     dp = fine[dp_path(cost, n)]
 
-    def error(g):
-        return _error(problem, runner, g, teachers, "selection")
-
     starts = {"dp": dp, **fixed_grids(problem, n)}
-    start_errors = {name: error(g) for name, g in starts.items()}
+    start_units = {name: _unit_sse(problem, runner, g, teachers, "selection") for name, g in starts.items()}
+    start_errors = {name: _combine(u) for name, u in start_units.items()}
     start = min(start_errors, key=start_errors.get)
+    base = start_units[start]
+    combined = {}
+
+    def worst_ratio(g):
+        units = _unit_sse(problem, runner, g, teachers, "selection")
+        combined[tuple(g)] = _combine(units)
+        return max(units[k][0] / base[k][0] if base[k][0] > 0 else math.inf for k in units)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=max_evals, desc=f"refining NFE {nfe}", unit="run")
 
-    def tick(evals, err):
+    def tick(evals, ratio):
         bar.update(1)
-        bar.set_postfix(error=f"{err:.4g}")
+        bar.set_postfix(worst_unit_ratio=f"{ratio:.4g}")
 
-    grid, err, evals = refine(problem, error, starts[start], max_evals, tick if bar is not None else None)
+    grid, _, evals = refine(problem, worst_ratio, starts[start], max_evals, tick if bar is not None else None)
     if bar is not None:
         bar.close()
     return StepResult(
         grid,
         nfe,
-        err,
+        combined[tuple(grid)],
         start,
         start_errors,
         dp,
