@@ -153,7 +153,7 @@ def demo_part(which, max_evals):
 
     pipe = shipped.load_ddpm_pipeline() if which == "ddpm" else shipped.load_flow_pipeline()
     cfg = dict(pipe.scheduler.config)
-    kw = dict(seeds=[0, 1], heldout_seeds=[100, 101], batch_size=16, fine_steps=32, teacher_substeps=2)
+    kw = dict(seeds=[0, 1], heldout_seeds=[100, 101], batch_size=32, fine_steps=40, teacher_substeps=2)
     p = StepProblem(conditions=[Condition(shape)], **kw, **spec)
     solvers = vp_solvers(cfg) if which == "ddpm" else flow_solvers(cfg)
     main = "UniPC-bh2 (ours, S3Scheduler)" if which == "ddpm" else "multistep2 (ours)"
@@ -182,15 +182,11 @@ def s3_part(max_evals):
         return inner(x, t)
 
     sp.model_fn = counted
-    gens = 1
-    # grow the S^3 budget (generations) until it spends at least our sample evaluations
-    while True:
-        counter["samples"] = 0
-        t1 = time.perf_counter()
-        found = search(sp, 5, generations=gens, progress=False)
-        if counter["samples"] >= ours_samples or gens >= 64:
-            break
-        gens *= 2
+    search(sp, 5, generations=1, progress=False)
+    gens = max(1, int(np.ceil(ours_samples / counter["samples"])))  # generations for about our budget
+    counter["samples"] = 0
+    t1 = time.perf_counter()
+    found = search(sp, 5, generations=gens, progress=False)
     s3_s, s3_samples = time.perf_counter() - t1, counter["samples"]
     heldout = list(p.heldout_seeds)
     rep = report(sp, found.schedule, heldout, 128)
@@ -242,7 +238,7 @@ def markdown(results) -> str:
             sel_units = 2
             teacher_share = r["teacher_cpu_seconds_all_units"] * sel_units / (sel_units + 2)
             lines.append(
-                f"- {r['model']} {r['solver']}: teacher {r['teacher_model_calls']} model calls (batch 16) + search "
+                f"- {r['model']} {r['solver']}: teacher {r['teacher_model_calls']} model calls (batch 32) + search "
                 f"{r['search_model_calls']} calls; CPU {teacher_share + r['search_cpu_seconds']:.0f} s "
                 f"(teacher {teacher_share:.0f} s, search {r['search_cpu_seconds']:.0f} s), wall search "
                 f"{r['search_seconds']:.0f} s on a shared 2-core machine (load average {results['load_average']})"
@@ -265,7 +261,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="analytic,ddpm,flow,s3")
     ap.add_argument("--max-evals", type=int, default=60, help="refinement runs, analytic parts")
-    ap.add_argument("--demo-max-evals", type=int, default=12, help="refinement runs, demo models")
+    ap.add_argument("--demo-max-evals", type=int, default=24, help="refinement runs, demo models")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # two OpenMP threads on a shared 2-core machine run ~100x slower (spin waits)
     parts = args.parts.split(",")
