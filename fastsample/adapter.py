@@ -51,6 +51,7 @@ COMMON_CONFIG = {
     "use_karras_sigmas": False,
     "use_lambdas": False,
     "time_grid": None,
+    "step_schedule_file": None,
     "final_sigmas_type": "zero",
     "use_flow_sigmas": False,
     "flow_shift": 1.0,
@@ -144,7 +145,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
     # Config keys that name a file the scheduler needs (statistics, solver schedules). save_pretrained
     # copies each file into the scheduler folder and stores its name relative to it; from_pretrained
     # resolves it against the folder (or the Hub repo), so a saved folder works wherever it is moved.
-    artifact_keys: tuple = ()
+    artifact_keys: tuple = ("step_schedule_file",)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -276,6 +277,10 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         """The float64 time grid (n + 1 entries, decreasing) for one call of ``set_timesteps``."""
         c, s = self.config, self.schedule
         final_zero = c.final_sigmas_type == "zero"
+        if c.step_schedule_file is not None:
+            from .steps.schedule_file import scheduler_arguments
+
+            sigmas, timesteps = scheduler_arguments(self, num_inference_steps, sigmas, timesteps)
         if timesteps is not None:
             grid = np.concatenate([s.t_of_timestep(timesteps), [0.0 if final_zero else s.t_min]])
         elif s.is_flow:

@@ -1,4 +1,4 @@
-"""The ``fastsample`` command: ``fastsample [--debug] {sweep,fid,ems,search} ...``.
+"""The ``fastsample`` command: ``fastsample [--debug] {sweep,fid,ems,search,steps} ...``.
 
 Each subcommand lives with its feature and registers itself through ``add_subparser``; they are
 imported only when the command line names them, so ``fastsample --help`` stays fast.
@@ -21,6 +21,7 @@ COMMANDS = {
     "fid": ("fastsample.fid.cli", "Frechet distance between two image folders or .npz statistics files"),
     "ems": ("fastsample.ems", "compute DPM-Solver-v3 empirical model statistics"),
     "search": ("fastsample.usf.cli", "search an S^3 solver schedule for a model and NFE budget"),
+    "steps": ("fastsample.steps.cli", "optimise the time steps of a solver for a model and NFE (step schedule)"),
 }
 
 

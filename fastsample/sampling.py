@@ -47,11 +47,13 @@ def sample(
     prediction_type: str = "epsilon",
     steering=None,
     check_finite: bool = True,
+    callback=None,
 ) -> torch.Tensor:
     """Integrate from ``grid[0]`` to ``grid[-1]`` starting at x; returns x(grid[-1]) in x's dtype.
 
     ``steering``, if given, is called as ``steering(k, t, x, x0, eps) -> (x, x0, eps)`` after each
-    model evaluation, before the solver step (FlowChef, thresholding).
+    model evaluation, before the solver step (FlowChef, thresholding). ``callback``, if given, is
+    called as ``callback(k, t, x, model_output)`` after evaluation k (teacher trajectories record it).
     """
     ptype = check_prediction_type(prediction_type, schedule.is_flow)
     plan: Plan = solver.plan(schedule, grid)
@@ -62,6 +64,8 @@ def sample(
         out = model_fn(x, float(t))
         if check_finite and not torch.isfinite(out).all():
             raise NonFiniteModelOutput(f"model output is NaN or Inf at step {k} (t={float(t):.6g})")
+        if callback is not None:
+            callback(k, float(t), x, out)
         x0, eps = observe(out, x, t, schedule, ptype)
         xw = x.to(x0.dtype)
         if steering is not None:

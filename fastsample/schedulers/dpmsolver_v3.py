@@ -53,7 +53,7 @@ def _warn_validation(ems: EMS) -> None:
 
 
 class DPMSolverV3Scheduler(FastScheduler):
-    artifact_keys = ("ems_path",)
+    artifact_keys = FastScheduler.artifact_keys + ("ems_path",)
     config_keys = {
         "timestep_spacing": None,
         "ems_path": None,
@@ -144,7 +144,7 @@ class DPMSolverV3Scheduler(FastScheduler):
         self.solver = self.make_solver(num_inference_steps)
         c, s = self.config, self.schedule
         explicit = sigmas is not None or timesteps is not None or c.time_grid or c.use_karras_sigmas or c.use_lambdas
-        explicit = explicit or c.timestep_spacing is not None
+        explicit = explicit or c.timestep_spacing is not None or c.step_schedule_file
         if explicit or s.is_flow:
             return super().make_grid(num_inference_steps, sigmas=sigmas, timesteps=timesteps, mu=mu)
         name = self._options(num_inference_steps)["time_grid"]

@@ -48,7 +48,7 @@ class _ScheduleSolver(Solver):
 
 
 class S3Scheduler(FastScheduler):
-    artifact_keys = ("schedule_file",)
+    artifact_keys = FastScheduler.artifact_keys + ("schedule_file",)
     config_keys = {"schedule_file": None, "builtin_schedule": "unipc-bh2"}
 
     @classmethod
@@ -58,6 +58,8 @@ class S3Scheduler(FastScheduler):
 
     def make_solver(self):
         path = self.config.schedule_file
+        if path and self.config.step_schedule_file:
+            raise ScheduleError("a solver schedule file fixes its own time grid; do not also set `step_schedule_file`")
         self.solver_schedule = load(path) if path else None
         if self.solver_schedule is None:
             builtin(self.config.builtin_schedule, 1)  # an unknown name fails at construction

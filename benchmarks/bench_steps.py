@@ -1,0 +1,295 @@
+"""Optimised step schedules (fastsample.steps; GITS-style DP + refinement, arXiv 2405.11326) vs fixed grids.
+
+For each model and solver and NFE: the optimised grid's held-out error divided by the same solver's
+error on its best fixed grid (trailing / uniform, Karras, log-SNR, quadratic, AYS-style), the best
+chosen *on the held-out seeds themselves* (the most favourable choice for the baseline). Selection and
+held-out seeds are disjoint. Errors: RMS difference of the final samples from the exact probability-flow
+ODE solution (analytic Gaussian mixtures) or from the teacher (DPM-Solver++(3M), fine grid; demo models).
+
+Parts: ``analytic`` (VP mixture: DEIS tAB3, DPM-Solver++(2M) ours and Diffusers', UniPC-bh2; flow
+mixture: our multistep2 and Euler, Diffusers' flow UniPC and FlowMatchEuler; NFE 4-10), ``ddpm`` and
+``flow`` (the shipped demo models: the main solver at NFE 4-10, whose schedules are shipped under
+eval/schedules/, the others at NFE 5), ``s3`` (S^3 search vs ours at NFE 5 on the analytic VP mixture
+with the same number of sample evaluations). Writes benchmarks/results/steps.{json,md}.
+
+    nice -n 10 python benchmarks/bench_steps.py            # all parts
+    nice -n 10 python benchmarks/bench_steps.py --parts analytic,s3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+from fastsample import DEISScheduler, RectifiedFlowScheduler, S3Scheduler
+from fastsample.analytic import GaussianMixture
+from fastsample.schedules import DiscreteVP, RectifiedFlow, betas_for_schedule
+from fastsample.steps import Condition, SchedulerRunner, StepProblem, compute_teachers, fixed_grids, optimize
+from fastsample.steps.models import demo
+from fastsample.steps.optimize import heldout_report, teacher_model_calls, to_schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SCHEDULES = ROOT / "eval" / "schedules"
+NFES = (4, 5, 6, 7, 8, 9, 10)
+VP_CFG = {"beta_schedule": "linear", "num_train_timesteps": 1000, "prediction_type": "epsilon"}
+
+
+def vp_solvers(cfg):
+    return {
+        "DEIS tAB3 (ours)": lambda: DEISScheduler.from_config(cfg),
+        "DPM-Solver++2M (ours, S3Scheduler)": lambda: S3Scheduler.from_config(cfg, builtin_schedule="dpmsolver++2m"),
+        "DPM-Solver++2M (diffusers)": lambda: DPMSolverMultistepScheduler.from_config(cfg),
+        "UniPC-bh2 (ours, S3Scheduler)": lambda: S3Scheduler.from_config(cfg, builtin_schedule="unipc-bh2"),
+    }
+
+
+def flow_solvers(cfg):
+    return {
+        "multistep2 (ours)": lambda: RectifiedFlowScheduler.from_config(cfg, solver="multistep2"),
+        "Euler (ours)": lambda: RectifiedFlowScheduler.from_config(cfg, solver="euler"),
+        "UniPC-bh2 flow (diffusers)": lambda: UniPCMultistepScheduler.from_config(
+            cfg, use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=cfg.get("shift", 1.0)
+        ),
+        "FlowMatchEuler (diffusers)": lambda: FlowMatchEulerDiscreteScheduler.from_config(cfg),
+    }
+
+
+def exact_errors(problem, runner, grids_by_name, mixture):
+    """Held-out RMS error against the exact ODE solution for each named grid (exact ends computed once)."""
+    cond = problem.heldout_conditions[0]
+    xs = [problem.noise(cond, s) for s in problem.heldout_seeds]
+    key = id(problem)
+    if key not in _EXACT:
+        _EXACT[key] = [mixture.ode_solve(x.double().numpy(), problem.noise_schedule, 1.0, 0.0) for x in xs]
+    out = {}
+    for name, g in grids_by_name.items():
+        sq = sum(float(((runner.run(g, x, cond).double().numpy() - e) ** 2).sum()) for x, e in zip(xs, _EXACT[key]))
+        out[name] = float(np.sqrt(sq / sum(e.size for e in _EXACT[key])))
+    return out
+
+
+_EXACT = {}
+
+
+def run_model(tag, problem, solvers, nfes_for, max_evals, mixture=None, ship=None):
+    """Optimise every solver at its NFEs on one problem; rows with held-out ratios (and shipped files)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as ckpt:
+        t0, c0 = time.perf_counter(), time.process_time()
+        teachers = compute_teachers(problem, ckpt)
+        teacher_s, teacher_cpu = time.perf_counter() - t0, time.process_time() - c0
+        for name, make in solvers.items():
+            for nfe in nfes_for(name):
+                runner = SchedulerRunner(make(), problem)
+                c1 = time.process_time()
+                res = optimize(problem, runner, nfe, teachers, ckpt, max_evals)
+                search_cpu = time.process_time() - c1
+                n = runner.steps_for(nfe)
+                if mixture is not None:
+                    errs = exact_errors(problem, runner, {"optimised": res.grid, **fixed_grids(problem, n)}, mixture)
+                    ours = errs.pop("optimised")
+                    fixed = errs
+                else:
+                    rep = heldout_report(problem, runner, res, teachers)["heldout"]
+                    ours, fixed = rep["optimised"], rep["fixed"]
+                best = min(fixed, key=fixed.get)
+                row = {
+                    "model": tag,
+                    "solver": name,
+                    "nfe": nfe,
+                    "optimised_heldout": ours,
+                    "best_fixed": best,
+                    "best_fixed_heldout": fixed[best],
+                    "ratio": ours / fixed[best],
+                    "fixed_heldout": fixed,
+                    "selection_optimised": res.selection_error,
+                    "selection_starts": res.start_errors,
+                    "start": res.start,
+                    "grid": res.grid.tolist(),
+                    "search_model_calls": res.model_calls,
+                    "search_sample_evaluations": res.model_samples,
+                    "search_seconds": res.seconds,
+                    "search_cpu_seconds": search_cpu,
+                    "teacher_model_calls": teacher_model_calls(problem),
+                    "teacher_seconds_all_units": teacher_s,
+                    "teacher_cpu_seconds_all_units": teacher_cpu,
+                }
+                rows.append(row)
+                print(f"{tag:10s} {name:36s} NFE {nfe:2d}: ratio {row['ratio']:.3f} ({best})", flush=True)
+                if ship is not None and name == ship[0]:
+                    sched = to_schedule(problem, runner, res, teachers)
+                    sched.save(SCHEDULES / f"steps_{ship[1]}_nfe{nfe}.json")
+    return rows
+
+
+def analytic(max_evals):
+    vp = DiscreteVP.from_betas(betas_for_schedule("linear"))
+    mix = GaussianMixture.random(dim=8, components=8, seed=0, width=(0.01, 0.1))
+    kw = dict(seeds=[0, 1, 2, 3], heldout_seeds=[10, 11, 12, 13], batch_size=128, dtype=torch.float64, fine_steps=64)
+    p = StepProblem(mix.model_fn(vp), vp, "epsilon", [Condition((8,))], **kw)
+    rows = run_model("mixture-vp", p, vp_solvers(VP_CFG), lambda name: NFES, max_evals, mixture=mix)
+    rf = RectifiedFlow()
+    fmix = GaussianMixture.random(dim=8, components=8, seed=1, width=(0.01, 0.1))
+    q = StepProblem(fmix.model_fn(rf, "flow_prediction"), rf, "flow_prediction", [Condition((8,))], **kw)
+    cfg = dict(FlowMatchEulerDiscreteScheduler().config)
+    rows += run_model("mixture-flow", q, flow_solvers(cfg), lambda name: NFES, max_evals, mixture=fmix)
+    return rows
+
+
+def demo_part(which, max_evals):
+    spec, shape = demo(which)
+    from fastsample import demo as shipped
+
+    pipe = shipped.load_ddpm_pipeline() if which == "ddpm" else shipped.load_flow_pipeline()
+    cfg = dict(pipe.scheduler.config)
+    kw = dict(seeds=[0, 1], heldout_seeds=[100, 101], batch_size=32, fine_steps=40, teacher_substeps=2)
+    p = StepProblem(conditions=[Condition(shape)], **kw, **spec)
+    solvers = vp_solvers(cfg) if which == "ddpm" else flow_solvers(cfg)
+    main = "UniPC-bh2 (ours, S3Scheduler)" if which == "ddpm" else "multistep2 (ours)"
+    ship = (main, f"demo_{which}_{'unipc-bh2' if which == 'ddpm' else 'multistep2'}")
+    return run_model(f"demo-{which}", p, solvers, lambda name: NFES if name == main else (5,), max_evals, ship=ship)
+
+
+def s3_part(max_evals):
+    """S^3 search and ours at NFE 5 on the analytic VP mixture, with about the same sample evaluations."""
+    from fastsample.usf.search import SearchProblem, report, search
+
+    vp = DiscreteVP.from_betas(betas_for_schedule("linear"))
+    mix = GaussianMixture.random(dim=8, components=8, seed=0, width=(0.01, 0.1))
+    kw = dict(seeds=[0, 1, 2, 3], heldout_seeds=[10, 11, 12, 13], batch_size=128, dtype=torch.float64, fine_steps=64)
+    p = StepProblem(mix.model_fn(vp), vp, "epsilon", [Condition((8,))], **kw)
+    runner = SchedulerRunner(S3Scheduler(builtin_schedule="unipc-bh2"), p)
+    t0 = time.perf_counter()
+    res = optimize(p, runner, 5, max_evals=max_evals)
+    ours_s, ours_samples = time.perf_counter() - t0, p.model_fn.samples
+    sp = SearchProblem.analytic(mix, vp)
+    counter = {"samples": 0}
+    inner = sp.model_fn
+
+    def counted(x, t):
+        counter["samples"] += len(x)
+        return inner(x, t)
+
+    sp.model_fn = counted
+    search(sp, 5, generations=1, progress=False)
+    gens = max(1, int(np.ceil(ours_samples / counter["samples"])))  # generations for about our budget
+    counter["samples"] = 0
+    t1 = time.perf_counter()
+    found = search(sp, 5, generations=gens, progress=False)
+    s3_s, s3_samples = time.perf_counter() - t1, counter["samples"]
+    heldout = list(p.heldout_seeds)
+    rep = report(sp, found.schedule, heldout, 128)
+    sq, count = 0.0, 0
+    for sd in heldout:
+        x, ref = sp.batch(sd, 128)
+        out = runner.run(res.grid, x, p.conditions[0])
+        sq, count = sq + float(((out.double() - ref) ** 2).sum()), count + ref.numel()
+    return {
+        "nfe": 5,
+        "ours": {"heldout_rmse": float(np.sqrt(sq / count)), "sample_evaluations": ours_samples, "seconds": ours_s},
+        "s3": {
+            "heldout_rmse": rep["found"],
+            "sample_evaluations": s3_samples,
+            "generations": gens,
+            "seconds": s3_s,
+            "note": "S^3's reference is the exact ODE solution (no model calls); ours counts its teacher",
+        },
+        "heldout_samples": "seeds 10-13 x 128 (SearchProblem.batch noise, exact reference)",
+    }
+
+
+def markdown(results) -> str:
+    lines = [
+        "# Optimised step schedules (fastsample.steps) vs the same solver's best fixed grid",
+        "",
+        "Generated by `benchmarks/bench_steps.py`. ratio = held-out error of the optimised grid / held-out",
+        "error of the solver on its best fixed grid (trailing or uniform, Karras, log-SNR, quadratic, AYS-style),",
+        "the best picked on the held-out seeds (favours the baseline). Analytic: error vs the exact ODE solution;",
+        "demo models: vs the teacher. Target: ratio <= 0.7 at NFE 4-6, <= 1 at NFE 8-10.",
+        "",
+        "| model | solver | NFE | optimised | best fixed (grid) | ratio | target met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        target = 0.7 if r["nfe"] <= 6 else 1.0 if r["nfe"] >= 8 else None
+        met = "-" if target is None else ("yes" if r["ratio"] <= target else "**no**")
+        lines.append(
+            f"| {r['model']} | {r['solver']} | {r['nfe']} | {r['optimised_heldout']:.4g} | "
+            f"{r['best_fixed_heldout']:.4g} ({r['best_fixed']}) | {r['ratio']:.3f} | {met} |"
+        )
+    lines += ["", "## Optimisation cost at one NFE (demo models, NFE 5, main solver)", ""]
+    for r in results["rows"]:
+        if (
+            r["model"].startswith("demo")
+            and r["nfe"] == 5
+            and r["solver"] in ("UniPC-bh2 (ours, S3Scheduler)", "multistep2 (ours)")
+        ):
+            sel_units = 2
+            teacher_share = r["teacher_cpu_seconds_all_units"] * sel_units / (sel_units + 2)
+            lines.append(
+                f"- {r['model']} {r['solver']}: teacher {r['teacher_model_calls']} model calls (batch 32) + search "
+                f"{r['search_model_calls']} calls; CPU {teacher_share + r['search_cpu_seconds']:.0f} s "
+                f"(teacher {teacher_share:.0f} s, search {r['search_cpu_seconds']:.0f} s), wall search "
+                f"{r['search_seconds']:.0f} s on a shared 2-core machine (load average {results['load_average']})"
+            )
+    s3 = results.get("s3")
+    if s3:
+        lines += [
+            "",
+            "## S^3 search vs ours, analytic VP mixture, NFE 5, same sample-evaluation budget",
+            "",
+            f"- ours (UniPC-bh2 + optimised steps): held-out RMSE {s3['ours']['heldout_rmse']:.4g}, "
+            f"{s3['ours']['sample_evaluations']} sample evaluations, {s3['ours']['seconds']:.0f} s",
+            f"- S^3 ({s3['s3']['generations']} generations): held-out RMSE {s3['s3']['heldout_rmse']:.4g}, "
+            f"{s3['s3']['sample_evaluations']} sample evaluations, {s3['s3']['seconds']:.0f} s ({s3['s3']['note']})",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="analytic,ddpm,flow,s3")
+    ap.add_argument("--max-evals", type=int, default=60, help="refinement runs, analytic parts")
+    ap.add_argument("--demo-max-evals", type=int, default=24, help="refinement runs, demo models")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # two OpenMP threads on a shared 2-core machine run ~100x slower (spin waits)
+    parts = args.parts.split(",")
+    out = RESULTS / "steps.json"
+    results = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    prefix = {"analytic": "mixture", "ddpm": "demo-ddpm", "flow": "demo-flow"}
+    rerun = tuple(prefix[p] for p in parts if p in prefix)
+    rows = [r for r in results["rows"] if not r["model"].startswith(rerun)] if rerun else results["rows"]
+    if "analytic" in parts:
+        rows += analytic(args.max_evals)
+    for which in ("ddpm", "flow"):
+        if which in parts:
+            rows += demo_part(which, args.demo_max_evals)
+    results["rows"] = rows
+    if "s3" in parts:
+        results["s3"] = s3_part(args.max_evals)
+    results["load_average"] = [round(v, 1) for v in os.getloadavg()]
+    results["settings"] = {"max_evals": args.max_evals, "demo_max_evals": args.demo_max_evals}
+    results["environment"] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / "steps.md").write_text(markdown(results))
+    print((RESULTS / "steps.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
