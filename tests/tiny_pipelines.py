@@ -181,10 +181,9 @@ def ddpm_pipeline(seed: int = 0) -> DDPMPipeline:
     return pipe
 
 
-def _sd_components(seed: int) -> dict:
-    _seed(seed)
-    tok = clip_tokenizer()
-    unet = UNet2DConditionModel(
+def _cond_unet(**kwargs) -> UNet2DConditionModel:
+    """A 4-channel 8x8 text-conditioned UNet (SD 1.5 layout); ``kwargs`` add or override config keys."""
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -193,9 +192,15 @@ def _sd_components(seed: int) -> dict:
         norm_num_groups=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=HIDDEN,
         attention_head_dim=2,
+        **kwargs,
     ).eval()
+
+
+def _sd_components(seed: int) -> dict:
+    _seed(seed)
+    tok = clip_tokenizer()
+    unet = _cond_unet(cross_attention_dim=HIDDEN)
     return dict(
         unet=unet,
         scheduler=PNDMScheduler(**SD15_SCHEDULER),
@@ -226,21 +231,12 @@ def sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     _seed(seed)
     tok = clip_tokenizer()
     time_dim = 8
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _cond_unet(
         cross_attention_dim=2 * HIDDEN,
-        attention_head_dim=2,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=6 * time_dim + HIDDEN,
-    ).eval()
+    )
     pipe = StableDiffusionXLPipeline(
         unet=unet,
         scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
