@@ -182,11 +182,11 @@ def s3_part(max_evals):
         return inner(x, t)
 
     sp.model_fn = counted
-    search(sp, 5, generations=1, progress=False)
-    gens = max(1, int(np.ceil(ours_samples / counter["samples"])))  # generations for about our budget
-    counter["samples"] = 0
-    t1 = time.perf_counter()
-    found = search(sp, 5, generations=gens, progress=False)
+    gens, t1 = 0, time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:  # one generation more at a time, resumed, until our budget
+        while counter["samples"] < ours_samples and gens < 64:
+            gens += 1
+            found = search(sp, 5, generations=gens, checkpoint=Path(tmp) / "s3.json", progress=False)
     s3_s, s3_samples = time.perf_counter() - t1, counter["samples"]
     heldout = list(p.heldout_seeds)
     rep = report(sp, found.schedule, heldout, 128)
