@@ -22,10 +22,9 @@ steps that minimise the final error against a high-accuracy teacher, over all th
 5. **Refinement.** Nelder-Mead on the interior points' positions (in fine-grid steps, through a softmax so
    every candidate is an ordered grid; VP points snapped to training timesteps), scored by the real
    solver's final error as the *worst ratio, over the selection units, of a unit's squared error to the
-   start's*: a change must help every unit (condition, seed), which guards against fitting a few samples
-   (plain selection RMS was 1.3-1.6x worse than the best fixed grid on held-out seeds at NFE 8-10 on the
-   demo DDPM). The best grid evaluated is kept; its score is <= 1, so no unit, and hence not the
-   selection error, is worse than at the start.
+   start's*: a change must help every unit (condition, seed), not only the total, so that no single
+   unit's few samples carry it. The best grid evaluated is kept; its score is <= 1, so no unit, and
+   hence not the selection error, is worse than at the start.
 
 Flow models: grids are in *unshifted* time (diffusers' ``sigmas`` before ``shift`` / ``mu``); each
 condition's ``mu`` (Flux) or the static ``flow_shift`` (SD3) maps them to model time, so one schedule is
