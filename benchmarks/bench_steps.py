@@ -32,6 +32,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from fastsample import DEISScheduler, RectifiedFlowScheduler, S3Scheduler
+from fastsample._io import atomic_write
 from fastsample.analytic import GaussianMixture
 from fastsample.schedules import DiscreteVP, RectifiedFlow, betas_for_schedule
 from fastsample.steps import Condition, SchedulerRunner, StepProblem, compute_teachers, fixed_grids, optimize
@@ -286,11 +287,8 @@ def main(argv=None):
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, out)
-    (RESULTS / "steps.md").write_text(markdown(results))
+    atomic_write(out, json.dumps(results, indent=1) + "\n")
+    atomic_write(RESULTS / "steps.md", markdown(results))
     print((RESULTS / "steps.md").read_text())
 
 
