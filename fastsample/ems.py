@@ -837,7 +837,7 @@ def validate_ems(
         "reference": {"solver": "no statistics, order 3, quadratic t", "steps": reference_steps, "error": 0.0},
         "rows": rows,
         "hurt": hurt,
-        "use_from_lambda": starts[best],
+        "use_from_lambda": starts[best] if cells else None,  # nothing checked: no decision
         "lambda_max": float(lam[-1]),
     }
     result["reference"]["error"] = float(math.sqrt(float(sq_err(half, ref).mean())))
@@ -1005,6 +1005,7 @@ def _add_arguments(p):
         action="store_true",
         help="then compare DPM-Solver-v3 with and without the statistics at NFE 5-10 (stored in the file)",
     )
+    p.add_argument("--validate-samples", type=int, default=64, help="held-out starts for --validate")
 
 
 def _load_images(path):
@@ -1084,7 +1085,16 @@ def _run(args) -> Path:
         print(summary(ems))
         if args.validate:
             print(
-                validation_text(validate_ems(ems, fn, pipe.scheduler.config, device=device, batch_size=args.batch_size))
+                validation_text(
+                    validate_ems(
+                        ems,
+                        fn,
+                        pipe.scheduler.config,
+                        num_samples=args.validate_samples,
+                        device=device,
+                        batch_size=args.batch_size,
+                    )
+                )
             )
         return ems.save(args.out)
     return Path(args.out)
@@ -1096,6 +1106,9 @@ def validation_text(v: dict) -> str:
     for grid, row in v["rows"].items():
         cells = "; ".join(f"NFE {n} {a:.4f} / {b:.4f} / {c:.4f}" for n, (a, b, c) in row.items())
         lines.append(f"  {grid} (with / without / used): {cells}")
+    if not v["rows"]:
+        lines.append("  nothing to check: every step of these NFEs is finer than the statistics' lambda grid")
+        return "\n".join(lines)
     if v["hurt"]:
         lines.append("all statistics raised the error at " + ", ".join(f"{g} NFE {n}" for g, n, _, _ in v["hurt"]))
     lam = v["use_from_lambda"]
