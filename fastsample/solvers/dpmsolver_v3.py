@@ -54,6 +54,7 @@ __all__ = [
     "shrink",
     "regularize",
     "S_RANGE",
+    "StatisticsResolutionError",
 ]
 
 _GL_NODES = 6
@@ -157,6 +158,10 @@ def preset(nfe: int, guided: bool = False, guidance_scale: float = 1.0) -> dict:
         half_corrector=False,
     )
 
+
+
+class StatisticsResolutionError(ValueError):
+    """A step shorter in lambda than the spacing of the statistics' grid (they cannot resolve it)."""
 
 class LinearStats:
     """l, s, b piecewise linear in lambda on increasing nodes; exact antiderivatives L, S.
@@ -495,13 +500,14 @@ class DPMSolverV3(Solver):
         return flat, shape
 
     def _check_resolution(self, stats: LinearStats, lam, p):
+        """StatisticsResolutionError where a step is shorter than the statistics' lambda spacing."""
         if self.stats is None:
             return
         dmin = float(stats.width.min())
         for k in np.flatnonzero(p):
             h = lam[k + 1] - lam[k]
             if h < dmin * (1 - 1e-6):
-                raise ValueError(
+                raise StatisticsResolutionError(
                     f"step {k} spans {h:.4g} in lambda, less than the statistics' grid spacing {dmin:.4g}: "
                     f"{len(lam) - 1} steps need statistics on a finer lambda grid (more grid points) "
                     f"than the {len(stats.lam)} points given; use fewer steps or recompute the statistics"
