@@ -35,7 +35,17 @@ from fastsample.steps import (
 )
 from fastsample.usf.schedule import ScheduleError
 
-torch.set_num_threads(1)  # OpenMP threads beyond the cores a pytest worker has spin-wait (100x slower when shared)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread for this module (OpenMP threads beyond a shared worker's cores spin-wait, ~100x slower);
+    restored afterwards, so other modules' in-process results match their subprocess runs bit for bit."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 VP = DiscreteVP.from_betas(betas_for_schedule("linear"))
 RF = RectifiedFlow()
 MIX = GaussianMixture.random(dim=8, components=6, seed=0, width=(0.01, 0.1))
