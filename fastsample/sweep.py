@@ -479,6 +479,14 @@ def build_source(model: dict, seed: int, device):
     return source
 
 
+def _luma(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB -> (B, 1, H, W) luma as PIL's "L" (ITU-R 601-2: gray stays gray); other inputs as they are."""
+    if images.shape[1] != 3:
+        return images
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
+    return (images * w.view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
 class FeatureNet:
     """Images in [0, 1] (B, C, H, W) float -> (B, F) float64 features, plus an identity for the stats.
 
@@ -492,7 +500,7 @@ class FeatureNet:
             from . import demo
 
             net = demo.load_classifier().to(device).eval()
-            self.fn = lambda x: net.features(x * 2 - 1)
+            self.fn = lambda x: net.features(_luma(x) * 2 - 1)
             self.identity = {"features": "demo-classifier"}
             self.digest = tree_digest(demo.WEIGHTS_DIR / "classifier")
         elif kind == "inception":
@@ -659,9 +667,9 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
         reference, ref_digest = reference_statistics(cfg.metric, features, cfg.output)
         ref_features = sweep_report.reference_features(cfg.metric, features) if names != ["fd"] else None
         metrics_key = None
-        if ref_features is not None:
-            images = cfg.metric.get("reference_images")
-            metrics_key = {"names": names, "reference_images": tree_digest(images) if images else ref_digest}
+        if ref_features is not None:  # keyed by the reference features themselves (images x feature network)
+            digest = hashlib.sha256(ref_features.detach().to("cpu", torch.float64).numpy().tobytes()).hexdigest()
+            metrics_key = {"names": names, "reference_features": digest}
         floor_info = sweep_report.floor(cfg.metric, features, reference, cfg.num_samples)
         my_indices = list(range(state.process_index, cfg.num_samples, state.num_processes))
 

@@ -76,16 +76,10 @@ def sampled_metrics(names: list[str], fake: torch.Tensor, real: torch.Tensor, se
 
 
 def _image_folder_features(folder: str, features) -> torch.Tensor:
-    from PIL import Image
+    """Features of every image of ``folder`` (read as :func:`fastsample.fid.cli.read_image` reads them)."""
+    from .fid.cli import _list_images, read_image
 
-    from .fid.cli import _list_images
-
-    feats = []
-    for f in _list_images(Path(folder)):
-        with Image.open(f) as img:
-            arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        feats.append(features(torch.from_numpy(arr).permute(2, 0, 1)[None]))
-    return torch.cat(feats)
+    return torch.cat([features(read_image(f)[None].float() / 255.0) for f in _list_images(Path(folder))])
 
 
 def reference_features(metric: dict, features) -> torch.Tensor:

@@ -67,3 +67,33 @@ def test_sweep_metrics_floor_sheets_and_plots(tmp_path):
 def test_bad_metrics_list(tmp_path, metrics):
     with pytest.raises(ValueError, match="metrics must be distinct names"):
         _config(tmp_path, metrics)
+
+
+def test_cells_follow_the_reference_images(tmp_path):
+    """KID / P/R against a folder of reference images: editing one image recomputes the cells (never a stale number)."""
+    from fastsample import demo
+
+    _, held = demo.digits_split()
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i, im in enumerate(held.images[:12]):
+        arr = ((im[0].numpy() + 1) * 127.5).round().astype(np.uint8)
+        Image.fromarray(arr).save(refs / f"{i:02d}.png")
+    path = tmp_path / "looks.toml"
+    text = CONFIG.format(metrics='["fd", "kid", "prdc"]').replace(
+        'reference = "demo-heldout"', 'reference = "demo-heldout"\nreference_images = "refs"'
+    )
+    path.write_text(text.replace('reference = "demo-heldout"', 'reference = "ref.npz"'))
+    net = sweep.FeatureNet({"features": "demo-classifier"}, "cpu")
+    from fastsample.fid import FeatureStatistics
+
+    stats = FeatureStatistics()
+    stats.update(net((held.images[:64] + 1) / 2))
+    stats.save(tmp_path / "ref.npz", metadata=net.identity)
+    cfg = sweep.load_config(path, output=str(tmp_path / "out"))
+    first = sweep.run_sweep(cfg, progress=False)
+    assert sweep.run_sweep(cfg, progress=False) == first  # unchanged inputs: the cells are reused
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(refs / "00.png")  # one reference image edited in place
+    again = sweep.run_sweep(cfg, progress=False)  # other inputs, other cell keys: computed afresh
+    assert len(list((tmp_path / "out" / "cells").glob("*.json"))) == 2 * len(first)
+    assert again[0]["fd"] == first[0]["fd"] and again[0]["kid"] != first[0]["kid"]
