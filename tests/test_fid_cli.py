@@ -75,3 +75,39 @@ def test_cli_matches_pytorch_fid(tmp_path, capsys, monkeypatch):
     ]
     assert cli.main(args) == 0
     assert float(capsys.readouterr().out.split()[-1]) == pytest.approx(ref, rel=1e-5, abs=1e-6)
+
+
+def test_folder_read_shows_progress_on_a_terminal(tmp_path):
+    """Reading a folder shows images read, rate and ETA when stderr is a terminal (and nothing in a log file)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    from pathlib import Path
+
+    a = _folder(tmp_path / "a", 0, [(16, 16)] * 6)
+    opts = ["--weights", "random", "--device", "cpu", "--num-workers", "0", "--dims", "64", "--batch-size", "2"]
+    cmd = [sys.executable, "-m", "fastsample", "fid", "--save-stats", str(a), str(tmp_path / "a.npz"), *opts]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.run(cmd, stderr=slave, stdout=subprocess.DEVNULL, env=env, timeout=300)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"/6 [" in shown and b"img/s" in shown, shown  # count, rate (and ETA) of the folder read
+    cmd = [sys.executable, "-m", "fastsample", "fid", "--save-stats", str(a), str(tmp_path / "b.npz"), *opts]
+    logged = subprocess.run(cmd, capture_output=True, env=env, timeout=300)
+    assert logged.returncode == 0 and b"img" not in logged.stderr

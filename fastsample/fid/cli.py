@@ -173,18 +173,22 @@ def _folder_batches(folder: Path, batch_size: int, num_workers: int, skip_bad: b
     """Lists of uint8 (C, H, W) images of a folder, ``batch_size`` at a time (sizes may differ).
 
     An unreadable image stops with an error naming it; with ``skip_bad`` it is left out and the
-    number left out is reported on stderr.
+    number left out is reported on stderr. A progress bar (images read, rate, ETA) shows on a terminal.
     """
+    from tqdm.auto import tqdm
+
     files = _list_images(folder)
     loader = torch.utils.data.DataLoader(
         _ImageFolder(files, skip_bad), batch_size=min(batch_size, len(files)), num_workers=num_workers, collate_fn=list
     )
     skipped = 0
-    for batch in loader:
-        skipped += sum(im is None for im in batch)
-        batch = [im for im in batch if im is not None]
-        if batch:
-            yield batch
+    with tqdm(total=len(files), desc=str(folder), unit="img", disable=None, leave=False) as bar:
+        for batch in loader:
+            bar.update(len(batch))
+            skipped += sum(im is None for im in batch)
+            batch = [im for im in batch if im is not None]
+            if batch:
+                yield batch
     if skipped:
         print(f"{folder}: skipped {skipped} unreadable image(s) of {len(files)}", file=sys.stderr)
 
