@@ -93,7 +93,7 @@ def test_folder_read_shows_progress_on_a_terminal(tmp_path):
     cmd = [sys.executable, "-m", "fastsample", "fid", "--save-stats", str(a), str(tmp_path / "a.npz"), *opts]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # a terminal 160 columns wide
     proc = subprocess.run(cmd, stderr=slave, stdout=subprocess.DEVNULL, env=env, timeout=300)
     os.close(slave)
     shown = b""

@@ -182,7 +182,7 @@ def _folder_batches(folder: Path, batch_size: int, num_workers: int, skip_bad: b
         _ImageFolder(files, skip_bad), batch_size=min(batch_size, len(files)), num_workers=num_workers, collate_fn=list
     )
     skipped = 0
-    with tqdm(total=len(files), desc=str(folder), unit="img", disable=None, leave=False) as bar:
+    with tqdm(total=len(files), desc=folder.name, unit="img", disable=None, leave=False) as bar:
         for batch in loader:
             bar.update(len(batch))
             skipped += sum(im is None for im in batch)
