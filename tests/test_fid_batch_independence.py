@@ -7,6 +7,7 @@ seeded subsamples add no batch dependence of their own (see test_fid_more_metric
 
 import pytest
 import torch
+from tiny_pipelines import save_tiny_clip_vision
 
 from fastsample.fid import FeatureStatistics, FIDInceptionV3, fid_from_statistics
 from fastsample.fid.suite import MetricSuite
@@ -41,18 +42,8 @@ def test_inception_features_and_fid_batch_independent():
 
 
 def test_hf_encoders_and_sampled_metrics_batch_independent(tmp_path):
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    clip = transformers.CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        projection_dim=16,
-    )
-    transformers.CLIPVisionModelWithProjection(clip).save_pretrained(tmp_path / "clip")
+    save_tiny_clip_vision(tmp_path / "clip")
     real, fake = _images(2, n=12), _images(3, n=12, lo=60)
     results = []
     for split in ([1] * 12, [5, 7], [12]):

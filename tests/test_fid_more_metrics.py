@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_pipelines import save_tiny_clip_vision
 
 from fastsample.fid import cli
 from fastsample.fid.inception import FIDInceptionV3, find_weights
@@ -26,17 +27,7 @@ def hf_models(tmp_path_factory):
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14, image_size=224
     )
     transformers.Dinov2Model(dino).save_pretrained(root / "dinov2")
-    clip = transformers.CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        projection_dim=16,
-    )
-    transformers.CLIPVisionModelWithProjection(clip).save_pretrained(root / "clip")
-    return {"dinov2": str(root / "dinov2"), "clip": str(root / "clip")}
+    return {"dinov2": str(root / "dinov2"), "clip": save_tiny_clip_vision(root / "clip")}
 
 
 def _u8(seed, n=6, size=24, lo=0):

@@ -35,6 +35,8 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
     T5Config,
     T5EncoderModel,
     T5TokenizerFast,
@@ -47,6 +49,7 @@ __all__ = [
     "FLUX_SCHEDULER",
     "TEXT_LEN",
     "clip_tokenizer",
+    "save_tiny_clip_vision",
     "t5_tokenizer",
     "ddpm_pipeline",
     "sd_pipeline",
@@ -125,6 +128,21 @@ def _clip_config(vocab_size: int, projection_dim: int = HIDDEN) -> CLIPTextConfi
         pad_token_id=1,
         hidden_act="gelu",
     )
+
+
+def save_tiny_clip_vision(path) -> str:
+    """A random 2-layer CLIP vision tower with projection (32 x 32 input) saved to ``path``; returns the path."""
+    cfg = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
+    CLIPVisionModelWithProjection(cfg).save_pretrained(path)
+    return str(path)
 
 
 def _t5_encoder(vocab_size: int) -> T5EncoderModel:
