@@ -839,6 +839,15 @@ def _check_run(sched, n, **kw):
         sched.step(_cheap(x, sched.timesteps[-1]), sched.timesteps[-1], x)
 
 
+def _check_every_count(sched, where: str, extra=lambda n: {}):
+    """_check_run for every count in STEP_COUNTS; a failure names the config, grid and step count."""
+    for n in STEP_COUNTS:
+        try:
+            _check_run(sched, n, **extra(n))
+        except Exception as e:
+            raise AssertionError(f"{where} / {n} steps: {e}") from e
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", list(VP_CONFIGS))
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
@@ -849,11 +858,7 @@ def test_every_step_count_vp(case, config):
     src_cls, cfg, grid_names = VP_CONFIGS[config]
     for name in grid_names:
         sched = cls.from_config(src_cls(**cfg).config, **kw, **VP_GRIDS[name])
-        for n in STEP_COUNTS:
-            try:
-                _check_run(sched, n)
-            except Exception as e:
-                raise AssertionError(f"{config} / {name} / {n} steps: {e}") from e
+        _check_every_count(sched, f"{config} / {name}")
 
 
 @pytest.mark.slow
@@ -864,14 +869,12 @@ def test_every_step_count_flow(case, grid):
     _skip_unsupported(cls, "flow", kw)
     cfg, mu, pass_sigmas = FLOW_GRIDS[grid]
     sched = cls.from_config(FlowMatchEulerDiscreteScheduler(**cfg).config, **kw)
-    for n in STEP_COUNTS:
-        extra = {"mu": mu} if mu is not None else {}
-        if pass_sigmas:
-            extra["sigmas"] = np.linspace(1.0, 1.0 / n, n)
-        try:
-            _check_run(sched, n, **extra)
-        except Exception as e:
-            raise AssertionError(f"{grid} / {n} steps: {e}") from e
+
+    def extra(n):  # what the pipeline passes: Flux's mu, and its sigmas linspace(1, 1/n, n)
+        args = {"mu": mu} if mu is not None else {}
+        return args | ({"sigmas": np.linspace(1.0, 1.0 / n, n)} if pass_sigmas else {})
+
+    _check_every_count(sched, grid, extra)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
