@@ -33,9 +33,10 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistep
 from fastsample import DPMSolverV3Scheduler
 from fastsample.core import grids
 from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import schedule_for_config
 from fastsample.ems.estimation import compute_ems
 from fastsample.ems.models import analytic_model_fn
-from fastsample.formats.ems_file import EMS, schedule_for_config
+from fastsample.formats.ems_file import EMS
 from fastsample.solvers.dpmsolver_v3 import DPMSolverV3, preset, shrink
 from fastsample.solvers.sampling import sample
 

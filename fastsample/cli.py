@@ -1,7 +1,7 @@
 """The ``fastsample`` command: ``fastsample [--debug] {sweep,fid,ems,search,steps} ...``.
 
-Each subcommand lives with its feature and registers itself through ``add_subparser``; they are
-imported only when the command line names them, so ``fastsample --help`` stays fast.
+Each subcommand is the ``main(argv)`` of its app's ``cli`` module (``COMMANDS``), imported only when
+the command line names it, so ``fastsample --help`` stays fast.
 
 Errors are reported here, in one place: one line ``fastsample CMD: error: ...`` on stderr and exit
 status 1, no traceback unless ``--debug`` is given. SIGTERM unwinds like Ctrl-C, so every temporary

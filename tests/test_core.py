@@ -92,7 +92,10 @@ def test_grid_errors():
     with pytest.raises(ValueError, match="positive integer"):
         grids.uniform_t(s, 0)
     with pytest.raises(ValueError, match="decreasing"):
-        grids.from_table(s, 2, [0.5, 0.7, 0.0])
+        grids.check_grid([0.5, 0.7, 0.0])
+    with pytest.raises(ValueError, match="finite"):
+        grids.check_grid([1.0, float("nan"), 0.0])
+    assert grids.check_grid([1, 0.5, 0]).dtype == np.float64
 
 
 @pytest.mark.parametrize("ptype", ["epsilon", "sample", "v_prediction", "flow_prediction"])

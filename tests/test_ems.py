@@ -14,9 +14,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import schedule_for_config
 from fastsample.ems.estimation import compute_ems
 from fastsample.ems.models import analytic_model_fn, unet_model_fn, vae_latents
-from fastsample.formats.ems_file import EMS, EMSFileError, EMSMismatchError, model_fingerprint, schedule_for_config
+from fastsample.formats.ems_file import EMS, EMSFileError, EMSMismatchError, model_fingerprint
 
 CFG = DDPMScheduler().config  # linear betas, epsilon
 

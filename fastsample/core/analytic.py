@@ -91,16 +91,20 @@ class GaussianMixture:
             )
         return self._t[key]
 
-    def denoise_ve(self, y: torch.Tensor, rho: float) -> torch.Tensor:
-        """E[x0 | x0 + rho * eps = y] for y of shape (B, D), float64, on y's device."""
+    def denoise_ve(self, y: torch.Tensor, rho) -> torch.Tensor:
+        """E[x0 | x0 + rho * eps = y] for y of shape (B, D), float64, on y's device.
+
+        ``rho``: a float, or a float64 tensor of shape (B, 1) (one noise level per sample; then
+        differentiable in y and rho, as EMS's JVPs need).
+        """
         m, v, lw = self._tensors(y.device)
-        if rho == 0:
+        if not torch.is_tensor(rho) and rho == 0:
             return y.clone()
-        s2 = v + rho * rho  # (K, D)
+        s2 = v[None] + (rho * rho)[:, :, None] if torch.is_tensor(rho) else (v + rho * rho)[None]  # (B or 1, K, D)
         diff = y[:, None, :] - m[None]  # (B, K, D)
-        logp = lw[None] - 0.5 * (torch.log(2 * math.pi * s2).sum(-1)[None] + (diff * diff / s2[None]).sum(-1))
+        logp = lw[None] - 0.5 * (torch.log(2 * math.pi * s2).sum(-1) + (diff * diff / s2).sum(-1))
         r = torch.softmax(logp, dim=1)  # (B, K)
-        cond = m[None] + (v / s2)[None] * diff  # (B, K, D)
+        cond = m[None] + v[None] / s2 * diff  # (B, K, D)
         return torch.einsum("bk,bkd->bd", r, cond)
 
     def denoise(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:

@@ -9,7 +9,8 @@ t = 0 (sigma = 0, exact data) or at a positive time; solvers never evaluate the 
 - ``karras``: sigma_ve^(1/rho) uniform, rho = 7 (EDM, arXiv 2206.00364).
 - ``flow_shift``: flow-matching grid with static ``shift`` or dynamic ``mu`` (SD3, arXiv 2403.03206).
 - ``diffusers_spacing``: diffusers' integer "leading" / "trailing" / "linspace" timesteps.
-- ``from_table``: an explicit table (searched schedules are data).
+
+:func:`check_grid` validates any grid (from a user, a file or a table) once, for every solver.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = [
     "flow_shift",
     "shift_sigmas",
     "diffusers_spacing",
-    "from_table",
+    "check_grid",
     "GRIDS",
     "make_grid",
 ]
@@ -46,6 +47,14 @@ def _finish(grid, final_zero: bool):
     grid = np.asarray(grid, dtype=np.float64)
     if final_zero:
         grid = np.concatenate([grid, [0.0]])
+    return grid
+
+
+def check_grid(grid) -> np.ndarray:
+    """``grid`` as float64, or ValueError: a time grid is 1-D, finite, strictly decreasing and ends at t >= 0."""
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 1 or len(grid) < 2 or not np.all(np.isfinite(grid)) or np.any(np.diff(grid) >= 0) or grid[-1] < 0:
+        raise ValueError(f"a time grid must be 1-D, finite, strictly decreasing and end at t >= 0, got {grid}")
     return grid
 
 
@@ -146,22 +155,17 @@ def diffusers_spacing(schedule, n, spacing="leading", steps_offset=0, final_zero
     return np.concatenate([grid, [end]])
 
 
-def from_table(schedule, n, table):
-    grid = np.asarray(table, dtype=np.float64)
-    if grid.ndim != 1 or len(grid) != n + 1:
-        raise ValueError(f"a grid table for {n} steps needs {n + 1} times, got shape {grid.shape}")
-    if np.any(np.diff(grid) >= 0) or grid[-1] < 0:
-        raise ValueError("a grid table must be strictly decreasing and end at t >= 0")
-    return grid
-
-
 GRIDS = {
     "uniform_t": uniform_t,
     "quadratic_t": quadratic_t,
     "uniform_lambda": uniform_lambda,
-    "logSNR": uniform_lambda,
     "karras": karras,
+    # the USF paper's names (arXiv 2312.07243), which the S^3 search and its results files use
+    "time_uniform": uniform_t,
+    "time_quadratic": quadratic_t,
+    "logSNR": uniform_lambda,
 }
+"""The one registry of named grids: ``make_grid(name, schedule, n, **options)``."""
 
 
 def make_grid(name: str, schedule, n: int, **kwargs) -> np.ndarray:

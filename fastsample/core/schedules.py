@@ -26,7 +26,13 @@ __all__ = [
     "EDM",
     "RectifiedFlow",
     "betas_for_schedule",
+    "FLOW_MATCH_SCHEDULERS",
+    "is_flow_config",
+    "schedule_for_config",
 ]
+
+FLOW_MATCH_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler")
+"""Diffusers' flow-matching scheduler classes: their configs describe a :class:`RectifiedFlow` model."""
 
 
 def _arr(t):
@@ -271,3 +277,29 @@ class RectifiedFlow(NoiseSchedule):
 
     def describe(self) -> dict:
         return {"family": "RectifiedFlow", "num_train_timesteps": self.num_train_timesteps}
+
+
+def is_flow_config(config) -> bool:
+    """Whether a diffusers scheduler config (dict or FrozenDict) describes a flow-matching model.
+
+    ``use_flow_sigmas`` decides where present (ours, UniPC, DPM-Solver); otherwise a FlowMatch class
+    name, or a ``shift`` without a beta schedule, marks a flow config.
+    """
+    cfg = dict(config)
+    if "use_flow_sigmas" in cfg:
+        return bool(cfg["use_flow_sigmas"])
+    if cfg.get("_class_name") in FLOW_MATCH_SCHEDULERS:
+        return True
+    return "shift" in cfg and "beta_schedule" not in cfg and "trained_betas" not in cfg
+
+
+def schedule_for_config(config) -> tuple:
+    """(schedule, canonical prediction_type) for a diffusers scheduler config (dict or FrozenDict)."""
+    from .parameterization import check_prediction_type
+
+    cfg = dict(config)
+    if is_flow_config(cfg):
+        schedule, ptype = RectifiedFlow(cfg.get("num_train_timesteps", 1000)), "flow_prediction"
+    else:
+        schedule, ptype = DiscreteVP.from_config(cfg), cfg.get("prediction_type", "epsilon")
+    return schedule, check_prediction_type(ptype, schedule.is_flow)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,6 @@ from .models import unet_model_fn, vae_latents
 from .validation import summary, validate_ems, validation_text
 
 # --- command line ---------------------------------------------------------------------------------------
-
-
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Register ``fastsample ems`` on an argparse subparsers object."""
-    p = subparsers.add_parser("ems", help="compute DPM-Solver-v3 empirical model statistics")
-    _add_arguments(p)
-    p.set_defaults(func=_run)
-    return p
 
 
 def _add_arguments(p):

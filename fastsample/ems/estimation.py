@@ -33,7 +33,8 @@ import torch
 
 from .._io import UserError, atomic_path
 from ..core.parameterization import to_x0_eps
-from ..formats.ems_file import EMS, FORMAT_VERSION, _tensor_digest, schedule_fingerprint, schedule_for_config
+from ..core.schedules import schedule_for_config
+from ..formats.ems_file import EMS, FORMAT_VERSION, _tensor_digest, schedule_fingerprint
 
 # --- computing ------------------------------------------------------------------------------------------
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from ..core.schedules import DiscreteVP
-from ..formats.ems_file import schedule_for_config
+from ..core.schedules import DiscreteVP, schedule_for_config
 
 # --- model wrappers -------------------------------------------------------------------------------------
 
@@ -39,29 +37,13 @@ def analytic_model_fn(mixture, scheduler_config) -> Callable:
             t = ts.to(torch.float64) / schedule.num_train_timesteps
             return 1 - t, t
 
-    m, v, lw = (torch.as_tensor(a) for a in (mixture.means, mixture.variances, mixture.log_weights))
-
     def model_fn(x, timestep):
         a, s = alpha_sigma(timestep)
         a, s = a[:, None], s[:, None]
-        y = x.reshape(len(x), -1).to(torch.float64) / a
-        rho = s / a
-        s2 = v[None] + (rho * rho)[:, :, None]  # (B, K, D)
-        diff = y[:, None, :] - m[None]
-        logp = lw[None] - 0.5 * (torch.log(2 * math.pi * s2).sum(-1) + (diff * diff / s2).sum(-1))
-        r = torch.softmax(logp, dim=1)
-        x0 = torch.einsum("bk,bkd->bd", r, m[None] + v[None] / s2 * diff)
         xf = x.reshape(len(x), -1).to(torch.float64)
+        x0 = mixture.denoise_ve(xf / a, s / a)
         eps = (xf - a * x0) / s
-        if ptype == "epsilon":
-            out = eps
-        elif ptype == "sample":
-            out = x0
-        elif ptype == "v_prediction":
-            out = a * eps - s * x0
-        else:
-            out = from_x0_eps(x0, eps, 0.0, 0.0, ptype)
-        return out.reshape(x.shape).to(x.dtype)
+        return from_x0_eps(x0, eps, a, s, ptype).reshape(x.shape).to(x.dtype)
 
     return model_fn
 

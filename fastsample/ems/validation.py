@@ -8,7 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..formats.ems_file import EMS, schedule_for_config
+from ..core.schedules import schedule_for_config
+from ..formats.ems_file import EMS
 
 # --- error bars and validation ------------------------------------------------------------------------------
 

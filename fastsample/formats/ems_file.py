@@ -17,7 +17,6 @@ import torch
 
 from .._io import atomic_path
 from ..core.parameterization import check_prediction_type
-from ..core.schedules import DiscreteVP, RectifiedFlow
 
 FORMAT_VERSION = 2  # 2: standard errors and f, f' scales beside l, s, b; version 1 files still load
 _META_KEY = "fastsample_ems"
@@ -34,25 +33,6 @@ class EMSMismatchError(ValueError):
 
 
 # --- identities -------------------------------------------------------------------------------------
-
-
-def schedule_for_config(config) -> tuple:
-    """(schedule, canonical prediction_type) for a diffusers scheduler config (dict or FrozenDict)."""
-    cfg = dict(config)
-    flow = bool(cfg.get("use_flow_sigmas")) or (
-        "use_flow_sigmas" not in cfg
-        and (
-            str(cfg.get("_class_name", "")).startswith("FlowMatch")
-            or ("shift" in cfg and "beta_schedule" not in cfg and "trained_betas" not in cfg)
-        )
-    )
-    if flow:
-        schedule = RectifiedFlow(cfg.get("num_train_timesteps", 1000))
-        ptype = "flow_prediction"
-    else:
-        schedule = DiscreteVP.from_config(cfg)
-        ptype = cfg.get("prediction_type", "epsilon")
-    return schedule, check_prediction_type(ptype, schedule.is_flow)
 
 
 def schedule_fingerprint(schedule, t_start: float, t_end: float) -> str:

@@ -31,8 +31,8 @@ from diffusers.utils import BaseOutput, logging
 
 from ..core import grids
 from ..core.parameterization import check_prediction_type
-from ..core.schedules import DiscreteVP, RectifiedFlow
-from ..solvers.sampling import NonFiniteModelOutput, observe, push
+from ..core.schedules import FLOW_MATCH_SCHEDULERS, DiscreteVP, RectifiedFlow, is_flow_config
+from ..solvers.sampling import NonFiniteModelOutput, advance
 
 logger = logging.get_logger(__name__)
 
@@ -64,7 +64,6 @@ COMMON_CONFIG = {
 }
 
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
-_FLOW_CLASSES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler")
 _FINAL_SIGMAS = ("zero", "sigma_min")
 
 
@@ -86,15 +85,6 @@ def _artifact_file(source, subfolder, key: str, name: str, hub: dict) -> str:
     from huggingface_hub import hf_hub_download
 
     return hf_hub_download(str(source), name, subfolder=subfolder, **hub)
-
-
-def _is_flow_match_config(config: dict) -> bool:
-    """A FlowMatch* scheduler's config: named so, or with ``shift`` and no beta schedule."""
-    if "use_flow_sigmas" in config:
-        return False
-    if config.get("_class_name") in _FLOW_CLASSES:
-        return True
-    return "shift" in config and "beta_schedule" not in config and "trained_betas" not in config
 
 
 def num_steps(n) -> int:
@@ -135,7 +125,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
     """
 
     config_name = "scheduler_config.json"
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + list(_FLOW_CLASSES)
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + list(FLOW_MATCH_SCHEDULERS)
     config_keys: dict = {}
     supports_vp = True  # False for a flow-only scheduler (contract tests then skip VP configs)
     supports_flow = True  # False for a VP-only scheduler
@@ -160,7 +150,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         """As diffusers' ``from_config``; a FlowMatch config switches on flow mode (its ``shift`` kept)."""
         if config is not None and not isinstance(config, dict):
             config = dict(config)
-        if config is not None and _is_flow_match_config(config):
+        if config is not None and "use_flow_sigmas" not in config and is_flow_config(config):
             config = dict(config)
             config["use_flow_sigmas"] = True
             config["prediction_type"] = "flow_prediction"
@@ -216,6 +206,10 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
 
     def make_solver(self):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def solver_for(self, num_inference_steps: int):
+        """The (immutable) solver of a run of this many steps; schedulers whose options depend on it override this."""
+        return self.solver
 
     def _configure(self):
         c = self.config
@@ -352,6 +346,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
             else:
                 raise ValueError("pass num_inference_steps, sigmas or timesteps")
         n = num_steps(num_inference_steps)
+        self.solver = self.solver_for(n)
         grid = self.make_grid(n, sigmas=sigmas, timesteps=timesteps, mu=mu)
         self._set_grid(grid, device)
 
@@ -505,12 +500,9 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         plan, local = self._run_plan, k - self._run_offset
         t = float(plan.eval_times[local])
         self._check_finite(model_output, k, last=k == self.plan.nfe - 1)
-        x0, eps = observe(model_output, sample, t, self.schedule, self.prediction_type)
-        x = sample.to(x0.dtype)
-        if self.steering is not None:
-            x, x0, eps = self.steering(k, t, x, x0, eps)
-        self._history = plan.correct(local, push(self._history, x, x0, eps, plan.history_len))
-        prev = plan.step(local, self._history).to(sample.dtype)
+        prev, x0, self._history = advance(
+            plan, local, t, model_output, sample, self._history, self.schedule, self.prediction_type, self.steering
+        )
         self._step_index = k + 1
         if self._step_index == self.plan.nfe:
             self._history = None

@@ -139,9 +139,12 @@ class DPMSolverV3Scheduler(FastScheduler):
         opts.pop("time_grid")
         return DPMSolverV3(stats=self.ems, **opts)
 
+    def solver_for(self, num_inference_steps: int):
+        """The preset's options depend on the NFE: a new solver per run length."""
+        return self.make_solver(num_inference_steps)
+
     def make_grid(self, num_inference_steps: int, sigmas=None, timesteps=None, mu=None) -> np.ndarray:
         """As the base class; with no grid option given, the preset grid (uniform lambda or uniform t)."""
-        self.solver = self.make_solver(num_inference_steps)
         c, s = self.config, self.schedule
         explicit = sigmas is not None or timesteps is not None or c.time_grid or c.use_karras_sigmas or c.use_lambdas
         explicit = explicit or c.timestep_spacing is not None or c.step_schedule_file

@@ -25,21 +25,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.schedules import RectifiedFlow
+from ..core.schedules import FLOW_MATCH_SCHEDULERS, RectifiedFlow
 from ..solvers.flow import FLOW_SOLVERS, make_flow_solver
 from .adapter import FastScheduler
 
 __all__ = ["RectifiedFlowScheduler", "VELOCITY_CONVENTIONS"]
 
 VELOCITY_CONVENTIONS = ("diffusers", "rectified_flow", "instaflow")
-_FLOW_CLASSES = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler"]
 
 
 class RectifiedFlowScheduler(FastScheduler):
     """Flow-ODE scheduler with Euler, Heun, midpoint, RK4 and multistep exponential-integrator solvers."""
 
     config_keys = {"shift": 1.0, "solver": "multistep2", "velocity_convention": "diffusers", "shift_terminal": None}
-    _compatibles = _FLOW_CLASSES + ["RectifiedFlowScheduler"]
+    _compatibles = [*FLOW_MATCH_SCHEDULERS, "RectifiedFlowScheduler"]
     supports_vp = False
 
     @classmethod

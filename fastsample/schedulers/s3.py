@@ -28,13 +28,12 @@ __all__ = ["S3Scheduler"]
 
 
 class _ScheduleSolver(Solver):
-    """The adapter's solver: the USF executor on the schedule chosen by the last ``set_timesteps``."""
+    """The adapter's solver: the USF executor on a builtin made for the grid's length, or on the file's schedule."""
 
     name = "usf"
 
-    def __init__(self, builtin_name: str | None):
-        self.builtin_name = builtin_name
-        self.current: SolverSchedule | None = None
+    def __init__(self, builtin_name: str | None, solver_schedule: SolverSchedule | None = None):
+        self.builtin_name, self.solver_schedule = builtin_name, solver_schedule
         self.order = 1
 
     def plan(self, schedule, grid):
@@ -42,10 +41,8 @@ class _ScheduleSolver(Solver):
         if self.builtin_name is not None:
             sch = builtin(self.builtin_name, len(grid) - 1, first_usable=bool(schedule.alpha(grid[0]) > 0))
             return USFSolver(sch).plan(schedule, grid)
-        if self.current is None:
-            raise ValueError("call `set_timesteps` first")
-        skip = self.current.num_steps - (len(grid) - 1)
-        return USFSolver(self.current.tail(skip)).plan(schedule, grid)
+        skip = self.solver_schedule.num_steps - (len(grid) - 1)
+        return USFSolver(self.solver_schedule.tail(skip)).plan(schedule, grid)
 
 
 class S3Scheduler(FastScheduler):
@@ -65,7 +62,7 @@ class S3Scheduler(FastScheduler):
         if self.solver_schedule is None:
             builtin(self.config.builtin_schedule, 1)  # an unknown name fails at construction
             return _ScheduleSolver(self.config.builtin_schedule)
-        return _ScheduleSolver(None)
+        return _ScheduleSolver(None, self.solver_schedule)
 
     def make_grid(self, num_inference_steps: int, sigmas=None, timesteps=None, mu=None) -> np.ndarray:
         sch, s = self.solver_schedule, self.schedule
@@ -81,7 +78,6 @@ class S3Scheduler(FastScheduler):
         grid = sch.times(s)
         if not s.is_flow:
             grid = self._snap(grid)
-        self.solver.current = sch
         return grid
 
     def _set_grid(self, grid, device=None):

@@ -16,19 +16,9 @@ from .problem import SearchProblem, fitness_of
 
 
 def _grid_for(name, ns, n, t_start, t_end):
-    final_zero = t_end == 0
-    kw = dict(t_start=t_start, final_zero=final_zero)
-    if not final_zero:
-        kw["t_end"] = t_end
-    if name == "time_uniform":
-        return grids.uniform_t(ns, n, **kw)
-    if name == "time_quadratic":
-        return grids.quadratic_t(ns, n, **kw)
-    if name == "logSNR":
-        return grids.uniform_lambda(ns, n, **kw)
-    if name == "karras":
-        return grids.karras(ns, n, **kw)
-    raise ValueError(name)
+    """A baseline grid by its name in :data:`fastsample.core.grids.GRIDS`, from t_start to t_end (0: data)."""
+    end = {"final_zero": True} if t_end == 0 else {"t_end": t_end}
+    return grids.make_grid(name, ns, n, t_start=t_start, **end)
 
 
 BASELINE_GRIDS = ("time_uniform", "time_quadratic", "logSNR", "karras")

@@ -17,7 +17,7 @@ import sys
 from .._args import ArgumentParser, positive_int
 from .._io import UserError, atomic_write, refuse_existing
 
-__all__ = ["add_subparser", "main", "build_parser"]
+__all__ = ["main", "build_parser"]
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,14 +52,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="fastsample search", description=__doc__.splitlines()[0])
     _add_arguments(p)
-    return p
-
-
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Register ``search`` on a top-level ``argparse`` subparsers object."""
-    p = subparsers.add_parser("search", help="search an S^3 solver schedule", description=__doc__.splitlines()[0])
-    _add_arguments(p)
-    p.set_defaults(func=_run)
     return p
 
 

@@ -86,6 +86,36 @@ def _read_checkpoint(path, config: dict) -> dict:
     return state
 
 
+@dataclass(frozen=True)
+class Evolution:
+    """The constants of the evolutionary search (set by hand on the mixture problems; a checkpoint assumes them).
+
+    Grid moves are in the search's unit grid coordinate u in (0, 1) (see :mod:`.genotype`).
+    """
+
+    grid_step_scales: tuple = (0.02, 0.05, 0.1)  # std of a grid move in u, one drawn per mutation
+    grid_move_share: float = 0.5  # chance that an inner grid point moves
+    end_step: float = 0.02  # std of a move of the last grid point (grids not ending at 0), in u
+    end_range: tuple = (0.9, 1.0)  # where that last point may go, in u
+    genes_per_mutation: float = 1.5  # expected step-gene changes per mutation (times the stall boost)
+    max_gene_rate: float = 0.5  # cap on the per-gene change probability
+    orders: tuple = (1, 2, 3)  # Taylor orders a mutated step may take ...
+    order_weights: tuple = (0.2, 0.45, 0.35)  # ... with these probabilities
+    coef_step: float = 0.1  # std of a move of the derivative-scaling coefficient c
+    coef_range: tuple = (-1.5, 1.5)  # range of c
+    coef_keep: float = 0.8  # chance a mutated c moves (else it resets to 0)
+    grid_blend: float = 0.3  # chance a crossover child's grid blends both parents' (else one parent's)
+    crossover: float = 0.3  # chance a child comes from crossover (else from mutation)
+    mutate_after_crossover: float = 0.5  # chance a crossover child is also mutated
+    stall_boost: float = 2.0  # mutations grow up to 1 + this while the best stalls
+    elite: int = 6  # parents: the best at high fidelity ...
+    low_parents: int = 12  # ... and the best at low fidelity
+    random_picks: int = 2  # candidates per generation evaluated at random beside the surrogate's picks
+
+
+EVOLUTION = Evolution()
+
+
 class _Surrogate:
     """MLP (or ridge) regressor of log fitness on schedule features: ranks candidates before evaluation."""
 
@@ -237,8 +267,8 @@ def search(
         def mutate(s: SolverSchedule, boost: float = 1.0) -> SolverSchedule:
             n = s.num_steps
             u = _u_of_t(ns, s.grid[1 : n if final_zero else n], t0, t_end_pos)
-            sigma_u = boost * rng.choice([0.02, 0.05, 0.1])
-            mask = rng.random(len(u)) < 0.5
+            sigma_u = boost * rng.choice(EVOLUTION.grid_step_scales)
+            mask = rng.random(len(u)) < EVOLUTION.grid_move_share
             u = np.sort(np.clip(u + mask * rng.normal(0, sigma_u, len(u)), 1e-3, 1 - 1e-3))
             if len(u) and np.any(np.diff(u) < 1e-3):
                 u = np.sort(rng.uniform(0.01, 0.99, len(u)))
@@ -246,13 +276,14 @@ def search(
             if final_zero:
                 tail = [0.0]
             else:
-                end_u = float(np.clip(_u_of_t(ns, s.grid[-1], t0, t_end_pos) + rng.normal(0, 0.02), 0.9, 1.0))
+                end_u = _u_of_t(ns, s.grid[-1], t0, t_end_pos) + rng.normal(0, EVOLUTION.end_step)
+                end_u = float(np.clip(end_u, *EVOLUTION.end_range))
                 tail = [float(_t_of_u(ns, end_u, t0, t_end_pos))]
             grid = np.concatenate([[s.grid[0]], inner, tail])
             if timestep_only:
                 return SolverSchedule(s.steps, grid, "t", s.afs)
             steps = list(s.steps)
-            p = min(0.5, boost * 1.5 / n)
+            p = min(EVOLUTION.max_gene_rate, boost * EVOLUTION.genes_per_mutation / n)
             for i, st in enumerate(steps):
                 if i == 0 and s.afs != "none":
                     continue
@@ -261,11 +292,15 @@ def search(
                 if rng.random() < p:
                     g[0] = "noise" if g[0] == "data" else "data"
                 if rng.random() < p:
-                    g[1] = int(rng.choice([1, 2, 3], p=[0.2, 0.45, 0.35]))
+                    g[1] = int(rng.choice(EVOLUTION.orders, p=EVOLUTION.order_weights))
                 if rng.random() < p:
                     g[2] = int(rng.integers(1, 3))
                 if rng.random() < 2 * p:
-                    g[3] = float(np.clip(g[3] + rng.normal(0, 0.1), -1.5, 1.5)) if rng.random() < 0.8 else 0.0
+                    g[3] = (
+                        float(np.clip(g[3] + rng.normal(0, EVOLUTION.coef_step), *EVOLUTION.coef_range))
+                        if rng.random() < EVOLUTION.coef_keep
+                        else 0.0
+                    )
                 if rng.random() < p:
                     g[4] = not g[4]
                 if g != old:
@@ -279,7 +314,7 @@ def search(
                 a.steps if timestep_only else tuple(x if rng.random() < 0.5 else y for x, y in zip(a.steps, b.steps))
             )
             grid = a.grid if rng.random() < 0.5 else b.grid
-            if rng.random() < 0.3:
+            if rng.random() < EVOLUTION.grid_blend:
                 w = rng.random()
                 ua = _u_of_t(ns, a.grid[1:-1], t0, t_end_pos)
                 ub = _u_of_t(ns, b.grid[1:-1], t0, t_end_pos)
@@ -305,8 +340,9 @@ def search(
             X = np.stack([_features(sched_of(archive[k]), nfe, ns, t0, t_end_pos) for k in keys])
             y = np.log10(np.array([archive[k]["low"] for k in keys]) + 1e-12)
             surrogate.fit(X, y)
-            elite = [k for _, k in ranked("high")[:6]]
-            parents = [archive[k] for k in elite + [k for _, k in ranked("low")[:12] if k not in elite]]
+            elite = [k for _, k in ranked("high")[: EVOLUTION.elite]]
+            low = [k for _, k in ranked("low")[: EVOLUTION.low_parents] if k not in elite]
+            parents = [archive[k] for k in elite + low]
             stall = _stalled(history)
             cands, seen = [], set(archive)
             tries = 0
@@ -314,10 +350,10 @@ def search(
                 tries += 1
                 pa = sched_of(parents[int(rng.integers(len(parents)))])
                 try:
-                    boost = 1.0 + 2.0 * stall * rng.random()
-                    if rng.random() < 0.3 and len(parents) > 1:
+                    boost = 1.0 + EVOLUTION.stall_boost * stall * rng.random()
+                    if rng.random() < EVOLUTION.crossover and len(parents) > 1:
                         child = crossover(pa, sched_of(parents[int(rng.integers(len(parents)))]))
-                        child = mutate(child, boost) if rng.random() < 0.5 else child
+                        child = mutate(child, boost) if rng.random() < EVOLUTION.mutate_after_crossover else child
                     else:
                         child = mutate(pa, boost)
                 except (ScheduleError, ValueError):
@@ -332,7 +368,7 @@ def search(
             pred = surrogate.predict(np.stack([_features(c, nfe, ns, t0, t_end_pos) for c in cands]), rng)
             order = list(np.argsort(pred)[:evaluate_per_generation])
             rest = [i for i in range(len(cands)) if i not in order]
-            order += list(rng.choice(rest, size=min(2, len(rest)), replace=False)) if rest else []
+            order += list(rng.choice(rest, size=min(EVOLUTION.random_picks, len(rest)), replace=False)) if rest else []
             got = np.array([evaluate(cands[i], "low") for i in order])
             ok = np.isfinite(got)
             rank_corr = _spearman(pred[order][ok], np.log10(got[ok] + 1e-12)) if ok.sum() > 2 else float("nan")
@@ -381,7 +417,7 @@ def search(
                 "fitness": {"metric": metric, "value": best_fit, "samples": high_fidelity, "seed": search_seed + 1},
                 "low_fidelity": {"samples": low_fidelity, "seed": search_seed},
                 "predictor": predictor,
-                "generations": gen + 1 - start_gen + (start_gen if start_gen else 0),
+                "generations": gen + 1,
                 "evaluations": len(archive),
                 "seconds": round(seconds, 2),
                 "search_seed": seed,

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["Plan", "Solver", "History", "linear_step", "runge_kutta_plan"]
+from ..core.grids import check_grid
+
+__all__ = ["Plan", "Solver", "History", "linear_step", "runge_kutta_plan", "final_order_cap"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,19 @@ def linear_step(plan: Plan, k: int, history: History) -> torch.Tensor:
     return out
 
 
+def final_order_cap(i: int, n: int) -> int:
+    """The highest order step i of n may have under Diffusers' ``lower_order_final`` rule.
+
+    With fewer than 15 steps the last step is first order and the one before at most second order
+    (the multistep schedulers' stabiliser for few steps); any other step is not capped (returns n + 1).
+    """
+    if n < 15 and i == n - 1:
+        return 1
+    if n < 15 and i == n - 2:
+        return 2
+    return n + 1
+
+
 def prediction_form_ddim(schedule, grid) -> Plan:
     """DDIM as x' = alpha' x0 + sigma' eps (Song et al., arXiv 2010.02502); finite where alpha = 0."""
     tn = np.asarray(grid, dtype=np.float64)[1:]
@@ -148,16 +163,16 @@ def concat_plans(first: Plan, rest: Plan, grid) -> Plan:
 def runge_kutta_plan(grid, steps, f_x0: float, order: int, info: dict) -> Plan:
     """A :class:`Plan` from explicit Runge-Kutta steps (Butcher tableaux), one stage per model call.
 
-    ``steps`` holds, per grid step, ``(tableau, h, stage_times, a, scale)``: the tableau
-    ``(c, A, b)``, the step size h in the integration variable, the model-evaluation time of each
+    ``steps`` holds, per grid step, ``(tableau, h, stage_times, a, scale)``: the
+    :class:`~.tableaux.Tableau`, the step size h in the integration variable, the model-evaluation time of each
     stage, and per stage s the factors of the state that follows it (stage s + 1, or the step's
     end for the last): ``a[s] * x_start + scale[s] * h * sum_j W[s][j] f_j`` with W = (A[1:], b).
     The derivative is f = eps + f_x0 * x0 (f_x0 = 0: dy/drho = eps; f_x0 = -1: flow velocity).
     """
     times, step_of_eval, refs, a_all, rows = [], [], [], [], []
-    for i, ((c, A, b), h, stage_t, a, scale) in enumerate(steps):
-        weights = list(A[1:]) + [b]
-        for s in range(len(c)):
+    for i, (tab, h, stage_t, a, scale) in enumerate(steps):
+        weights = list(tab.A[1:]) + [tab.b]
+        for s in range(len(tab.c)):
             times.append(stage_t[s])
             step_of_eval.append(i)
             refs.append(s)
@@ -198,9 +213,7 @@ class Solver:
         step written in prediction form, x' = alpha' x0 + sigma' eps, which is finite there;
         the solver's own plan then starts at ``grid[1]``.
         """
-        grid = np.asarray(grid, dtype=np.float64)
-        if grid.ndim != 1 or len(grid) < 2 or np.any(np.diff(grid) >= 0) or grid[-1] < 0:
-            raise ValueError(f"a time grid must be 1-D, decreasing and end at t >= 0, got {grid}")
+        grid = check_grid(grid)
         if float(schedule.alpha(grid[0])) > 0:
             return self.prepare(schedule, grid)
         if len(grid) == 2:

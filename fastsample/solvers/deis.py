@@ -36,9 +36,11 @@ import math
 
 import numpy as np
 
-from .base import Plan, Solver, runge_kutta_plan
+from ..core.grids import check_grid
+from .base import Plan, Solver, final_order_cap, runge_kutta_plan
+from .tableaux import TABLEAUX
 
-__all__ = ["DEISSolver", "VARIANTS", "IPNDM_COEFFS", "RK_TABLEAUS"]
+__all__ = ["DEISSolver", "VARIANTS", "IPNDM_COEFFS"]
 
 VARIANTS = ("tab", "rhoab", "logrho", "rhork", "ipndm")
 
@@ -49,16 +51,6 @@ IPNDM_COEFFS = {
     3: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
 }
 """Adams-Bashforth weights for equal steps, by polynomial degree; entry j multiplies eps_{i-j}."""
-
-RK_TABLEAUS = {
-    "heun": ((0.0, 1.0), ((), (1.0,)), (0.5, 0.5)),
-    "kutta3": ((0.0, 0.5, 1.0), ((), (0.5,), (-1.0, 2.0)), (1 / 6, 2 / 3, 1 / 6)),
-    "rk4": ((0.0, 0.5, 0.5, 1.0), ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6)),
-    "midpoint": ((0.0, 0.5), ((), (0.5,)), (0.0, 1.0)),
-    "heun3": ((0.0, 1 / 3, 2 / 3), ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75)),
-    "euler": ((0.0,), ((),), (1.0,)),
-}
-"""Butcher tableaus (c, A rows, b) of the explicit Runge-Kutta schemes used by ``rhork``."""
 
 _RK_BY_ORDER = {2: "heun", 3: "kutta3", 4: "rk4"}
 _RK_FINAL = {"heun": "midpoint", "kutta3": "heun3", "rk4": "heun3"}
@@ -154,13 +146,6 @@ def _ipndm_weights(rho_nodes: np.ndarray, rho_end: float) -> np.ndarray:
     return (rho_end - rho_nodes[0]) * np.asarray(IPNDM_COEFFS[len(rho_nodes) - 1])
 
 
-def _check_grid(grid) -> np.ndarray:
-    grid = np.asarray(grid, dtype=np.float64)
-    if grid.ndim != 1 or len(grid) < 2 or np.any(np.diff(grid) >= 0) or grid[-1] < 0:
-        raise ValueError("a grid must be a strictly decreasing 1-D array of at least 2 times ending at t >= 0")
-    return grid
-
-
 class DEISSolver(Solver):
     """The DEIS family (Zhang & Chen, arXiv 2204.13902) as a :class:`~.base.Solver` producing a :class:`Plan`.
 
@@ -192,11 +177,11 @@ class DEISSolver(Solver):
         """Model calls for ``num_steps`` steps; one fewer for RK4 when the grid ends at t = 0."""
         n = num_steps * self.stages
         if final_zero and self.rk is not None:
-            n -= self.stages - len(RK_TABLEAUS[_RK_FINAL[self.rk]][0])
+            n -= self.stages - len(TABLEAUX[_RK_FINAL[self.rk]].c)
         return n
 
     def prepare(self, schedule, grid) -> Plan:
-        grid = _check_grid(grid)
+        grid = check_grid(grid)
         if self.variant == "rhork":
             return self._prepare_rk(schedule, grid)
         return self._prepare_multistep(schedule, grid)
@@ -214,8 +199,8 @@ class DEISSolver(Solver):
                 first = i + 1
                 continue
             d = min(degree, i - first)
-            if self.lower_order_final and n < 15:
-                d = 0 if i == n - 1 else min(d, 1) if i == n - 2 else d
+            if self.lower_order_final:
+                d = min(d, final_order_cap(i, n) - 1)
             idx = i - np.arange(d + 1)
             if self.variant == "tab":
                 c = _tab_weights(schedule, grid[idx], grid[i + 1], rho[i], rho[i + 1])
@@ -239,13 +224,13 @@ class DEISSolver(Solver):
         for i in range(len(grid) - 1):
             tableau = _RK_FINAL[self.rk] if rho[i + 1] == 0 else self.rk
             h = rho[i + 1] - rho[i]
-            stage_t = [grid[i]] + [float(schedule.t_of_sigma_ve(rho[i] + ci * h)) for ci in RK_TABLEAUS[tableau][0][1:]]
+            stage_t = [grid[i]] + [float(schedule.t_of_sigma_ve(rho[i] + ci * h)) for ci in TABLEAUX[tableau].c[1:]]
             if min(stage_t) <= 0:
                 tableau, stage_t = "euler", [grid[i]]
-            c = RK_TABLEAUS[tableau][0]
+            c = TABLEAUX[tableau].c
             stage_t = [grid[i + 1] if ci == 1.0 else ti for ci, ti in zip(c, stage_t)]
             alpha_next = [float(schedule.alpha(t)) for t in stage_t[1:] + [grid[i + 1]]]
-            steps.append((RK_TABLEAUS[tableau], h, stage_t, [an / alpha[i] for an in alpha_next], alpha_next))
+            steps.append((TABLEAUX[tableau], h, stage_t, [an / alpha[i] for an in alpha_next], alpha_next))
         info = {"solver": self.name, "variant": "rhork", "tableau": self.rk}
         return runge_kutta_plan(grid, steps, f_x0=0.0, order=self.order, info=info)
 

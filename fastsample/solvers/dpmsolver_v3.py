@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..core.grids import check_grid
 from .base import History, Plan, Solver
 
 __all__ = [
@@ -452,10 +453,7 @@ class DPMSolverV3(Solver):
         )
 
     def plan(self, schedule, grid) -> ElementwisePlan:
-        grid = np.asarray(grid, dtype=np.float64)
-        if grid.ndim != 1 or len(grid) < 2 or np.any(np.diff(grid) >= 0) or grid[-1] < 0:
-            raise ValueError(f"a time grid must be 1-D, decreasing and end at t >= 0, got {grid}")
-        return self.prepare(schedule, grid)
+        return self.prepare(schedule, check_grid(grid))
 
     # --- the schedule of orders -------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import torch
 from ..core.parameterization import check_prediction_type, to_x0_eps
 from .base import History, Plan
 
-__all__ = ["sample", "observe", "push", "NonFiniteModelOutput"]
+__all__ = ["sample", "advance", "observe", "push", "NonFiniteModelOutput"]
 
 
 class NonFiniteModelOutput(FloatingPointError, ValueError):
@@ -37,6 +37,20 @@ def push(history: History | None, x, x0, eps, keep: int) -> History:
     )
 
 
+def advance(plan: Plan, k: int, t: float, model_output, x, history, schedule, prediction_type: str, steering=None):
+    """The update after model evaluation k at time t: (x_next in x's dtype, x0_hat, new history).
+
+    The one loop body that :func:`sample` and the adapter's ``step()`` share: (x0, eps) from the
+    output, the steering hook, the history, then the plan's corrector and step k.
+    """
+    x0, eps = observe(model_output, x, t, schedule, prediction_type)
+    xw = x.to(x0.dtype)
+    if steering is not None:
+        xw, x0, eps = steering(k, t, xw, x0, eps)
+    history = plan.correct(k, push(history, xw, x0, eps, plan.history_len))
+    return plan.step(k, history).to(x.dtype), x0, history
+
+
 @torch.no_grad()
 def sample(
     model_fn: Callable,
@@ -57,19 +71,12 @@ def sample(
     """
     ptype = check_prediction_type(prediction_type, schedule.is_flow)
     plan: Plan = solver.plan(schedule, grid)
-    keep = plan.history_len
-    dtype = x.dtype
     history = None
-    for k, t in enumerate(plan.eval_times):
-        out = model_fn(x, float(t))
+    for k, t in enumerate(plan.eval_times.tolist()):
+        out = model_fn(x, t)
         if check_finite and not torch.isfinite(out).all():
-            raise NonFiniteModelOutput(f"model output is NaN or Inf at step {k} (t={float(t):.6g})")
+            raise NonFiniteModelOutput(f"model output is NaN or Inf at step {k} (t={t:.6g})")
         if callback is not None:
-            callback(k, float(t), x, out)
-        x0, eps = observe(out, x, t, schedule, ptype)
-        xw = x.to(x0.dtype)
-        if steering is not None:
-            xw, x0, eps = steering(k, float(t), xw, x0, eps)
-        history = plan.correct(k, push(history, xw, x0, eps, keep))
-        x = plan.step(k, history).to(dtype)
+            callback(k, t, x, out)
+        x, _, history = advance(plan, k, t, out, x, history, schedule, ptype, steering)
     return x

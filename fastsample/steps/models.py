@@ -16,7 +16,8 @@ import inspect
 
 import torch
 
-from ..formats.ems_file import model_fingerprint, schedule_for_config
+from ..core.schedules import schedule_for_config
+from ..formats.ems_file import model_fingerprint
 
 __all__ = ["network_model_fn", "from_pipeline", "demo"]
 

@@ -49,10 +49,9 @@ import torch
 from .._io import atomic_path, atomic_write
 from ..core import grids
 from ..core.parameterization import check_prediction_type
-from ..core.schedules import DiscreteVP, RectifiedFlow
-from ..formats.ems_file import schedule_for_config
+from ..core.schedules import DiscreteVP, RectifiedFlow, schedule_for_config
 from ..formats.step_schedule import StepSchedule, set_timesteps_kwargs
-from ..solvers.flow import ExpMultistepSolver
+from ..solvers.multistep import ExpMultistepSolver
 from ..solvers.sampling import observe
 from ..solvers.sampling import sample as run_plan
 

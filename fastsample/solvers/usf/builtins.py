@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from ...formats.solver_schedule import Corrector, Derivative, SolverSchedule, Step
+from ..base import final_order_cap
 
 # --- converters: diffusers' multistep solvers as schedules -----------------------------------------
 
@@ -74,10 +75,10 @@ def dpmsolver_multistep(
         raise ValueError("DPM-Solver multistep: order 1-3, solver_type 'midpoint' or 'heun'")
     n, steps = num_steps, []
     for i in range(n):
-        last = i == n - 1 and (euler_at_final or (lower_order_final and n < 15) or final_zero)
-        second = i == n - 2 and lower_order_final and n < 15
-        avail = _warmup(i, first_usable)
-        p = 1 if (order == 1 or avail < 1 or last) else 2 if (order == 2 or avail < 2 or second) else 3
+        cap = final_order_cap(i, n) if lower_order_final else order
+        if i == n - 1 and (euler_at_final or final_zero):
+            cap = 1
+        p = min(order, _warmup(i, first_usable) + 1, cap)
         if p == 2:
             steps.append(_taylor_step(prediction, 2, "midpoint" if solver_type == "midpoint" else "none"))
         else:
@@ -131,11 +132,8 @@ def deis_logrho(
         raise ValueError("DEIS log-rho: order 1-3")
     n, steps = num_steps, []
     for i in range(n):
-        last = i == n - 1 and lower_order_final and n < 15
-        second = i == n - 2 and lower_order_final and n < 15
-        avail = _warmup(i, first_usable)
-        p = 1 if (order == 1 or avail < 1 or last) else 2 if (order == 2 or avail < 2 or second) else 3
-        steps.append(_taylor_step("noise", p))
+        cap = final_order_cap(i, n) if lower_order_final else order
+        steps.append(_taylor_step("noise", min(order, _warmup(i, first_usable) + 1, cap)))
     return SolverSchedule(tuple(steps), grid, unit, metadata=_meta("deis-logrho", order=order))
 
 

@@ -28,6 +28,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from ...core.grids import check_grid
 from ...formats.solver_schedule import ScheduleError, SolverSchedule
 from ..base import Plan, Solver
 from ..sampling import sample as _sample
@@ -132,10 +133,7 @@ class USFSolver(Solver):
         return self.schedule.times(noise_schedule)
 
     def plan(self, noise_schedule, grid=None) -> Plan:
-        grid = self.grid(noise_schedule) if grid is None else np.asarray(grid, dtype=np.float64)
-        if grid.ndim != 1 or len(grid) < 2 or np.any(np.diff(grid) >= 0) or grid[-1] < 0:
-            raise ValueError(f"a time grid must be 1-D, decreasing and end at t >= 0, got {grid}")
-        return self.prepare(noise_schedule, grid)
+        return self.prepare(noise_schedule, check_grid(self.grid(noise_schedule) if grid is None else grid))
 
     def prepare(self, noise_schedule, grid) -> Plan:
         sch, ns = self.schedule, noise_schedule
