@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+EVAL_MODULES = ("accelerate", "torchmetrics", "matplotlib", "sklearn")  # the `eval` extra (pyproject.toml)
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: ``PROG: error: MESSAGE (see PROG --help)``, exit status 2."""
@@ -46,6 +48,8 @@ def error_line(err: BaseException) -> str:
     from ._io import UserError
 
     msg = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, ModuleNotFoundError) and err.name in EVAL_MODULES:
+        return f"{msg}: this command needs the evaluation extra (pip install 'fastsample[eval]')"
     if isinstance(err, (UserError, ValueError, OSError, KeyError, ImportError)):
         return msg
     return f"{type(err).__name__}: {msg} (rerun with --debug for the traceback)"
