@@ -14,8 +14,11 @@ import string
 import torch
 from diffusers import (
     AutoencoderKL,
+    DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
+    DiTPipeline,
+    DiTTransformer2DModel,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
@@ -52,6 +55,7 @@ __all__ = [
     "save_tiny_clip_vision",
     "t5_tokenizer",
     "ddpm_pipeline",
+    "dit_pipeline",
     "sd_pipeline",
     "sd_img2img_pipeline",
     "sdxl_pipeline",
@@ -84,6 +88,16 @@ SDXL_SCHEDULER = dict(
     trained_betas=None,
 )
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
+DIT_SCHEDULER = dict(  # facebook/DiT-XL-2-256 ships a DDIMScheduler
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="linear",
+    clip_sample=False,
+    set_alpha_to_one=True,
+    steps_offset=0,
+    prediction_type="epsilon",
+)
 FLUX_SCHEDULER = dict(
     num_train_timesteps=1000,
     shift=3.0,
@@ -180,11 +194,11 @@ def _seed(seed: int):
     torch.manual_seed(seed)
 
 
-def ddpm_pipeline(seed: int = 0) -> DDPMPipeline:
-    """Pixel-space DDPM with an 8x8 UNet and SD 1.5's beta schedule (a DDPMScheduler)."""
+def ddpm_pipeline(seed: int = 0, sample_size: int = 8) -> DDPMPipeline:
+    """Pixel-space DDPM with a ``sample_size`` square UNet and SD 1.5's beta schedule (a DDPMScheduler)."""
     _seed(seed)
     unet = UNet2DModel(
-        sample_size=8,
+        sample_size=sample_size,
         in_channels=3,
         out_channels=3,
         block_out_channels=(8, 16),
@@ -195,6 +209,25 @@ def ddpm_pipeline(seed: int = 0) -> DDPMPipeline:
     ).eval()
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     pipe = DDPMPipeline(unet=unet, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def dit_pipeline(seed: int = 0) -> DiTPipeline:
+    """DiT (class-conditional latent transformer, learned sigma, 1,000 classes + the null class that
+    DiTPipeline's guidance uses); 8x8x4 latents, 16x16 images."""
+    _seed(seed)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=1000,
+    ).eval()
+    pipe = DiTPipeline(transformer=transformer, vae=_vae(), scheduler=DDIMScheduler(**DIT_SCHEDULER))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

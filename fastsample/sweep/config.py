@@ -326,7 +326,6 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         _int(model["num_classes"], "model.num_classes", src, 1)
     _model_conditions(model, kind, base, src)
 
-
     features = _require(metric, "features", "metric")
     if features not in FEATURES:
         raise ConfigError(f"{src}: metric features {features!r} unknown; allowed: {', '.join(map(repr, FEATURES))}")
