@@ -71,6 +71,7 @@ class PipelineSource:
 
     def __init__(self, pipe, spec: dict, seed: int, device):
         self.pipe = pipe.to(device)
+        self.pipe.set_progress_bar_config(disable=True)  # the sweep shows its own progress
         self.scheduler_config = pipe.scheduler.config
         self.spec, self.seed, self.device = spec, seed, device
         self.prompts = spec.get("prompts")
