@@ -21,18 +21,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from functools import lru_cache
 
 import numpy as np
 import protocol as P
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DEISMultistepScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSinglestepScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDIMScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from diffusers.utils import logging as dlogging
 from sklearn.datasets import load_digits
 
@@ -43,22 +36,7 @@ from fastsample.schedules import DiscreteVP
 NFES = (4, 5, 6, 8, 10, 15, 20)
 QUICK_NFES = (4, 6, 10)
 N_PER_SEED = {"gmm": 32, "digits": 16}
-OURS = [("tab", o) for o in (2, 3, 4)] + [("rhoab", 3), ("logrho", 2), ("logrho", 3), ("ipndm", 3), ("ipndm", 4)]
-OURS += [("rhork", o) for o in (2, 3, 4)]
 BASE_CONFIG = DDIMScheduler(beta_schedule="linear").config
-FAMILIES = {  # Diffusers classes by family; IPNDMScheduler runs its own noise schedule, not the model's
-    "DDIM": (DDIMScheduler,),
-    "DPM-Solver++ multistep": (DPMSolverMultistepScheduler,),
-    "DPM-Solver++ singlestep": (DPMSolverSinglestepScheduler,),
-    "UniPC": (UniPCMultistepScheduler,),
-    "DEISMultistep": (DEISMultistepScheduler,),
-}
-PIPELINE_DEFAULTS = {  # `Class.from_config(pipe.scheduler.config)`: the shipped options, lower_order_final included
-    "DDIM": DDIMScheduler,
-    "DPM-Solver++ 2M": DPMSolverMultistepScheduler,
-    "UniPC": UniPCMultistepScheduler,
-    "DEISMultistep": DEISMultistepScheduler,
-}
 
 
 def problems():
@@ -70,42 +48,9 @@ def problems():
     }
 
 
-def method_configs(nfe: int) -> dict[str, dict[str, object]]:
-    """method -> {configuration label -> scheduler builder} at ``nfe`` calls; the "all ..." methods are unions."""
-    grids_for = lru_cache(None)(lambda k: P.vp_grids(BASE_CONFIG, k))
-    out = {}
-    for family, classes in FAMILIES.items():
-        cfgs = {}
-        for b in (b for b in P.vp_roster() if b.cls in classes):
-            own = P.own_grid_options(b.cls, False)
-            built = P.configurations(lambda b=b, **kw: b.make(BASE_CONFIG, **kw), nfe, False, grids_for, own)
-            cfgs |= {f"{b.label}, {g}": f for g, f in built.items()}
-        out[f"{family} (diffusers)"] = cfgs
-    out["all Diffusers"] = {k: v for m, c in out.items() for k, v in c.items()}
-    for label, cls in PIPELINE_DEFAULTS.items():
-        built = P.configurations(lambda cls=cls, **kw: cls.from_config(BASE_CONFIG, **kw), nfe, False,
-                                 lambda k: {}, {P.PIPELINE_DEFAULT: {}})  # fmt: skip
-        out[f"{label} (diffusers, {P.PIPELINE_DEFAULT})"] = built
-    ours_all = {}
-    for variant in dict.fromkeys(v for v, _ in OURS):
-        cfgs = {}
-        for v, order in (x for x in OURS if x[0] == variant):
-            for lof in (True, False) if variant != "rhork" else (True,):
-                kw = {"deis_variant": v, "solver_order": order, "lower_order_final": lof}
-                built = P.configurations(
-                    lambda kw=kw: DEISScheduler.from_config(BASE_CONFIG, **kw), nfe, False, grids_for
-                )
-                tag = f"{v} {order}{'' if lof else ' no-lof'}"
-                cfgs |= {f"{tag}, {g}": f for g, f in built.items()}
-        out[f"DEIS {variant} (fastsample)"] = cfgs
-        ours_all |= cfgs
-    out["all fastsample DEIS"] = ours_all
-    return out
-
-
 def errors_for(gm, schedule, n_per_seed):
     """evaluate(build, seeds) -> per-sample RMSE against the exact solution of the same noise (None: failed)."""
-    noise, exact, memo = {}, {}, {}
+    noise, exact = {}, {}
     model = gm.model_fn(schedule, "epsilon")
 
     def data(seed):
@@ -116,12 +61,6 @@ def errors_for(gm, schedule, n_per_seed):
         return noise[seed], exact[seed]
 
     def evaluate(build, seeds):
-        key = (id(build), tuple(seeds))  # the families and the "all" rows share builders: evaluate each once
-        if key not in memo:
-            memo[key] = run(build, seeds)
-        return memo[key]
-
-    def run(build, seeds):
         out = []
         for seed in seeds:
             x, ref = data(seed)
@@ -181,16 +120,11 @@ def main(argv=None):
     res = {"run": "quick" if args.quick else "full", "nfe": list(nfes), "samples_per_seed": N_PER_SEED}
     res |= {"selection_seeds": list(P.SELECTION_SEEDS), "heldout_seeds": list(P.HELDOUT_SEEDS), "problems": {}}
     res["step_time"] = step_overhead()
-    configs = {nfe: method_configs(nfe) for nfe in nfes}
+    configs = {nfe: P.vp_methods(BASE_CONFIG, nfe) for nfe in nfes}
     for name, gm in problems().items():
-        evaluate = errors_for(gm, schedule, N_PER_SEED[name])
-        choices = {}
-        for nfe in nfes:
-            for method, cfgs in configs[nfe].items():
-                ch = P.choose(method, cfgs, evaluate)
-                if ch is not None:
-                    choices[method, nfe] = ch.to_dict()
-            print(f"[{name}] NFE {nfe} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+        choices = P.choose_all(
+            configs, errors_for(gm, schedule, N_PER_SEED[name]), log=lambda m, name=name: print(name, m)
+        )
         res["problems"][name] = {
             "reference": reference_check(gm, schedule, N_PER_SEED[name]),
             "choices": [{**d, "nfe": nfe} for (m, nfe), d in choices.items()],

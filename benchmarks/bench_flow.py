@@ -114,7 +114,9 @@ def error_vs_nfe(problem: str) -> dict:
         lambda k: torch.from_numpy(mix.ode_solve(x.double().numpy(), FLOW, 1.0, 0.0, rtol=10.0**-k, atol=10.0**-k)),
         (8, 12),
     )[1]
-    choices = P.choose_all({nfe: method_configs(nfe) for nfe in NFES}, errors_for(mix), log=lambda m: print(problem, m))
+    choices = P.choose_all(
+        {nfe: method_configs(nfe) for nfe in NFES}, errors_for(mix), log=lambda m, p=problem: print(p, m)
+    )
     return {
         "reference": ref,
         "flowmatch_euler_vs_our_euler_same_sigmas_max_abs": same_grid_check(mix),

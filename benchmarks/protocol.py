@@ -78,7 +78,8 @@ def _lof(label, cls, options):
 
 
 def vp_roster() -> list[Baseline]:
-    """Diffusers' VP schedulers in every variant: solver, order, type, ``lower_order_final`` on/off.
+    """Diffusers' VP schedulers in every variant: solver, order, type, ``lower_order_final`` on/off (UniPC also
+    ending at sigma_min: Diffusers' UniPC bh1 gives NaN on a last step to sigma = 0).
 
     DDIM, IPNDM and DEISMultistep cannot take a custom grid from ``set_timesteps`` (see :func:`set_grid`);
     DPM-Solver++ order 1 is DDIM (eta = 0) on any grid.
@@ -93,9 +94,11 @@ def vp_roster() -> list[Baseline]:
         out += _lof(f"DPM-Solver++ {order}S", DPMSolverSinglestepScheduler, {"solver_order": order})
     for variant in ("bh1", "bh2"):
         for order in (1, 2, 3):
-            out += _lof(
-                f"UniPC {variant} {order}", UniPCMultistepScheduler, {"solver_order": order, "solver_type": variant}
-            )
+            for final in ("zero", "sigma_min"):  # bh1 (and bh2 without lower_order_final) give NaN at sigma 0
+                opts = {"solver_order": order, "solver_type": variant, "final_sigmas_type": final}
+                out += _lof(
+                    f"UniPC {variant} {order}{' final sigma_min' * (final != 'zero')}", UniPCMultistepScheduler, opts
+                )
     for order in (1, 2, 3):
         out += _lof(f"DEISMultistep {order}", DEISMultistepScheduler, {"solver_order": order})
     return out
@@ -242,7 +245,8 @@ def configurations(
 
     Each grid of ``grids_for(k)`` given through :func:`set_grid` (refused grids are left out) and each own
     option (``make(**option)``, then ``set_timesteps(k)``), with the largest step count k whose run makes at
-    most ``nfe`` calls (one call per entry of ``timesteps``). Values build a fresh scheduler ready to run.
+    most ``nfe`` calls (one call per entry of ``timesteps``); a configuration whose timesteps and sigmas
+    repeat an earlier one's is left out. Values build a fresh scheduler ready to run.
     """
 
     def fits(build):
@@ -252,7 +256,7 @@ def configurations(
             return False
 
     own = own or {}
-    out = {}
+    out, seen = {}, set()
     for name in list(grids_for(nfe)) + list(own):
         for k in range(nfe, 0, -1):
             if name in own:
@@ -272,8 +276,64 @@ def configurations(
                     return s
 
             if fits(build):
-                out[name] = build
+                s = build()
+                key = (tuple(s.timesteps.tolist()), tuple(getattr(s, "sigmas", torch.zeros(0)).tolist()))
+                if key not in seen:  # an own option that repeats one of our grids is one configuration
+                    seen.add(key)
+                    out[name] = build
                 break
+    return out
+
+
+VP_FAMILIES = {  # Diffusers classes by family; IPNDMScheduler runs its own noise schedule, not the model's
+    "DDIM": DDIMScheduler,
+    "DPM-Solver++ multistep": DPMSolverMultistepScheduler,
+    "DPM-Solver++ singlestep": DPMSolverSinglestepScheduler,
+    "UniPC": UniPCMultistepScheduler,
+    "DEISMultistep": DEISMultistepScheduler,
+}
+VP_PIPELINE_DEFAULTS = {  # `Class.from_config(pipe.scheduler.config)`: shipped options, lower_order_final included
+    "DDIM": DDIMScheduler,
+    "DPM-Solver++ 2M": DPMSolverMultistepScheduler,
+    "UniPC": UniPCMultistepScheduler,
+    "DEISMultistep": DEISMultistepScheduler,
+}
+OUR_DEIS = [("tab", o) for o in (2, 3, 4)] + [("rhoab", 3), ("logrho", 2), ("logrho", 3), ("ipndm", 3), ("ipndm", 4)]
+OUR_DEIS += [("rhork", o) for o in (2, 3, 4)]
+
+
+def vp_methods(config, nfe: int) -> dict[str, dict[str, Callable[[], object]]]:
+    """method -> {configuration label -> scheduler builder} at a budget of ``nfe`` calls, for a VP model whose
+    scheduler config is ``config``: each Diffusers family (every variant of :func:`vp_roster` on every grid of
+    :func:`vp_grids` it can take and on its own grid options), each at its pipeline defaults, each variant of
+    our ``DEISScheduler`` on every grid; "all Diffusers" / "all fastsample DEIS" are the unions of a side."""
+    from functools import lru_cache
+
+    grids_for = lru_cache(None)(lambda k: vp_grids(config, k))
+    out = {}
+    for family, cls in VP_FAMILIES.items():
+        cfgs = {}
+        for b in (b for b in vp_roster() if b.cls is cls):
+            built = configurations(lambda b=b, **kw: b.make(config, **kw), nfe, False, grids_for,
+                                   own_grid_options(cls, False))  # fmt: skip
+            cfgs |= {f"{b.label}, {g}": f for g, f in built.items()}
+        out[f"{family} (diffusers)"] = cfgs
+    out["all Diffusers"] = {k: v for c in list(out.values()) for k, v in c.items()}
+    for label, cls in VP_PIPELINE_DEFAULTS.items():
+        built = configurations(lambda cls=cls, **kw: cls.from_config(config, **kw), nfe, False, lambda k: {},
+                               {PIPELINE_DEFAULT: {}})  # fmt: skip
+        out[f"{label} (diffusers, {PIPELINE_DEFAULT})"] = built
+    ours_all = {}
+    for variant in dict.fromkeys(v for v, _ in OUR_DEIS):
+        cfgs = {}
+        for v, order in (x for x in OUR_DEIS if x[0] == variant):
+            for lof in (True, False) if variant != "rhork" else (True,):
+                kw = {"deis_variant": v, "solver_order": order, "lower_order_final": lof}
+                built = configurations(lambda kw=kw: DEISScheduler.from_config(config, **kw), nfe, False, grids_for)
+                cfgs |= {f"{v} {order}{'' if lof else ' no-lof'}, {g}": f for g, f in built.items()}
+        out[f"DEIS {variant} (fastsample)"] = cfgs
+        ours_all |= cfgs
+    out["all fastsample DEIS"] = ours_all
     return out
 
 
@@ -329,7 +389,13 @@ def choose(
     return Choice(method, best, scores[best], float(held.mean()), len(scores), held)
 
 
-def choose_all(configs: Mapping[object, Mapping[str, Mapping[str, object]]], evaluate, log=print) -> dict:
+def choose_all(
+    configs: Mapping[object, Mapping[str, Mapping[str, object]]],
+    evaluate,
+    log=print,
+    selection_seeds: Sequence[int] = SELECTION_SEEDS,
+    heldout_seeds: Sequence[int] = HELDOUT_SEEDS,
+) -> dict:
     """:func:`choose` for every column (e.g. NFE) and method of ``configs[column][method][label] = build``;
     ``evaluate(build, seeds)`` runs once per builder and seed set (methods such as "all ..." share builders).
     Returns {(method, column): Choice.to_dict()}."""
@@ -345,7 +411,7 @@ def choose_all(configs: Mapping[object, Mapping[str, Mapping[str, object]]], eva
     for col, methods in configs.items():
         t0 = time.perf_counter()
         for method, cfgs in methods.items():
-            ch = choose(method, cfgs, cached)
+            ch = choose(method, cfgs, cached, selection_seeds, heldout_seeds)
             if ch is not None:
                 out[method, col] = ch.to_dict()
         log(f"{col}: {len(methods)} methods in {time.perf_counter() - t0:.0f} s")
