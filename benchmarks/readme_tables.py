@@ -174,23 +174,33 @@ def _fmt_ratios(pairs) -> str:
     return ", ".join(f"{n}: {x:.2f}" for n, x in pairs)
 
 
+V3 = "DPM-Solver-v3 (EMS, best grid and options)"
+OURS_FLOW = "RectifiedFlowScheduler (fastsample)"
+
+
 def dpmsolver_v3(r) -> list[str]:
     lines = [
-        "- `dpmsolver_v3.md` (**not yet rerun under the protocol**: each method's configuration is picked on the"
-        " samples it is reported on, and on the demo DDPM the baselines run 3 variants): best DPM-Solver-v3 with"
-        " statistics / best baseline at NFE"
+        "- `dpmsolver_v3.md`, analytic mixtures (**not yet rerun under the protocol**: each configuration is picked on"
+        " the samples it is reported on): best DPM-Solver-v3 with statistics / best baseline at NFE"
     ]
     for name, a in r["analytic"].items():
         lines.append(f"  {_fmt_ratios(_v3_ratios({k: v for k, v in a['rows'].items() if int(k) <= 10}))} on {name};")
     d = r.get("demo")
-    if d:
-        lines.append(f"  demo DDPM, error vs a 500-step reference: {_fmt_ratios(_v3_ratios(d['rows_error']))};")
-        lines.append(f"  demo DDPM, Frechet distance: {_fmt_ratios(_v3_ratios(d['rows']))};")
+    if d and d.get("protocol"):
+        for mname, what in (("error", "error vs a 500-step reference"), ("fd", "Frechet distance")):
+            block = {"choices": d["choices"][mname]}
+            nfes = sorted({c["nfe"] for c in block["choices"]})
+            lines.append(
+                f"  demo DDPM ({d['run']} run, protocol), {what}, v3 with statistics / all baselines at NFE"
+                f" {_side_by_side(block, nfes, V3, 'all baselines')};"
+            )
     f = r.get("flow")
-    if f:
+    if f and f.get("protocol"):
+        nfes = sorted({c["nfe"] for c in f["choices"]})
         lines.append(
-            f"  demo flow model, error vs a 200-step reference, against FlowMatchEuler on its default grid and our flow"
-            f" solvers: {_fmt_ratios(_v3_ratios(f['rows']))}."
+            f"  demo flow model ({f['run']} run, protocol), error vs a 200-step reference, v3 with statistics / all"
+            f" Diffusers (every grid, FlowMatch's included) at NFE {_side_by_side(f, nfes, V3, 'all Diffusers')};"
+            f" our flow solvers / all Diffusers: {_side_by_side(f, nfes, OURS_FLOW, 'all Diffusers')}."
         )
     return lines
 
