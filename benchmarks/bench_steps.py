@@ -4,7 +4,8 @@ For each model and solver and NFE: the optimised grid's held-out error divided b
 error on its best fixed grid (trailing / uniform, Karras, log-SNR, quadratic, AYS-style), the best
 chosen on the selection seeds (its error against the teacher there) and reported on the disjoint held-out
 seeds, as the comparison protocol asks (benchmarks/README.md). Errors: RMS difference of the final
-samples from the exact probability-flow ODE solution (analytic Gaussian mixtures) or from the teacher (DPM-Solver++(3M), fine grid; demo models).
+samples from the exact probability-flow ODE solution (analytic Gaussian mixtures) or from the teacher
+(DPM-Solver++(3M), fine grid; demo models).
 
 Parts: ``analytic`` (VP mixture: DEIS tAB3, DPM-Solver++(2M) ours and Diffusers', UniPC-bh2; flow
 mixture: our multistep2 and Euler, Diffusers' flow UniPC and FlowMatchEuler; NFE 4-10), ``ddpm`` and
