@@ -15,7 +15,8 @@ Sections (each timed against its competitors in the same run; speed is reported 
 - ``gpu`` (only with CUDA): distance on the GPU vs pytorch-fid on the CPU, features/s in fp32 and in
   bf16 autocast with channels_last, and the FID change bf16 causes on a 10k set.
 
-Usage: ``python benchmarks/bench_fid.py [--threads 2] [--sections distance,lowrank,streaming,extraction,gpu]``.
+Usage: ``python benchmarks/bench_fid.py [--quick] [--threads 2] [--sections distance,lowrank,streaming,extraction,gpu]``
+(the full CPU run takes about 15 minutes on a shared 2-core machine; ``--quick``: 1024 dims, about 3).
 Writes ``benchmarks/results/fid.json`` and ``fid.md`` (after every section, so partial runs keep results).
 """
 
@@ -367,7 +368,8 @@ def _md(results: dict) -> str:
     lines = [
         "# FID engine benchmark",
         "",
-        f"Machine: {results['machine']}; torch threads: {results['threads']}. CPU shared with other jobs, so "
+        f"Run: {results.get('run', 'full')} (`bench_fid.py{' --quick' if results.get('run') == 'quick' else ''}`)."
+        f" Machine: {results['machine']}; torch threads: {results['threads']}. CPU shared with other jobs, so "
         "absolute times are noisy; compare ratios measured in the same run. Times: median [min-max] seconds over"
         " the same number of repeats (in parentheses) for every contestant, interleaved (benchmarks/protocol.py);"
         " ratios are of medians.",
@@ -480,13 +482,23 @@ def main(argv=None) -> int:
     p.add_argument("--extract-batch", type=int, default=8)
     p.add_argument("--extract-repeat", type=int, default=3)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--quick", action="store_true", help="1024 dims, 1500 / 500 samples, 20k streamed features")
     args = p.parse_args(argv)
+    if args.quick:
+        args.dim, args.samples, args.lowrank_samples, args.stream_features, args.extract_batch = (
+            1024,
+            1500,
+            500,
+            20_000,
+            4,
+        )
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     if (args.out / "fid.json").is_file():  # sections not rerun keep their earlier results
         results = json.loads((args.out / "fid.json").read_text())
     results.update(
+        run="quick" if args.quick else "full",
         machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         threads=args.threads,
         torch=torch.__version__,
