@@ -45,6 +45,10 @@ def _side_by_side(block, nfes, ours, theirs) -> str:
     return f"{', '.join(cells)} (chose from {_span(counts)} vs {_span(counts_t)} configurations)"
 
 
+def _range(vals) -> str:
+    return f"{min(vals):.2f}x" if f"{min(vals):.2f}" == f"{max(vals):.2f}" else f"{min(vals):.2f}-{max(vals):.2f}x"
+
+
 def _span(xs) -> str:
     return f"{xs[0]}" if xs[0] == xs[-1] else f"{xs[0]}-{xs[-1]}"
 
@@ -195,6 +199,8 @@ def dpmsolver_v3(r) -> list[str]:
                 f" {_side_by_side(block, nfes, V3, 'all baselines')};"
             )
     f = r.get("flow")
+    if not (f and f.get("protocol")):
+        lines[-1] = lines[-1][:-1] + "."
     if f and f.get("protocol"):
         nfes = sorted({c["nfe"] for c in f["choices"]})
         lines.append(
@@ -211,12 +217,15 @@ def steps(r) -> list[str]:
         groups.setdefault((row["model"], row["solver"]), []).append((row["nfe"], row["ratio"]))
     cells = []
     for (model, solver), pairs in groups.items():
-        lo = [x for n, x in pairs if n <= 6]
-        hi = [x for n, x in pairs if n >= 8]
-        part = f"{model} {solver}: NFE 4-6 {min(lo):.2f}-{max(lo):.2f}x" if lo else f"{model} {solver}:"
-        if hi:
-            part += f", NFE 8-10 {min(hi):.2f}-{max(hi):.2f}x"
-        cells.append(part)
+        parts = []
+        for lo, hi in ((4, 6), (8, 10)):
+            xs = [(n, x) for n, x in pairs if lo <= n <= hi]
+            if not xs:
+                continue
+            ns, vals = [n for n, _ in xs], [x for _, x in xs]
+            where = f"NFE {ns[0]}" if len(ns) == 1 else f"NFE {min(ns)}-{max(ns)}"
+            parts.append(f"{where} {_range(vals)}")
+        cells.append(f"{model} {solver}: " + ", ".join(parts))
     return [
         "- `steps.md`: optimised step schedules' held-out error / the same solver on its best fixed grid (chosen on"
         " the selection seeds from "

@@ -181,3 +181,10 @@ def test_converged_reference_reports_the_change_between_two_step_counts():
     torch.testing.assert_close(ref, x * 1.01)
     assert info == {"steps": [10, 100], "mean_rmse_between": pytest.approx(0.09)}
     np.testing.assert_allclose(P.per_sample_rmse(torch.zeros(2, 3, 4), torch.ones(2, 3, 4)), [1.0, 1.0])
+
+
+def test_readme_benchmark_section_is_what_the_results_files_give():
+    """README.md quotes benchmarks/results/*.json through benchmarks/readme_tables.py, never by hand."""
+    import readme_tables
+
+    assert readme_tables.main(["--check"]) == 0
