@@ -16,7 +16,7 @@ Sections (each timed against its competitors in the same run; speed is reported 
   bf16 autocast with channels_last, and the FID change bf16 causes on a 10k set.
 
 Usage: ``python benchmarks/bench_fid.py [--quick] [--threads 2] [--sections distance,lowrank,streaming,extraction,gpu]``
-(the full CPU run takes about 15 minutes on a shared 2-core machine; ``--quick``: 1024 dims, about 3).
+(the full CPU run took about 5 minutes on a shared 2-core machine; ``--quick``: 1024 dims, about 2).
 Writes ``benchmarks/results/fid.json`` and ``fid.md`` (after every section, so partial runs keep results).
 """
 

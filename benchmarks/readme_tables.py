@@ -226,13 +226,18 @@ def steps(r) -> list[str]:
             where = f"NFE {ns[0]}" if len(ns) == 1 else f"NFE {min(ns)}-{max(ns)}"
             parts.append(f"{where} {_range(vals)}")
         cells.append(f"{model} {solver}: " + ", ".join(parts))
+    worse = [
+        f"{row['model']} {row['solver']} NFE {row['nfe']} ({row['ratio']:.2f}x)"
+        for row in r["rows"]
+        if row["ratio"] > 1
+    ]
     return [
         "- `steps.md`: optimised step schedules' held-out error / the same solver on its best fixed grid (chosen on"
         " the selection seeds from "
         + _span(sorted({row["fixed_count"] for row in r["rows"]}))
         + " fixed grids): "
         + "; ".join(cells)
-        + "."
+        + (f"; **worse than the fixed grid**: {', '.join(worse)}." if worse else ".")
     ]
 
 
