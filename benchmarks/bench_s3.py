@@ -12,7 +12,7 @@ By default the searched schedules are the files in eval/schedules/ (their search
 evaluated schedules are read from the files); ``--search`` reruns the searches (writing those files), the
 timestep-only search (AutoDiffusion) and the no-surrogate ablation, about 15 CPU-minutes.
 
-    nice -n 10 python benchmarks/bench_s3.py            # about 3 CPU-minutes
+    nice -n 10 python benchmarks/bench_s3.py            # under a CPU-minute
     nice -n 10 python benchmarks/bench_s3.py --search   # reruns the searches
 
 Writes benchmarks/results/s3.json and s3.md.
