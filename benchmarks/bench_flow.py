@@ -32,7 +32,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import protocol as P
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils import logging as dlogging
@@ -40,6 +39,9 @@ from diffusers.utils import logging as dlogging
 from fastsample import RectifiedFlowScheduler
 from fastsample.analytic import GaussianMixture
 from fastsample.schedules import RectifiedFlow
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # protocol.py beside this file (tests import it by path)
+import protocol as P  # noqa: E402
 
 NFES = list(range(4, 11))
 FLOW = RectifiedFlow()
