@@ -100,7 +100,7 @@ def flow(r) -> list[str]:
         f"  on the same sigmas FlowMatchEuler and our Euler agree to {diff:.0e}. FlowChef's peak memory is"
         f" {m['flowchef']['memory_ratio_to_plain']:.2f}x plain sampling"
         f" (DPS-style: {m['dps']['memory_ratio_to_plain']:.2f}x;"
-        f" medians of {m['plain']['repeats']} interleaved runs)."
+        f" smallest peaks of {m['plain']['repeats']} interleaved runs each)."
     )
     return lines
 
