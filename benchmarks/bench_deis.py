@@ -30,8 +30,8 @@ from diffusers.utils import logging as dlogging
 from sklearn.datasets import load_digits
 
 from fastsample import DEISScheduler
-from fastsample.analytic import GaussianMixture
-from fastsample.schedules import DiscreteVP
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import DiscreteVP
 
 NFES = (4, 5, 6, 8, 10, 15, 20)
 QUICK_NFES = (4, 6, 10)

@@ -31,11 +31,12 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.utils import logging as dlogging
 
-from fastsample.analytic import GaussianMixture
-from fastsample.schedules import DiscreteVP, betas_for_schedule
-from fastsample.usf.schedule import SolverSchedule
-from fastsample.usf.schedule import load as load_schedule
-from fastsample.usf.search import SearchProblem, search
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import DiscreteVP, betas_for_schedule
+from fastsample.formats.solver_schedule import SolverSchedule
+from fastsample.formats.solver_schedule import load as load_schedule
+from fastsample.search.evolution import search
+from fastsample.search.problem import SearchProblem
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES = ROOT / "eval" / "schedules"

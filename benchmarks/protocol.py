@@ -40,9 +40,10 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from fastsample import DEISScheduler, grids
-from fastsample.schedules import RectifiedFlow
-from fastsample.steps.schedule_file import set_timesteps_kwargs
+from fastsample import DEISScheduler
+from fastsample.core import grids
+from fastsample.core.schedules import RectifiedFlow
+from fastsample.formats.step_schedule import set_timesteps_kwargs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SELECTION_SEEDS = (0, 1)
@@ -150,7 +151,7 @@ def set_grid(scheduler, grid, is_flow: bool) -> str:
     """Run ``scheduler.set_timesteps`` on exactly ``grid`` (module docstring units); returns the route used.
 
     Routes: the ``timesteps=`` (VP) / ``sigmas=`` (flow) argument, converted by
-    ``fastsample.steps.schedule_file.set_timesteps_kwargs``, where the class takes and honours it; else, for
+    ``fastsample.formats.step_schedule.set_timesteps_kwargs``, where the class takes and honours it; else, for
     the classes in ``_STATE_ROUTE``, the state its own ``set_timesteps`` builds for those timesteps.
     :class:`GridRefused` for any other class, or when the timesteps after the call are not the grid.
     """
