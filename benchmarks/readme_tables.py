@@ -241,8 +241,9 @@ def steps(r) -> list[str]:
         o, t = s3["ours"], s3["s3"]
         vs_s3 = (
             f" At NFE {s3['nfe']} on the analytic VP mixture, with {o['sample_evaluations']} vs"
-            f" {t['sample_evaluations']} sample evaluations, S^3 search reaches a held-out RMSE of {t['heldout_rmse']:.3g} against"
-            f" {o['heldout_rmse']:.3g} for UniPC on optimised steps (S^3 also picks the solver)."
+            f" {t['sample_evaluations']} sample evaluations, S^3 search reaches a held-out RMSE of"
+            f" {t['heldout_rmse']:.3g} against {o['heldout_rmse']:.3g} for UniPC on optimised steps"
+            " (S^3 also picks the solver)."
         )
     return [
         "- `steps.md`: optimised step schedules' held-out error / the same solver on its best fixed grid (chosen on"
