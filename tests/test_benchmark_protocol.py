@@ -157,12 +157,19 @@ def test_bootstrap_interval_covers_the_true_mean_at_about_the_nominal_rate():
     assert 0.82 <= hits / trials <= 0.96
 
 
-def test_fd_bootstrap_interval_contains_the_point_estimate():
+@pytest.mark.parametrize("n, dim", [(200, 4), (80, 32)])
+def test_fd_bootstrap_interval_is_around_the_distance_even_when_resampling_biases_it(n, dim):
+    """With n not much above D a resample's distance is biased upwards; the interval is corrected for it, and its
+    width follows the spread of the distance over fresh sample sets."""
     rng = np.random.default_rng(2)
-    ref = rng.normal(size=(300, 4))
-    gen = rng.normal(loc=0.3, size=(200, 4))
+    ref = rng.normal(size=(2000, dim))
+    gen = rng.normal(loc=0.3, size=(n, dim))
     r = P.fd_bootstrap(gen, ref, n_boot=100)
-    assert r["ci95"][0] <= r["fd"] <= r["ci95"][1] and r["n"] == 200
+    assert r["ci95"][0] <= r["fd"] <= r["ci95"][1] and r["n"] == n
+    assert r["resampling_bias"] > 0
+    fresh = [P.fd_bootstrap(rng.normal(loc=0.3, size=(n, dim)), ref, n_boot=2)["fd"] for _ in range(40)]
+    width = r["ci95"][1] - r["ci95"][0]
+    assert 0.4 < width / (np.quantile(fresh, 0.975) - np.quantile(fresh, 0.025)) < 2.5
 
 
 def test_interleaved_timing_gives_every_contestant_the_same_repeats_in_turn():
