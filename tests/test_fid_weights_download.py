@@ -127,6 +127,9 @@ def test_cli_download_into_hf_cache_then_offline(tmp_path, repos):
         suite.update(torch.stack([read_image(f) for f in sorted(Path(folder).iterdir())]), real=real)
     for key, value in suite.compute().items():
         assert float(downloaded[key]) == pytest.approx(value, rel=1e-9, abs=1e-12), key
-    # the downloaded snapshot is byte for byte the served folder
+    # the downloaded snapshot is byte for byte the served folder, and the hub id's weights digest says so
     cached = sorted((tmp_path / "hf" / "hub").glob("models--tiny--dinov2/snapshots/*"))
     assert len(cached) == 1 and tree_digest(cached[0]) == tree_digest(repos / "tiny" / "dinov2")
+    code = "from fastsample.fid.encoders import DINOv2Encoder; print(DINOv2Encoder('tiny/dinov2').weights_digest)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.split()[-1] == tree_digest(repos / "tiny" / "dinov2"), r.stderr
