@@ -51,6 +51,7 @@ def summary(ems: EMS) -> str:
 
 
 VALIDATION_GRIDS = ("uniform_lambda", "uniform_t", "quadratic_t", "karras")
+FLOW_VALIDATION_GRIDS = ("uniform_t", "quadratic_t")  # log-SNR grids have no finite first point at a flow's t = 1
 
 
 def validate_ems(
@@ -73,13 +74,14 @@ def validate_ems(
 
     From ``num_samples`` standard-normal starts (seeded by ``seed``, not the statistics' seed) at the statistics'
     t_start, solve to t_end with the paper's preset options for each NFE on each grid of :data:`VALIDATION_GRIDS`
-    against a reference: the statistics-free order-3 solver with ``reference_steps`` steps on a quadratic-t grid
-    (its distance to half as many steps is stored as its error). Candidates: the statistics from the grid's first
-    lambda, from each of its quartiles (below them l = 1, s = b = 0), not at all. Rule, per (grid, NFE): r = log
-    of the RMS error ratio with / without, paired over the same starts, se its standard error (delta method); a
-    candidate qualifies when r + 2 se <= 0 (better with ~98% one-sided confidence), the qualifying one with the
-    lowest r is used, and with none the statistics are off on that grid. Cost: ``len(nfes)`` x 4 grids x 5
-    solves of ``num_samples`` starts (for NFE 5-10: 900 batched model calls) plus 300 for the reference.
+    (flows: from t = 1 to 0, as their scheduler runs, on :data:`FLOW_VALIDATION_GRIDS`) against a reference: the
+    statistics-free order-3 solver with ``reference_steps`` steps on a quadratic-t grid (its distance to half as
+    many steps is stored as its error). Candidates: the statistics from the grid's first lambda, from each of its
+    quartiles (below them l = 1, s = b = 0), not at all. Rule, per (grid, NFE): r = log of the RMS error ratio
+    with / without, paired over the same starts, se its standard error (delta method); a candidate qualifies when
+    r + 2 se <= 0 (better with ~98% one-sided confidence), the qualifying one with the lowest r is used, and with
+    none the statistics are off on that grid. Cost: ``len(nfes)`` x 4 grids x 5 solves of ``num_samples`` starts
+    (for NFE 5-10: 900 batched model calls) plus 300 for the reference.
     ``model_fn`` as for :func:`compute_ems`.
 
     Result: ``decisions`` [{grid, steps, lambdas (the grid's), use_from_lambda, log_ratio, upper}], ``rows``
@@ -94,7 +96,9 @@ def validate_ems(
 
     schedule, ptype = schedule_for_config(scheduler_config)
     ems.check(prediction_type=ptype, schedule=schedule)
-    t0, t1 = float(ems.metadata["t_start"]), float(ems.metadata["t_end"])
+    t0, t1, names = float(ems.metadata["t_start"]), float(ems.metadata["t_end"]), VALIDATION_GRIDS
+    if schedule.is_flow:  # the flow scheduler's own grids: from pure noise at t = 1 to t = 0 (infinite lambda)
+        t0, t1, names = 1.0, 0.0, FLOW_VALIDATION_GRIDS
     device = torch.device("cpu" if device is None else device)
 
     def fn(x, t):
@@ -125,7 +129,7 @@ def validate_ems(
         return r, 0.5 * float(np.std(a / a.mean() - c / c.mean(), ddof=1)) / math.sqrt(len(a))
 
     decisions, rows, hurt, off_cells = [], {}, [], []
-    for name in VALIDATION_GRIDS:
+    for name in names:
         for n in nfes:
             opts = preset(n)
             opts.pop("time_grid")
