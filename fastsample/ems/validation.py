@@ -60,7 +60,7 @@ def validate_ems(
     scheduler_config,
     *,
     nfes=(5, 6, 7, 8, 9, 10),
-    num_samples: int = 256,
+    num_samples: int = 1024,
     seed: int = 1_000_003,
     reference_steps: int = 200,
     batch_size: int = 256,
