@@ -55,9 +55,9 @@ from fastsample._io import atomic_write, file_lock
 from fastsample.core import grids
 from fastsample.ems.estimation import compute_ems
 from fastsample.ems.models import analytic_model_fn
-from fastsample.ems.validation import validate_ems
+from fastsample.ems.validation import FLOW_VALIDATION_GRIDS, VALIDATION_GRIDS, validate_ems
 from fastsample.formats.ems_file import EMS, schedule_for_config
-from fastsample.solvers.dpmsolver_v3 import DPMSolverV3
+from fastsample.solvers.dpmsolver_v3 import DPMSolverV3, preset
 from fastsample.solvers.sampling import sample
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -162,8 +162,9 @@ def _demo_candidates(kind, cfg, schedule, n, ems):
     return out
 
 
-def demo_model(kind: str) -> dict:
-    """Part 2 for demo model ``kind`` ("ddpm" or "flow")."""
+def demo_model(kind: str, best_grid: bool = True) -> dict:
+    """Part 2 for demo model ``kind`` ("ddpm" or "flow"): never worse (per validated grid and NFE 5-10, the
+    preset's options, with / without the statistics, held-out seeds) and, if ``best_grid``, the best-grid table."""
     from fastsample.demo import WEIGHTS_DIR, load_ddpm_pipeline, load_flow_pipeline
 
     pipe = (load_ddpm_pipeline if kind == "ddpm" else load_flow_pipeline)()
@@ -180,7 +181,7 @@ def demo_model(kind: str) -> dict:
         return torch.randn((64, 1, 16, 16), generator=torch.Generator().manual_seed(k), dtype=torch.float64)
 
     refs, ref_error = {}, {}
-    for k in DEMO_SELECTION + DEMO_HELDOUT:
+    for k in (DEMO_SELECTION if best_grid else ()) + DEMO_HELDOUT:
         solve = [
             sample(fn, noise(k), schedule, DPMSolverV3(order=3), grids.quadratic_t(schedule, m, t_end=t_end), ptype)
             for m in (250, 500)
@@ -199,8 +200,22 @@ def demo_model(kind: str) -> dict:
             return float("inf")
         return float((out - refs[k]).pow(2).mean().sqrt())
 
+    def v3(name, n, stats, k):
+        opts = preset(n)
+        opts.pop("time_grid")
+        lo = (1.0, 0.0) if schedule.is_flow else (float(ems.metadata["t_start"]), float(ems.metadata["t_end"]))
+        g = grids.make_grid(name, schedule, n, t_start=lo[0], t_end=lo[1])
+        with torch.no_grad():
+            out = sample(fn, noise(k), schedule, DPMSolverV3(stats=stats, **opts), g, ptype)
+        return float((out - refs[k]).pow(2).mean().sqrt())
+
+    never = {}
+    for name in FLOW_VALIDATION_GRIDS if schedule.is_flow else VALIDATION_GRIDS:
+        for n in range(5, 11):
+            e = {lab: [v3(name, n, st, k) for k in DEMO_HELDOUT] for lab, st in (("validated", ems), ("none", None))}
+            never[f"{name} {n}"] = {lab: [float(np.mean(v)), float(np.std(v, ddof=1))] for lab, v in e.items()}
     rows = {}
-    for n in SMALL_NFES:
+    for n in SMALL_NFES if best_grid else ():
         cands = _demo_candidates(kind, cfg, schedule, n, ems)
         rows[n] = choose(cands, err, DEMO_SELECTION, DEMO_HELDOUT)
         print("demo", kind, n, {k: round(r["heldout"][0], 4) for k, r in rows[n].items()}, flush=True)
@@ -210,6 +225,7 @@ def demo_model(kind: str) -> dict:
         "ems": {k: m.get(k) for k in ("format_version", "grid_size", "num_samples", "seed", "t_start", "t_end")},
         "validation": {k: v.get(k) for k in ("off", "hurt", "rows", "num_samples")},
         "reference_error": ref_error,
+        "never_worse": never,
         "rows": rows,
     }
 
@@ -229,11 +245,26 @@ def _never_row(label: str, r: dict) -> str:
         ratios = np.array([c[name][0] / c["none"][0] for c in cells])
         worse = sum(c[name][0] > c["none"][0] + c["none"][1] for c in cells)
         out.append(f"{worse}/{len(ratios)}, {ratios.max():.2f}, {np.exp(np.mean(np.log(ratios))):.2f}")
+    both = sum(c["validated"][0] - c["none"][0] > np.hypot(c["validated"][1], c["none"][1]) for c in cells)
+    out.append(f"{both}/{len(cells)}")
     se = [(d["upper"] - d["log_ratio"]) / 2 for d in r["validation"]["decisions"] if d["upper"] != 0.0]
     spread = [c["none"][1] / c["none"][0] for c in cells]
     out.append(f"{np.median(se) if se else float('nan'):.3f} / {np.median(spread):.3f}")
     out.append(f"{r['ems_seconds']:.0f} + {r['validation_seconds']:.0f}")
     return "| " + " | ".join(out) + " |"
+
+
+def _demo_never(cells: dict) -> str:
+    """One line: per validated grid and NFE, v3 with the shipped statistics vs without (preset options)."""
+    ratios = {c: v["validated"][0] / v["none"][0] for c, v in cells.items()}
+    worse = [c for c, v in cells.items() if v["validated"][0] > v["none"][0] + v["none"][1]]
+    lo, hi = min(ratios.values()), max(ratios.values())
+    geo = float(np.exp(np.mean(np.log(list(ratios.values())))))
+    return (
+        f"Never worse (preset options, every validated grid x NFE 5-10, with / without statistics): {len(worse)}/"
+        f"{len(cells)} cells worse beyond the seed spread{' (' + ', '.join(worse) + ')' if worse else ''}; ratio "
+        f"{lo:.2f}-{hi:.2f}, geometric mean {geo:.2f}."
+    )
 
 
 def _best_rows(label: str, best: dict, ours_fam: str) -> list[str]:
@@ -275,13 +306,15 @@ def markdown(res: dict) -> str:
             "",
             "Per (grid, NFE 5-10) cell, the preset's options, mean RMS error over held-out noise seeds 1-3 (64 "
             "samples each) against the exact ODE solution. worse = mean with > mean without + std over the seeds "
-            "(without). Columns: cells where the validation kept the statistics; worse cells, max ratio, geometric "
-            "mean ratio (with / without); median standard error of the validation's log RMS ratio (paired over "
-            "its starts) / median relative seed-to-seed spread; seconds for statistics + validation.",
+            "(without). Columns: cells where the validation kept the statistics; worse cells, max ratio, "
+            "geometric mean ratio (with / without); cells where the mean with exceeds the mean without by more "
+            "than the combined spread (both stds in quadrature); median standard error of the validation's log "
+            "RMS ratio (paired over its starts) / median relative seed-to-seed spread; wall seconds for the "
+            "statistics + the validation (2 shared CPU cores, other jobs running).",
             "",
             "| mixture | statistics used in | validated: worse, max, geo. mean | all statistics: worse, max, geo. mean "
-            "| validation se / seed spread | seconds |",
-            "|---|---|---|---|---|---|",
+            "| validated: worse beyond both spreads | validation se / seed spread | wall seconds |",
+            "|---|---|---|---|---|---|---|",
         ]
         md += [_never_row(k, r) for k, r in mix.items()]
         md += [
@@ -315,7 +348,12 @@ def markdown(res: dict) -> str:
             "",
             *BEST_HEAD,
         ]
+        cells = r["never_worse"]
+        md.insert(len(md) - len(BEST_HEAD), _demo_never(cells))
+        md.insert(len(md) - len(BEST_HEAD), "")
         md += _best_rows(kind, {int(n): v for n, v in r["rows"].items()}, V3_BEST)
+        if not r["rows"]:
+            md += ["", "Best-grid comparison not measured (run with --no-best-grid)."]
         md.append("")
     return "\n".join(md)
 
@@ -337,7 +375,7 @@ def main(argv=None):
     p.add_argument("--setups", nargs="*", default=list(SETUPS), help="mixture setups (prefixes: 64-D, 48-D)")
     p.add_argument("--seeds", nargs="*", type=int, default=list(HELDOUT_SEEDS), help="mixture seeds, in this order")
     p.add_argument("--validate-samples", type=int, default=1024, help="mixtures: the validation's starts")
-    p.add_argument("--no-best-grid", action="store_true", help="mixtures: only the never-worse check")
+    p.add_argument("--no-best-grid", action="store_true", help="only the never-worse checks")
     p.add_argument("--demo-models", nargs="*", default=["ddpm", "flow"], choices=["ddpm", "flow"])
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -348,7 +386,7 @@ def main(argv=None):
                 update("mixtures", key, mixture(label, seed, not a.no_best_grid, a.validate_samples))
     if "demo" in a.only:
         for kind in a.demo_models:
-            update("demo", kind, demo_model(kind))
+            update("demo", kind, demo_model(kind, not a.no_best_grid))
 
 
 if __name__ == "__main__":
