@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_pipelines import save_tiny_clip_vision
+from tiny_pipelines import save_tiny_clip_vision, save_tiny_dinov2
 
 from fastsample.fid import cli
 from fastsample.fid.inception import FIDInceptionV3, find_weights
@@ -20,14 +20,9 @@ from fastsample.fid.suite import MetricSuite, parse_metrics
 
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
-    dino = transformers.Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14, image_size=224
-    )
-    transformers.Dinov2Model(dino).save_pretrained(root / "dinov2")
-    return {"dinov2": str(root / "dinov2"), "clip": save_tiny_clip_vision(root / "clip")}
+    return {"dinov2": save_tiny_dinov2(root / "dinov2"), "clip": save_tiny_clip_vision(root / "clip")}
 
 
 def _u8(seed, n=6, size=24, lo=0):
@@ -258,11 +253,22 @@ def test_inception_download_file_url(tmp_path, monkeypatch):
     import fastsample.fid.inception as inception
 
     monkeypatch.setattr(inception, "WEIGHTS_URL", src.as_uri())
+    monkeypatch.setattr(inception, "WEIGHTS_SHA256", digest[:8] + "0" * 56)  # right name prefix, wrong file
     with pytest.raises(RuntimeError, match="invalid hash"):
-        inception.download_weights(sha256_prefix="00000000")
+        find_weights(download=True)
     assert not any(hub.rglob("*.pth")), "a file with the wrong hash must not be left in the cache"
-    monkeypatch.setattr(inception, "WEIGHTS_SHA256_PREFIX", digest[:8])
+    monkeypatch.setattr(inception, "WEIGHTS_SHA256", digest)
     path = find_weights(download=True)
     assert path == hub / "checkpoints" / inception.WEIGHTS_FILENAME and path.read_bytes() == src.read_bytes()
     net = FIDInceptionV3(dims=64)  # found in the cache now, no download needed
     torch.testing.assert_close(net.fc.weight, FIDInceptionV3("random").fc.weight)
+    assert net.weights_digest == digest and FIDInceptionV3("random").weights_digest == "random-seed0"
+
+
+def test_inception_hash_is_the_full_digest_of_the_named_file():
+    from fastsample.fid import inception
+
+    # torch hub's convention: the name's hash part is the start of the file's SHA-256
+    prefix = torch.hub.HASH_REGEX.search(inception.WEIGHTS_FILENAME).group(1)
+    assert len(inception.WEIGHTS_SHA256) == 64 and inception.WEIGHTS_SHA256.startswith(prefix)
+    assert inception.WEIGHTS_URL.endswith(inception.WEIGHTS_FILENAME)

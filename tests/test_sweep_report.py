@@ -64,9 +64,17 @@ def test_sweep_metrics_floor_sheets_and_plots(tmp_path):
     assert [c["precision"] for c in again] == [c["precision"] for c in cells]
 
 
-@pytest.mark.parametrize("metrics", ['["kid"]', '["fd", "cmmd"]', '["fd", "fd"]', '"fd"'])
-def test_bad_metrics_list(tmp_path, metrics):
-    with pytest.raises(ValueError, match="metrics must be distinct names"):
+@pytest.mark.parametrize(
+    "metrics, match",
+    [
+        ('["kid"]', "must hold 'fd'"),
+        ('["fd", "fd"]', "no name twice"),
+        ('["fd", "is"]', "unknown \\['is'\\]; valid names: fd, kid, prdc, fd_dinov2, cmmd"),
+        ('"fd"', "must be a list"),
+    ],
+)
+def test_bad_metrics_list(tmp_path, metrics, match):
+    with pytest.raises(ValueError, match=match):
         _config(tmp_path, metrics)
 
 

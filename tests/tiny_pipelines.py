@@ -37,6 +37,8 @@ from transformers import (
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
+    Dinov2Config,
+    Dinov2Model,
     T5Config,
     T5EncoderModel,
     T5TokenizerFast,
@@ -142,6 +144,15 @@ def save_tiny_clip_vision(path) -> str:
         projection_dim=16,
     )
     CLIPVisionModelWithProjection(cfg).save_pretrained(path)
+    return str(path)
+
+
+def save_tiny_dinov2(path) -> str:
+    """A random 2-layer DINOv2 ViT (hidden size 32, patch 14, 224 x 224 input) saved to ``path``; returns the path."""
+    cfg = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14, image_size=224
+    )
+    Dinov2Model(cfg).save_pretrained(path)
     return str(path)
 
 

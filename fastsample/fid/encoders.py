@@ -13,17 +13,24 @@
   norm. Both accept what :func:`images_to_uint8` accepts and return float32 (B, F).
 
 ``model`` is a local folder (``save_pretrained`` output) or a hub id found in the Hugging Face cache;
-nothing is downloaded unless ``download=True``. Both networks never leave eval mode.
+nothing is downloaded unless ``download=True``, which lets ``from_pretrained`` fetch the hub id into the
+Hugging Face cache (``HF_HOME``; the hub at ``HF_ENDPOINT``). These models are published as Hugging Face
+repositories (config plus safetensors), not as hash-named torch hub files, so the hub client is the real
+loading path; the hub does not hash-check what it downloads, so :attr:`weights_digest` (SHA-256 of the
+loaded folder's files) is what results made with these encoders are keyed by. Both networks never leave
+eval mode.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._io import tree_digest
 from .inception import _pil_bicubic, images_to_uint8, no_tf32
 
 __all__ = ["CLIPEncoder", "DINOv2Encoder"]
@@ -45,25 +52,40 @@ def _load(cls, model: str | os.PathLike, download: bool):
     try:
         return cls.from_pretrained(str(model), local_files_only=not download)
     except OSError as e:
+        if download:
+            reason = " ".join(str(e).split())[:300]
+            raise FileNotFoundError(f"cannot download {cls.__name__} {str(model)!r}: {reason}") from e
         raise FileNotFoundError(
-            f"cannot load {cls.__name__} from {model!r}: pass a folder written by save_pretrained, a hub id already "
-            f"in the Hugging Face cache, or download=True (--download) to fetch it ({e.__class__.__name__})"
+            f"{cls.__name__} weights {str(model)!r} not found: pass a folder written by save_pretrained, a hub id "
+            f"already in the Hugging Face cache, or download=True (--download) to fetch it into that cache"
         ) from e
 
 
 class _HFEncoder(nn.Module):
     mean: tuple
     std: tuple
+    prefix: str
 
-    def __init__(self, network: nn.Module, size: int, name: str):
+    def __init__(self, network: nn.Module, size: int, source: str | os.PathLike):
         super().__init__()
-        self.network, self.size, self.name = network.eval().requires_grad_(False), int(size), name
+        self.network, self.size, self.source = network.eval().requires_grad_(False), int(size), str(source)
+        self.name = f"{self.prefix}:{os.path.basename(self.source.rstrip('/'))}"
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True):
         """Stay in eval mode (an evaluation network)."""
         return super().train(False)
+
+    @property
+    def weights_digest(self) -> str:
+        """SHA-256 over the model folder's files (config and weights): the local folder or the cached snapshot."""
+        folder = Path(self.source)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(self.source, local_files_only=True))
+        return tree_digest(folder)
 
     @property
     def identity(self) -> dict:
@@ -89,13 +111,13 @@ class DINOv2Encoder(_HFEncoder):
         download: allow ``from_pretrained`` to download into the Hugging Face cache.
     """
 
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    mean, std, prefix = IMAGENET_MEAN, IMAGENET_STD, "dinov2"
 
     def __init__(self, model: str | os.PathLike = "facebook/dinov2-large", download: bool = False):
         from transformers import Dinov2Model
 
         net = _load(Dinov2Model, model, download)
-        super().__init__(net, 224, f"dinov2:{os.path.basename(str(model).rstrip('/'))}")
+        super().__init__(net, 224, model)
         self.num_features = net.config.hidden_size
 
     def _resized(self, u8: torch.Tensor) -> torch.Tensor:
@@ -114,13 +136,13 @@ class CLIPEncoder(_HFEncoder):
         download: allow ``from_pretrained`` to download into the Hugging Face cache.
     """
 
-    mean, std = CLIP_MEAN, CLIP_STD
+    mean, std, prefix = CLIP_MEAN, CLIP_STD, "clip"
 
     def __init__(self, model: str | os.PathLike = "openai/clip-vit-large-patch14-336", download: bool = False):
         from transformers import CLIPVisionModelWithProjection
 
         net = _load(CLIPVisionModelWithProjection, model, download)
-        super().__init__(net, net.config.image_size, f"clip:{os.path.basename(str(model).rstrip('/'))}")
+        super().__init__(net, net.config.image_size, model)
         self.num_features = net.config.projection_dim
 
     def _resized(self, u8: torch.Tensor) -> torch.Tensor:

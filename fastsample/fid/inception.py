@@ -44,11 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import file_digest
+
 __all__ = [
     "FIDInceptionV3",
     "RESIZE_MODES",
     "WEIGHTS_FILENAME",
-    "WEIGHTS_SHA256_PREFIX",
+    "WEIGHTS_SHA256",
     "WEIGHTS_URL",
     "download_weights",
     "find_weights",
@@ -62,7 +64,13 @@ RESIZE_MODES = ("pytorch-fid", "clean-fid", "torch-fidelity", "torchmetrics")
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FIDELITY_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_FILENAME
-WEIGHTS_SHA256_PREFIX = "6726825d"  # torch hub convention: the file name ends with its SHA-256 prefix
+# The full SHA-256 of pt_inception-2015-12-05-6726825d.pth (95,628,359 bytes). Its name carries the first 8 hex
+# digits by torch hub's convention (``torch.hub.HASH_REGEX``, checked only with ``check_hash=True``, which
+# pytorch-fid, clean-fid and torch-fidelity do not pass), so the name alone proves nothing. This digest is not
+# computed here (no network): it is the value that public repositories pinning the file record independently
+# (found with a code search, e.g. HyperGAN/HyperGAN's FID docs, for torch-fidelity's identical copy
+# weights-inception-2015-12-05-6726825d.pth), and it does start with the name's 6726825d.
+WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 INPUT_SIZE = 299
 BLOCK_DIMS = (64, 192, 768, 2048)
 
@@ -202,22 +210,19 @@ def network_name(dims: int = 2048) -> str:
     return "inception-pool3" if dims == 2048 else f"inception-{dims}"
 
 
-def download_weights(url: str | None = None, sha256_prefix: str | None = None) -> Path:
+def download_weights(url: str | None = None, sha256: str | None = None) -> Path:
     """Download the Inception weights (default :data:`WEIGHTS_URL`) into ``torch.hub.get_dir()/checkpoints/``.
 
-    The SHA-256 of the file must start with ``sha256_prefix`` (default :data:`WEIGHTS_SHA256_PREFIX`);
-
     ``torch.hub.download_url_to_file`` writes a temporary file and moves it into place only when its
-    hash starts with ``sha256_prefix``, so a failed or corrupt download leaves nothing behind.
+    SHA-256 equals ``sha256`` (default :data:`WEIGHTS_SHA256`, the whole digest, not the name's 8-digit
+    prefix), so a failed, truncated or altered download leaves nothing behind.
 
     Raises:
         RuntimeError: the downloaded file's hash does not match.
     """
     dest = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME
     dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(
-        url or WEIGHTS_URL, str(dest), hash_prefix=sha256_prefix or WEIGHTS_SHA256_PREFIX, progress=True
-    )
+    torch.hub.download_url_to_file(url or WEIGHTS_URL, str(dest), hash_prefix=sha256 or WEIGHTS_SHA256, progress=True)
     return dest
 
 
@@ -440,6 +445,11 @@ class FIDInceptionV3(nn.Module):
     def num_features(self) -> int:
         return self.dims
 
+    @property
+    def weights_digest(self) -> str:
+        """SHA-256 of the weights file, or ``"random-seed<seed>"`` after :meth:`init_random_` (keys cached results)."""
+        return f"random-seed{self._seed}" if self.weights_path is None else file_digest(self.weights_path)
+
     def train(self, mode: bool = True) -> FIDInceptionV3:
         """Stay in eval mode whatever ``mode`` is (an evaluation network; see the class docstring)."""
         return super().train(False)
@@ -459,10 +469,12 @@ class FIDInceptionV3(nn.Module):
             )
         full = {k: state[k] if k in state else torch.zeros((), dtype=torch.long) for k in own}
         self.load_state_dict(full, assign=True)
+        self.weights_path = Path(path)
 
     @torch.no_grad()
     def init_random_(self, seed: int = 0) -> FIDInceptionV3:
         """Random weights that keep activations O(1) (He-normal convolutions, random BN affine and statistics)."""
+        self.weights_path, self._seed = None, seed
         g = torch.Generator().manual_seed(seed)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -24,12 +24,16 @@ Guarantees:
 - Results: ``results.json``, ``results.csv``, ``results.md``, one ``<metric>_vs_nfe.png`` per metric
   (the train/held-out floor drawn on the FD plot) and per NFE a sample sheet ``samples_nfe<N>.png``
   (same seeds across schedulers), each written atomically; a progress bar runs inside each cell.
-  ``[metric] metrics = ["fd", "kid", "prdc"]`` adds metrics (see :mod:`.report`).
+  ``[metric] metrics = ["fd", "kid", "prdc", "fd_dinov2", "cmmd"]`` adds metrics, with the encoders
+  named by ``dinov2`` / ``clip`` (``download = true`` fetches them); see :mod:`.metrics`.
+- ``[sweep] save_images = true`` (``OUTPUT/images``) or a folder keeps every cell's images as PNG files,
+  resumably; a folder holding other files is refused without ``--force`` (see :mod:`.images`).
 
 This package is evaluation code: it imports the library, and the library never imports it.
 
 Modules: :mod:`.config` (the config file), :mod:`.sources` (models and features), :mod:`.runner` (cells,
-results), :mod:`.report` (metrics, plots, sample sheets), :mod:`.cli` (the command).
+results), :mod:`.metrics` (metrics and their encoders), :mod:`.images` (saved images), :mod:`.report`
+(floor, plots, sample sheets), :mod:`.cli` (the command).
 """
 
 from .config import ConfigError, SweepConfig, load_config

@@ -16,11 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", help="results folder (default: the config's sweep.output)")
     p.add_argument("--num-samples", type=positive_int, help="override sweep.num_samples (at least 2)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true", help="let save_images write into a folder holding other files")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.output)
     if args.num_samples:
         cfg.num_samples = _int(args.num_samples, "--num-samples", "command line", 2)
-    cells = run_sweep(cfg, progress=not args.no_progress)
+    cells = run_sweep(cfg, progress=not args.no_progress, force=args.force)
     print(_table(cells, cfg))
     print(f"results and plot in {cfg.output}", file=sys.stderr)
     return 0

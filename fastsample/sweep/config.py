@@ -15,16 +15,27 @@ from pathlib import Path
 import torch
 
 from .._io import UserError
-from .report import sweep_metrics
+from .metrics import check_encoders, sweep_metrics
 
 FORMAT_VERSION = 2
 
 # every key a sweep config may hold, per table
 KEYS = {
     "top level": {"sweep", "model", "metric", "schedulers"},
-    "sweep": {"name", "output", "nfe", "guidance_scales", "num_samples", "batch_size", "seed", "device"},
+    "sweep": {"name", "output", "nfe", "guidance_scales", "num_samples", "batch_size", "seed", "device", "save_images"},
     "model": {"kind", "path", "num_classes", "torch_dtype", "prompts", "call_kwargs"},
-    "metric": {"features", "reference", "weights", "resize", "metrics", "reference_images", "floor_stats"},
+    "metric": {
+        "features",
+        "reference",
+        "weights",
+        "resize",
+        "metrics",
+        "reference_images",
+        "floor_stats",
+        "dinov2",
+        "clip",
+        "download",
+    },
     "schedulers": {"name", "label", "config"},
 }
 MODEL_KINDS = ("demo-ddpm", "demo-flow", "unet", "pipeline")
@@ -92,6 +103,7 @@ class SweepConfig:
     batch_size: int = 250
     seed: int = 0
     device: str = "auto"
+    save_images: Path | None = None
 
 
 def _suggest(key: str, known) -> str:
@@ -279,13 +291,18 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         if k in metric:
             metric[k] = str(_existing(metric[k], f"metric.{k}", base, src))
     try:
-        sweep_metrics(metric)
+        check_encoders(metric, sweep_metrics(metric), base)
     except ValueError as e:
         raise ConfigError(f"{src}: {e}") from None
 
     out = Path(output or sweep.get("output", f"out/{name}"))
     if not out.is_absolute() and output is None:
         out = (base / out).resolve()
+    save_images = sweep.get("save_images", False)
+    if not isinstance(save_images, (bool, str)) or save_images == "":
+        raise ConfigError(f"{src}: save_images must be true, false or a folder, got {save_images!r}")
+    if save_images is not False:
+        save_images = out / "images" if save_images is True else (base / save_images).expanduser().resolve()
     cfg = SweepConfig(
         name=name,
         output=out,
@@ -298,6 +315,7 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         batch_size=_int(sweep.get("batch_size", 250), "batch_size", src, 1),
         seed=_int(sweep.get("seed", 0), "seed", src, 0),
         device=str(device),
+        save_images=save_images or None,
     )
     return cfg
 

@@ -1,9 +1,6 @@
 """What a sweep shows besides its Frechet distances: more metrics, the floor, sample sheets and plots.
 
-- ``[metric] metrics = ["fd", "kid", "prdc"]``: KID (arXiv 1801.01401) and precision/recall/density/
-  coverage (arXiv 1904.06991, 2002.09797) in the sweep's feature space, on a seeded uniform subsample
-  of at most ``MAX_SAMPLES`` features per cell (:class:`~fastsample.fid.manifold.Reservoir`) against
-  the reference set's features (the demo's held-out digits, or ``reference_images``, a folder).
+- The metrics (``[metric] metrics``) are computed in :mod:`.metrics`.
 - The floor: the Frechet distance a perfect generator would get at the sweep's sample count, i.e. real
   images not in the reference (the demo's training digits, or ``floor_stats``, a ``.npz`` of such a
   set) against the reference; drawn on the FD plot.
@@ -23,78 +20,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["MAX_SAMPLES", "SHEET_SAMPLES", "sweep_metrics"]
+__all__ = ["SHEET_SAMPLES"]
 
 SHEET_SAMPLES = 8
-MAX_SAMPLES = 10_000
-_ALLOWED = ("fd", "kid", "prdc")
 _PLOTTED = {
     "fd": "Frechet distance",
+    "fd_dinov2": "FD-DINOv2",
+    "cmmd": "CMMD",
     "kid": "KID",
     "precision": "precision",
     "recall": "recall",
     "density": "density",
     "coverage": "coverage",
 }
-
-
-def sweep_metrics(metric: dict) -> list[str]:
-    """The validated ``[metric] metrics`` list (default ``["fd"]``; "fd" is always computed)."""
-    names = metric.get("metrics", ["fd"])
-    if not isinstance(names, list) or "fd" not in names or set(names) - set(_ALLOWED) or len(set(names)) != len(names):
-        raise ValueError(
-            f"sweep config: [metric] metrics must be distinct names from {list(_ALLOWED)} with 'fd', got {names}"
-        )
-    return names
-
-
-def _gather(rows: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        parts = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, rows.cpu())
-        rows = torch.cat(parts)
-    return rows
-
-
-def sampled_metrics(names: list[str], fake: torch.Tensor, real: torch.Tensor, seed: int) -> dict:
-    """KID / P/R/D/C of the cell's sampled features (gathered over processes) against the reference features."""
-    from ..fid.kid import kernel_inception_distance
-    from ..fid.manifold import precision_recall_density_coverage
-
-    fake = _gather(fake)
-    if fake.shape[0] > MAX_SAMPLES:
-        fake = fake[torch.randperm(fake.shape[0], generator=torch.Generator().manual_seed(seed))[:MAX_SAMPLES]]
-    real = real.to(fake.device)
-    out = {"sampled_features": int(fake.shape[0])}
-    if "kid" in names:
-        size = min(1000, len(real), len(fake))
-        g = torch.Generator().manual_seed(seed)
-        out["kid"], out["kid_std"] = kernel_inception_distance(real, fake, 100, size, generator=g)
-    if "prdc" in names:
-        out.update(precision_recall_density_coverage(real, fake))
-    return out
-
-
-def _image_folder_features(folder: str, features) -> torch.Tensor:
-    """Features of every image of ``folder`` (read as :func:`fastsample.fid.cli.read_image` reads them)."""
-    from ..fid.cli import _list_images, read_image
-
-    return torch.cat([features(read_image(f)[None].float() / 255.0) for f in _list_images(Path(folder))])
-
-
-def reference_features(metric: dict, features) -> torch.Tensor:
-    """(N, F) features of the reference images: the demo's held-out digits or ``reference_images``."""
-    if metric.get("reference") == "demo-heldout":
-        from .. import demo
-
-        _, held = demo.digits_split()
-        return torch.cat([features((b + 1) / 2) for b in torch.split(held.images, 256)])
-    if "reference_images" not in metric:
-        raise ValueError(
-            "sweep config: metrics 'kid' and 'prdc' need [metric] reference_images (a folder of the "
-            "reference images), or reference = 'demo-heldout'"
-        )
-    return _image_folder_features(metric["reference_images"], features)
+_LOG_SCALE = ("fd", "kid", "fd_dinov2", "cmmd")  # when every value is positive
 
 
 def floor(metric: dict, features, reference, num_samples: int) -> dict | None:
@@ -190,7 +129,7 @@ def metric_plots(cells: list[dict], cfg, floor_info: dict | None) -> dict[str, b
                 ax.axhline(floor_info["fd"], color="k", ls="--", lw=1, label=f"floor: {floor_info['count']} real")
             ax.set_xlabel("NFE (model evaluations)")
             ax.set_ylabel(label)
-            if key in ("fd", "kid") and all(c.get(key, 1) is None or c.get(key, 1) > 0 for c in cells):
+            if key in _LOG_SCALE and all(c.get(key, 1) is None or c.get(key, 1) > 0 for c in cells):
                 ax.set_yscale("log")
             ax.set_xticks(cfg.nfe, [str(n) for n in cfg.nfe])
             ax.set_title(cfg.name + (f" (guidance {g})" if len(gs) > 1 else ""))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import math
@@ -17,7 +16,9 @@ import torch
 from .._io import LOCK_NAME, atomic_write, file_digest, file_lock, remove_stale_temps
 from . import report as sweep_report
 from .config import FORMAT_VERSION, ConfigError, SweepConfig, _hash, _is_file_key, _slug
-from .report import SHEET_SAMPLES, sweep_metrics
+from .images import ImageFolder
+from .metrics import MAX_SAMPLES, EncoderMetrics, metrics_key, reference_features, sampled_metrics, sweep_metrics
+from .report import SHEET_SAMPLES
 from .sources import FeatureNet, _device, build_source, reference_statistics
 
 # --- cells -----------------------------------------------------------------------------------------
@@ -148,11 +149,12 @@ def _cell_key(cfg: SweepConfig, model_digest: str, features, ref_digest: str, sp
     )
 
 
-def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
+def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> list[dict]:
     """Run (or resume) the sweep; returns the list of cells. Writes results on the main process.
 
-    Model, feature network and every scheduler x NFE are set up before the first sample; the main
-    process holds ``OUTPUT/.fastsample.lock`` until the results are written.
+    Model, feature network, encoders and every scheduler x NFE are set up before the first sample; the
+    main process holds ``OUTPUT/.fastsample.lock`` until the results are written. ``force``: let
+    ``save_images`` write into a folder that holds other files.
     """
     from accelerate import PartialState
     from tqdm.auto import tqdm
@@ -161,25 +163,26 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
     from ..fid.manifold import Reservoir
 
     state = PartialState()
+    saved = ImageFolder(cfg.save_images, force) if cfg.save_images is not None else None
     device = state.device if cfg.device == "auto" else _device(cfg.device)
     source = build_source(cfg.model, cfg.seed, device)
     prepared = _prepare(cfg, source.scheduler_config)
     features = FeatureNet(cfg.metric, device)
     cells_dir = cfg.output / "cells"
     names = sweep_metrics(cfg.metric)
+    encoders = EncoderMetrics(names, cfg.metric, device, cfg.seed)
     with contextlib.ExitStack() as stack:
         if state.is_main_process:
             cells_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(file_lock(cfg.output / LOCK_NAME, what=f"sweep writing to {cfg.output}"))
             remove_stale_temps(cfg.output)
             remove_stale_temps(cells_dir)
+            if saved is not None:
+                saved.claim()
         state.wait_for_everyone()
         reference, ref_digest = reference_statistics(cfg.metric, features, cfg.output)
-        ref_features = sweep_report.reference_features(cfg.metric, features) if names != ["fd"] else None
-        metrics_key = None
-        if ref_features is not None:  # keyed by the reference features themselves (images x feature network)
-            digest = hashlib.sha256(ref_features.detach().to("cpu", torch.float64).numpy().tobytes()).hexdigest()
-            metrics_key = {"names": names, "reference_features": digest}
+        ref_features = reference_features(cfg.metric, features) if {"kid", "prdc"} & set(names) else None
+        extra_key = metrics_key(names, ref_features, encoders)
         floor_info = sweep_report.floor(cfg.metric, features, reference, cfg.num_samples)
         my_indices = list(range(state.process_index, cfg.num_samples, state.num_processes))
 
@@ -188,12 +191,15 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
         bar = tqdm(grid, desc=cfg.name, disable=not (progress and state.is_main_process))
         for (spec, sched_config, steps), nfe, g in bar:
             key = _cell_key(cfg, source.digest, features, ref_digest, spec, sched_config, nfe, g)
-            if metrics_key is not None:
-                key["metrics"] = metrics_key
+            if extra_key is not None:
+                key["metrics"] = extra_key
             path = cells_dir / f"{_slug(spec.label)}-nfe{nfe}-g{g:g}-{_hash(key)}.json"
             bar.set_postfix_str(f"{spec.label} NFE {nfe}")
             if path.is_file():
                 cell, why = _check_cell(path, key, spec.label, nfe, g, cfg.num_samples)
+                images_missing = saved is not None and not saved.complete(path.stem, cfg.num_samples)
+                if cell is not None and cell["fd"] is not None and images_missing:
+                    cell, why = None, "has no complete folder of saved images"
                 if cell is not None:
                     cells.append(cell)
                     continue
@@ -207,16 +213,21 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
                 t0 = time.perf_counter()
                 scheduler = spec.build(source.scheduler_config)
                 stats = FeatureStatistics()
-                sample = Reservoir(sweep_report.MAX_SAMPLES, cfg.seed)
+                sample = Reservoir(MAX_SAMPLES, cfg.seed)
+                encoded = encoders.start()
                 inner = tqdm(
                     total=len(my_indices), desc=f"{spec.label} NFE {nfe}", unit="img", leave=False, disable=bar.disable
                 )
                 for i in range(0, len(my_indices), cfg.batch_size):
-                    images = source.generate(scheduler, n_steps, my_indices[i : i + cfg.batch_size], g)
+                    indices = my_indices[i : i + cfg.batch_size]
+                    images = source.generate(scheduler, n_steps, indices, g)
                     feats = features(images)
                     stats.update(feats)
                     if ref_features is not None:
                         sample.add(feats)
+                    encoders.add(encoded, images)
+                    if saved is not None:
+                        saved.write(path.stem, indices, images)
                     if i == 0 and state.is_main_process:
                         atomic_write(path.with_suffix(".png"), sweep_report.strip_png(images))
                         cell["sheet"] = path.with_suffix(".png").name
@@ -228,7 +239,10 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
                     fd=fd, num_inference_steps=n_steps, seconds=time.perf_counter() - t0, count=int(stats.count)
                 )
                 if ref_features is not None:
-                    cell.update(sweep_report.sampled_metrics(names, sample.rows, ref_features, cfg.seed))
+                    cell.update(sampled_metrics(names, sample.rows, ref_features, cfg.seed))
+                cell.update(encoders.finish(encoded))
+                if saved is not None and state.is_main_process:  # after the all-reduce: every image is written
+                    saved.finish(path.stem, cfg.num_samples)
                 if not math.isfinite(fd):
                     raise FloatingPointError(f"{spec.label} at NFE {nfe}: Frechet distance is {fd}")
             if state.is_main_process:
@@ -240,9 +254,12 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
     return cells
 
 
+EXTRA_COLUMNS = ("fd_dinov2", "cmmd", "kid", "kid_std", "precision", "recall", "density", "coverage")
+
+
 def write_results(cells: list[dict], cfg: SweepConfig, floor_info: dict | None = None) -> None:
     out = cfg.output
-    extra = [k for k in ("kid", "kid_std", "precision", "recall", "density", "coverage") if any(k in c for c in cells)]
+    extra = [k for k in EXTRA_COLUMNS if any(k in c for c in cells)]
     columns = ("scheduler", "nfe", "guidance", "fd", *extra, "num_inference_steps", "seconds")
     rows = [{k: c.get(k) for k in columns} for c in cells]
     summary = {"name": cfg.name, "num_samples": cfg.num_samples, "floor": floor_info, "cells": rows}
