@@ -332,7 +332,7 @@ def markdown(res: dict) -> str:
             md += _best_rows(k, {int(n): v for n, v in r["best_grid"].items()}, V3_BEST)
         missing = [k for k, r in mix.items() if not r["best_grid"]]
         if missing:
-            md += ["", "Not measured (run with --no-best-grid): " + "; ".join(missing) + "."]
+            md += ["", "Not measured (these runs used --no-best-grid): " + "; ".join(missing) + "."]
         md.append("")
     for kind, r in (res.get("demo") or {}).items():
         e = r["ems"]
@@ -353,7 +353,7 @@ def markdown(res: dict) -> str:
         md.insert(len(md) - len(BEST_HEAD), "")
         md += _best_rows(kind, {int(n): v for n, v in r["rows"].items()}, V3_BEST)
         if not r["rows"]:
-            md += ["", "Best-grid comparison not measured (run with --no-best-grid)."]
+            md += ["", "Best-grid comparison not measured (this run used --no-best-grid)."]
         md.append("")
     return "\n".join(md)
 
