@@ -15,7 +15,8 @@ Sections (each timed against its competitors in the same run; speed is reported 
 - ``gpu`` (only with CUDA): distance on the GPU vs pytorch-fid on the CPU, features/s in fp32 and in
   bf16 autocast with channels_last, and the FID change bf16 causes on a 10k set.
 
-Usage: ``python benchmarks/bench_fid.py [--threads 2] [--sections distance,lowrank,streaming,extraction,gpu]``.
+Usage: ``python benchmarks/bench_fid.py [--quick] [--threads 2] [--sections distance,lowrank,streaming,extraction,gpu]``
+(the full CPU run took about 5 minutes on a shared 2-core machine; ``--quick``: 1024 dims, about 2).
 Writes ``benchmarks/results/fid.json`` and ``fid.md`` (after every section, so partial runs keep results).
 """
 
@@ -46,6 +47,8 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+import protocol as P  # noqa: E402
 import torch  # noqa: E402
 
 from fastsample.fid import (  # noqa: E402
@@ -60,14 +63,19 @@ from fastsample.fid.inception import no_tf32  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _timed(fn, repeat: int = 1):
-    """(best seconds, all seconds, last result)."""
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), times, out
+def _race(contestants: dict, repeat: int) -> tuple[dict, dict]:
+    """Interleaved timing (protocol.interleaved_timing, no warm-up: every call is a full computation) of
+    ``{name: fn}``, the same ``repeat`` each; (timings, last value of each)."""
+    values = {}
+
+    def keep(name, fn):
+        def run():
+            values[name] = fn()
+
+        return run
+
+    t = P.interleaved_timing({k: keep(k, fn) for k, fn in contestants.items()}, repeat, warmup=0)
+    return t, values
 
 
 def _reset_peak_rss() -> bool:
@@ -102,47 +110,49 @@ def _gaussian_pair(d: int, n: int, seed: int = 0):
     return [(x.mean(0), torch.cov(x.T)) for x in _feature_pair(d, n, seed)]
 
 
-def bench_distance(d: int, n: int) -> dict:
+def bench_distance(d: int, n: int, repeat: int) -> dict:
     from pytorch_fid.fid_score import calculate_frechet_distance
     from torchmetrics.image.fid import _compute_fid
 
     (m1, c1), (m2, c2) = _gaussian_pair(d, n)
     n1, s1, n2, s2 = (t.numpy() for t in (m1, c1, m2, c2))
-    res = {"dim": d, "samples_per_set": n}
-    t_ours, all_ours, v_ours = _timed(lambda: frechet_distance(m1, c1, m2, c2), repeat=2)
-    t_ref, _, ref = _timed(lambda: ReferenceStatistics(m1, c1))
-    t_cell, all_cell, v_cell = _timed(lambda: ref.distance(m2, c2), repeat=2)
-    # a singular reference covariance (fewer samples than dimensions) takes the eigh path instead of Cholesky
-    t_eigh, _, v_eigh = _timed(lambda: ReferenceStatistics(m1, c1, factor="eigh").distance(m2, c2))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t_pf, _, v_pf = _timed(lambda: float(calculate_frechet_distance(n1, s1, n2, s2)))
-    t_tm, _, v_tm = _timed(lambda: float(_compute_fid(m1, c1, m2, c2)))
-    fastest = min(t_pf, t_tm)
-    res.update(
-        reference_factor=ref.factor_kind,
-        values={"ours": v_ours, "ours_cached": v_cell, "ours_eigh": v_eigh, "pytorch_fid": v_pf, "torchmetrics": v_tm},
-        rel_diff_vs_pytorch_fid=abs(v_ours - v_pf) / abs(v_pf),
-        rel_diff_vs_torchmetrics=abs(v_ours - v_tm) / abs(v_tm),
-        seconds={
-            "ours_from_scratch": t_ours,
-            "ours_from_scratch_all": all_ours,
-            "ours_reference_factor_once": t_ref,
-            "ours_per_cell_cached": t_cell,
-            "ours_per_cell_cached_all": all_cell,
-            "ours_from_scratch_eigh_path": t_eigh,
-            "pytorch_fid_scipy_sqrtm": t_pf,
-            "torchmetrics_eigvals": t_tm,
+    t0 = time.perf_counter()
+    ref = ReferenceStatistics(m1, c1)
+    t_ref = time.perf_counter() - t0
+
+    def pytorch_fid():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(calculate_frechet_distance(n1, s1, n2, s2))
+
+    t, v = _race(
+        {
+            "ours_from_scratch": lambda: frechet_distance(m1, c1, m2, c2),
+            "ours_per_cell_cached": lambda: ref.distance(m2, c2),
+            # a singular reference covariance (fewer samples than dimensions) takes the eigh path instead
+            "ours_from_scratch_eigh_path": lambda: ReferenceStatistics(m1, c1, factor="eigh").distance(m2, c2),
+            "pytorch_fid_scipy_sqrtm": pytorch_fid,
+            "torchmetrics_eigvals": lambda: float(_compute_fid(m1, c1, m2, c2)),
         },
-        speedup_from_scratch_vs_pytorch_fid=t_pf / t_ours,
-        speedup_from_scratch_vs_torchmetrics=t_tm / t_ours,
-        speedup_per_cell_vs_pytorch_fid=t_pf / t_cell,
-        speedup_per_cell_vs_torchmetrics=t_tm / t_cell,
-        speedup_per_cell_vs_faster_competitor=fastest / t_cell,
-        speedup_from_scratch_vs_faster_competitor=fastest / t_ours,
-        speedup_from_scratch_eigh_path_vs_faster_competitor=fastest / t_eigh,
+        repeat,
     )
-    return res
+    med = {k: x["median"] for k, x in t.items()}
+    fastest = min(med["pytorch_fid_scipy_sqrtm"], med["torchmetrics_eigvals"])
+    return {
+        "dim": d,
+        "samples_per_set": n,
+        "repeat": repeat,
+        "reference_factor": ref.factor_kind,
+        "reference_factor_seconds": t_ref,
+        "values": v,
+        "rel_diff_vs_pytorch_fid": abs(v["ours_from_scratch"] - v["pytorch_fid_scipy_sqrtm"])
+        / abs(v["pytorch_fid_scipy_sqrtm"]),
+        "rel_diff_vs_torchmetrics": abs(v["ours_from_scratch"] - v["torchmetrics_eigvals"])
+        / abs(v["torchmetrics_eigvals"]),
+        "timing": t,
+        "speedup_vs_faster_competitor": {k: fastest / med[k] for k in med if k.startswith("ours")},
+        "speedup_from_scratch_vs": {k: med[k] / med["ours_from_scratch"] for k in med if not k.startswith("ours")},
+    }
 
 
 def bench_lowrank(d: int, n: int, repeat: int) -> dict:
@@ -150,29 +160,31 @@ def bench_lowrank(d: int, n: int, repeat: int) -> dict:
 
     x1, x2 = _feature_pair(d, n, seed=1)
     (m1, c1), (m2, c2) = ((x.mean(0), torch.cov(x.T)) for x in (x1, x2))
-    t_ours, all_ours, v_ours = _timed(lambda: frechet_distance_features(x1, x2), repeat)
-    t_tm, all_tm, v_tm = _timed(lambda: float(_compute_fid(m1, c1, m2, c2)), repeat)
-    t_eigh, _, v_eigh = _timed(lambda: ReferenceStatistics(m1, c1, factor="eigh").distance(m2, c2))
+    t, v = _race(
+        {
+            "ours_low_rank_from_features": lambda: frechet_distance_features(x1, x2),
+            "torchmetrics_eigvals": lambda: float(_compute_fid(m1, c1, m2, c2)),
+            "ours_eigh_path_from_covariances": lambda: ReferenceStatistics(m1, c1, factor="eigh").distance(m2, c2),
+        },
+        repeat,
+    )
+    med = {k: x["median"] for k, x in t.items()}
+    eigh = v["ours_eigh_path_from_covariances"]
     return {
         "dim": d,
         "samples_per_set": n,
         "repeat": repeat,
-        "values": {"ours_low_rank": v_ours, "ours_eigh_path": v_eigh, "torchmetrics": v_tm},
-        "rel_diff_vs_ours_eigh_path": abs(v_ours - v_eigh) / abs(v_eigh),
-        "rel_diff_vs_torchmetrics": abs(v_ours - v_tm) / abs(v_tm),
-        "seconds": {
-            "ours_low_rank_from_features": t_ours,
-            "ours_low_rank_from_features_all": all_ours,
-            "torchmetrics_eigvals": t_tm,
-            "torchmetrics_eigvals_all": all_tm,
-            "ours_eigh_path_from_covariances": t_eigh,
-        },
-        "speedup_vs_torchmetrics": t_tm / t_ours,
-        "speedup_vs_ours_eigh_path": t_eigh / t_ours,
+        "values": v,
+        "rel_diff_vs_ours_eigh_path": abs(v["ours_low_rank_from_features"] - eigh) / abs(eigh),
+        "rel_diff_vs_torchmetrics": abs(v["ours_low_rank_from_features"] - v["torchmetrics_eigvals"])
+        / abs(v["torchmetrics_eigvals"]),
+        "timing": t,
+        "speedup_vs_torchmetrics": med["torchmetrics_eigvals"] / med["ours_low_rank_from_features"],
+        "speedup_vs_ours_eigh_path": med["ours_eigh_path_from_covariances"] / med["ours_low_rank_from_features"],
     }
 
 
-def bench_streaming(n: int, d: int, batch: int) -> dict:
+def bench_streaming(n: int, d: int, batch: int, repeat: int) -> dict:
     from torchmetrics.image.fid import FrechetInceptionDistance as TMFID
 
     class Identity(torch.nn.Module):
@@ -184,7 +196,7 @@ def bench_streaming(n: int, d: int, batch: int) -> dict:
     g = torch.Generator().manual_seed(0)
     batches = [torch.rand(batch, d, generator=g) for _ in range(4)]  # float32 features, reused cyclically
     steps = n // batch
-    res = {"features": steps * batch, "dim": d, "batch": batch}
+    res = {"features": steps * batch, "dim": d, "batch": batch, "repeat": repeat}
 
     def ours():
         s = FeatureStatistics(d)
@@ -198,21 +210,32 @@ def bench_streaming(n: int, d: int, batch: int) -> dict:
             m.update(batches[i % 4], real=True)
         return m
 
-    for name, fn in (("ours", ours), ("torchmetrics", theirs)):
-        base = _rss_kib("VmRSS")
-        can = _reset_peak_rss()
-        t, _, obj = _timed(fn)
-        peak = _rss_kib("VmHWM")
-        res[name] = {"seconds": t, "features_per_s": steps * batch / t}
-        if can and base is not None and peak is not None:
-            res[name]["peak_rss_above_start_mib"] = (peak - base) / 1024
-        res[f"_{name}_obj"] = obj
+    peaks = {"ours": [], "torchmetrics": []}
+
+    def measured(name, fn):
+        def run():
+            base = _rss_kib("VmRSS")
+            can = _reset_peak_rss()
+            obj = fn()
+            peak = _rss_kib("VmHWM")
+            if can and base is not None and peak is not None:
+                peaks[name].append((peak - base) / 1024)
+            return obj
+
+        return run
+
+    t, objs = _race({"ours": measured("ours", ours), "torchmetrics": measured("torchmetrics", theirs)}, repeat)
+    for name in ("ours", "torchmetrics"):
+        res[name] = {"timing": t[name], "features_per_s": steps * batch / t[name]["median"]}
+        if peaks[name]:
+            res[name]["peak_rss_above_start_mib"] = float(np.median(peaks[name]))
+    res["_ours_obj"], res["_torchmetrics_obj"] = objs["ours"], objs["torchmetrics"]
     s, m = res.pop("_ours_obj"), res.pop("_torchmetrics_obj")
     res["ours"]["state_bytes"] = (d * d + d + 1) * 8
     res["torchmetrics"]["state_bytes"] = 2 * (d * d + d + 1) * 8  # real and fake states are both allocated
     res["transient_bytes_per_update"] = {"ours": batch * d * 8, "torchmetrics": batch * d * 8 + d * d * 8}
     res["max_abs_diff_sum_outer"] = float((s.sum_outer - m.real_features_cov_sum).abs().max())
-    res["speedup_vs_torchmetrics"] = res["torchmetrics"]["seconds"] / res["ours"]["seconds"]
+    res["speedup_vs_torchmetrics"] = res["torchmetrics"]["timing"]["median"] / res["ours"]["timing"]["median"]
     return res
 
 
@@ -235,11 +258,10 @@ def bench_extraction(batch: int, repeat: int, size: int) -> dict:
         "ours_torch_fidelity_resize": lambda: fidelity_mode(imgs),
         "torchmetrics": lambda: tm(imgs),
     }
-    outs = {}
     with torch.no_grad():
-        for name, fn in runners.items():
-            t, _, outs[name] = _timed(fn, repeat)
-            res[name] = {"seconds_per_batch": t, "images_per_s": batch / t}
+        t, outs = _race(runners, repeat)
+    for name in runners:
+        res[name] = {"timing": t[name], "images_per_s": batch / t[name]["median"]}
     ref = outs["torchmetrics"].reshape(batch, -1)
     res["max_rel_diff_torch_fidelity_mode_vs_torchmetrics_antialias"] = float(
         (outs["ours_torch_fidelity_resize"] - ref).abs().max() / ref.abs().max()
@@ -271,7 +293,6 @@ def bench_gpu(n_images: int = 10_000, batch: int = 250) -> dict:
         torch.cuda.synchronize()
         return out
 
-    t_gpu, _, v_gpu = _timed(on_gpu, 3)
     ref = ReferenceStatistics(g1, h1)
 
     def cell():
@@ -279,17 +300,18 @@ def bench_gpu(n_images: int = 10_000, batch: int = 250) -> dict:
         torch.cuda.synchronize()
         return out
 
-    t_cell, _, _ = _timed(cell, 3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t_pf, _, v_pf = _timed(lambda: float(calculate_frechet_distance(*(t.numpy() for t in (m1, c1, m2, c2)))))
+    def pytorch_fid():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(calculate_frechet_distance(*(t.numpy() for t in (m1, c1, m2, c2))))
+
+    t, v = _race({"gpu_from_scratch": on_gpu, "gpu_per_cell_cached": cell, "pytorch_fid_cpu": pytorch_fid}, 3)
+    med = {k: x["median"] for k, x in t.items()}
     res["distance"] = {
-        "seconds_gpu_from_scratch": t_gpu,
-        "seconds_gpu_per_cell_cached": t_cell,
-        "seconds_pytorch_fid_cpu": t_pf,
-        "speedup_from_scratch": t_pf / t_gpu,
-        "speedup_per_cell": t_pf / t_cell,
-        "rel_diff": abs(v_gpu - v_pf) / abs(v_pf),
+        "timing": t,
+        "speedup_from_scratch": med["pytorch_fid_cpu"] / med["gpu_from_scratch"],
+        "speedup_per_cell": med["pytorch_fid_cpu"] / med["gpu_per_cell_cached"],
+        "rel_diff": abs(v["gpu_from_scratch"] - v["pytorch_fid_cpu"]) / abs(v["pytorch_fid_cpu"]),
     }
     model = FIDInceptionV3("random").to(dev)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -316,82 +338,83 @@ def bench_gpu(n_images: int = 10_000, batch: int = 250) -> dict:
         if bf16:
             model.to(memory_format=torch.channels_last)
         extract(bf16, FeatureStatistics(2048, device=dev), 2 * batch)  # warm-up
-        t, _, stats = _timed(lambda bf16=bf16: extract(bf16, FeatureStatistics(2048, device=dev), n_images))
-        res[name] = {"images_per_s": n_images / t, "seconds": t}
-        res[f"_{name}"] = stats
+        # one timed run each (the memory format differs, so the two are not interleaved)
+        t, v = _race({name: lambda bf16=bf16: extract(bf16, FeatureStatistics(2048, device=dev), n_images)}, 1)
+        res[name] = {"images_per_s": n_images / t[name]["median"], "seconds": t[name]["median"]}
+        res[f"_{name}"] = v[name]
     a, b = res.pop("_fp32"), res.pop("_bf16_channels_last")
     res["fid_fp32_vs_bf16_same_images"] = a.reference().distance(b.mean, b.cov)
     res["images"] = n_images
     return res
 
 
-def _fmt(xs) -> str:
-    return ", ".join(f"{x:.3g}" for x in xs)
+def _t(t: dict) -> str:
+    """median [min-max] seconds (n repeats)."""
+    return f"{t['median']:.3g} [{t['min']:.3g}-{t['max']:.3g}] ({t['repeats']})"
+
+
+DISTANCE_LABELS = {
+    "ours_from_scratch": "ours, from scratch ({factor} + 2 matmuls + eigvalsh)",
+    "ours_per_cell_cached": "ours, per sweep cell (reference factor cached)",
+    "ours_from_scratch_eigh_path": "ours, from scratch, eigh path (singular C1)",
+    "pytorch_fid_scipy_sqrtm": "pytorch-fid (scipy sqrtm)",
+    "torchmetrics_eigvals": "torchmetrics (eigvals of C1 C2)",
+    "ours_low_rank_from_features": "ours, low-rank from the features",
+    "ours_eigh_path_from_covariances": "ours from covariances, eigh path (D x D square root)",
+}
 
 
 def _md(results: dict) -> str:
     lines = [
         "# FID engine benchmark",
         "",
-        f"Machine: {results['machine']}; torch threads: {results['threads']}. CPU shared with other jobs, so "
-        "absolute times are noisy; compare ratios measured in the same run.",
+        f"Run: {results.get('run', 'full')} (`bench_fid.py{' --quick' if results.get('run') == 'quick' else ''}`)."
+        f" Machine: {results['machine']}; torch threads: {results['threads']}. CPU shared with other jobs, so "
+        "absolute times are noisy; compare ratios measured in the same run. Times: median [min-max] seconds over"
+        " the same number of repeats (in parentheses) for every contestant, interleaved (benchmarks/protocol.py);"
+        " ratios are of medians.",
         "",
     ]
     d = results.get("distance")
     if d:
-        s = d["seconds"]
         lines += [
             f"## Frechet distance, {d['dim']}-dim statistics",
             "",
-            "| method | seconds | ours vs the faster competitor / ours vs this one |",
+            "| method | seconds | faster competitor's median / this median |",
             "|---|---|---|",
-            f"| ours, from scratch ({d['reference_factor']} + 2 matmuls + eigvalsh) | {s['ours_from_scratch']:.3g} | "
-            f"{d['speedup_from_scratch_vs_faster_competitor']:.2f}x |",
-            f"| ours, from scratch, eigh path (singular C1) | {s['ours_from_scratch_eigh_path']:.3g} | "
-            f"{d['speedup_from_scratch_eigh_path_vs_faster_competitor']:.2f}x |",
-            f"| ours, per sweep cell (reference factor cached) | {s['ours_per_cell_cached']:.3g} | "
-            f"{d['speedup_per_cell_vs_faster_competitor']:.2f}x |",
-            f"| pytorch-fid (scipy sqrtm) | {s['pytorch_fid_scipy_sqrtm']:.3g} | "
-            f"{d['speedup_from_scratch_vs_pytorch_fid']:.2f}x scratch, "
-            f"{d['speedup_per_cell_vs_pytorch_fid']:.2f}x cell |",
-            f"| torchmetrics (eigvals of C1 C2) | {s['torchmetrics_eigvals']:.3g} | "
-            f"{d['speedup_from_scratch_vs_torchmetrics']:.2f}x scratch, "
-            f"{d['speedup_per_cell_vs_torchmetrics']:.2f}x cell |",
+        ]
+        for k, t in d["timing"].items():
+            sp = d["speedup_vs_faster_competitor"].get(k)
+            label = DISTANCE_LABELS[k].format(factor=d["reference_factor"])
+            lines.append(f"| {label} | {_t(t)} | {'-' if sp is None else f'{sp:.2f}x'} |")
+        v = d["values"]
+        lines += [
             "",
-            f"Values: ours {d['values']['ours']:.10g}, pytorch-fid {d['values']['pytorch_fid']:.10g}, torchmetrics "
-            f"{d['values']['torchmetrics']:.10g} (relative differences {d['rel_diff_vs_pytorch_fid']:.1e}, "
-            f"{d['rel_diff_vs_torchmetrics']:.1e}). Target >= 5x faster than the faster competitor: from scratch "
-            f"{d['speedup_from_scratch_vs_faster_competitor']:.2f}x, "
-            f"per cell {d['speedup_per_cell_vs_faster_competitor']:.2f}x.",
-            "",
-            f"Reference factor computed once: {s['ours_reference_factor_once']:.3g} s ({d['reference_factor']}). "
-            "A cell is two (D, D) products and one eigvalsh, and from scratch adds only the Cholesky factor, so the "
-            f"two ours rows differ by machine noise here (repeats: scratch {_fmt(s['ours_from_scratch_all'])} s, "
-            f"cell {_fmt(s['ours_per_cell_cached_all'])} s; competitors timed once). A singular reference "
-            "covariance (fewer samples than dimensions) needs the eigh square root instead (row 2).",
+            f"Values: ours {v['ours_from_scratch']:.10g}, pytorch-fid {v['pytorch_fid_scipy_sqrtm']:.10g}, torchmetrics"
+            f" {v['torchmetrics_eigvals']:.10g} (relative differences {d['rel_diff_vs_pytorch_fid']:.1e},"
+            f" {d['rel_diff_vs_torchmetrics']:.1e}). Ours from scratch is "
+            + ", ".join(f"{x:.2f}x faster than {k}" for k, x in d["speedup_from_scratch_vs"].items())
+            + f". Reference factor computed once: {d['reference_factor_seconds']:.3g} s ({d['reference_factor']}).",
             "",
         ]
     lr = results.get("lowrank")
     if lr:
-        s = lr["seconds"]
         lines += [
             f"## Frechet distance with fewer samples than dimensions: {lr['samples_per_set']} x {lr['dim']} per set",
             "",
-            "| method | seconds (best of repeats) | all repeats |",
-            "|---|---|---|",
-            f"| ours, low-rank from the features | {s['ours_low_rank_from_features']:.3g} | "
-            f"{_fmt(s['ours_low_rank_from_features_all'])} |",
-            f"| torchmetrics (eigvals of C1 C2) | {s['torchmetrics_eigvals']:.3g} | "
-            f"{_fmt(s['torchmetrics_eigvals_all'])} |",
-            f"| ours from covariances, eigh path (D x D square root) | "
-            f"{s['ours_eigh_path_from_covariances']:.3g} | once |",
+            "| method | seconds |",
+            "|---|---|",
+        ]
+        lines += [f"| {DISTANCE_LABELS[k]} | {_t(t)} |" for k, t in lr["timing"].items()]
+        v = lr["values"]
+        lines += [
             "",
-            f"Low-rank vs torchmetrics: {lr['speedup_vs_torchmetrics']:.1f}x (target >= 5x); vs our eigh path "
-            f"{lr['speedup_vs_ours_eigh_path']:.1f}x. Values: low-rank {lr['values']['ours_low_rank']:.10g}, eigh "
-            f"path {lr['values']['ours_eigh_path']:.10g}, torchmetrics {lr['values']['torchmetrics']:.10g} "
-            f"(relative differences {lr['rel_diff_vs_ours_eigh_path']:.1e}, {lr['rel_diff_vs_torchmetrics']:.1e}; "
-            "torchmetrics adds square roots of round-off eigenvalues of the singular C1 C2). Ours starts from the "
-            "features; torchmetrics is given the covariances.",
+            f"Low-rank vs torchmetrics: {lr['speedup_vs_torchmetrics']:.1f}x; vs our eigh path"
+            f" {lr['speedup_vs_ours_eigh_path']:.1f}x. Values: low-rank {v['ours_low_rank_from_features']:.10g}, eigh"
+            f" path {v['ours_eigh_path_from_covariances']:.10g}, torchmetrics {v['torchmetrics_eigvals']:.10g}"
+            f" (relative differences {lr['rel_diff_vs_ours_eigh_path']:.1e}, {lr['rel_diff_vs_torchmetrics']:.1e};"
+            " torchmetrics adds square roots of round-off eigenvalues of the singular C1 C2). Ours starts from the"
+            " features; torchmetrics is given the covariances.",
             "",
         ]
     s = results.get("streaming")
@@ -400,11 +423,11 @@ def _md(results: dict) -> str:
         lines += [
             f"## Streaming statistics, {s['features']} x {s['dim']} features, batch {s['batch']}",
             "",
-            "| method | seconds | features/s | peak RSS growth (MiB) | state bytes |",
+            "| method | seconds | features/s (median) | peak RSS growth (MiB, median) | state bytes |",
             "|---|---|---|---|---|",
-            f"| ours | {o['seconds']:.3g} | {o['features_per_s']:.0f} | "
+            f"| ours | {_t(o['timing'])} | {o['features_per_s']:.0f} | "
             f"{o.get('peak_rss_above_start_mib', float('nan')):.1f} | {o['state_bytes']} |",
-            f"| torchmetrics | {t['seconds']:.3g} | {t['features_per_s']:.0f} | "
+            f"| torchmetrics | {_t(t['timing'])} | {t['features_per_s']:.0f} | "
             f"{t.get('peak_rss_above_start_mib', float('nan')):.1f} | {t['state_bytes']} |",
             "",
             f"Speed ratio {s['speedup_vs_torchmetrics']:.2f}x; both do the same float64 (D x B)(B x D) product per "
@@ -418,11 +441,14 @@ def _md(results: dict) -> str:
         lines += [
             f"## Feature extraction, batch {e['batch']} of {e['image_size']}x{e['image_size']} uint8 images (CPU)",
             "",
-            "| method | images/s |",
-            "|---|---|",
-            f"| ours, pytorch-fid resize | {e['ours_pytorch_fid_resize']['images_per_s']:.3g} |",
-            f"| ours, torch-fidelity resize | {e['ours_torch_fidelity_resize']['images_per_s']:.3g} |",
-            f"| torchmetrics NoTrainInceptionV3 | {e['torchmetrics']['images_per_s']:.3g} |",
+            "| method | seconds per batch | images/s (median) |",
+            "|---|---|---|",
+            f"| ours, pytorch-fid resize | {_t(e['ours_pytorch_fid_resize']['timing'])} |"
+            f" {e['ours_pytorch_fid_resize']['images_per_s']:.3g} |",
+            f"| ours, torch-fidelity resize | {_t(e['ours_torch_fidelity_resize']['timing'])} |"
+            f" {e['ours_torch_fidelity_resize']['images_per_s']:.3g} |",
+            f"| torchmetrics NoTrainInceptionV3 | {_t(e['torchmetrics']['timing'])} |"
+            f" {e['torchmetrics']['images_per_s']:.3g} |",
             "",
             f"Ratio {e['speedup_vs_torchmetrics']:.2f}x. Ours in torch-fidelity mode vs torchmetrics, same weights, "
             "max |difference| / max |feature|: "
@@ -448,19 +474,31 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, default=2048)
     p.add_argument("--samples", type=int, default=3000, help="samples per set for the distance statistics")
     p.add_argument("--lowrank-samples", type=int, default=1000, help="samples per set for the lowrank section")
-    p.add_argument("--lowrank-repeat", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3, help="interleaved repeats of every contestant (distance)")
+    p.add_argument("--lowrank-repeat", type=int, default=3)
+    p.add_argument("--stream-repeat", type=int, default=2)
     p.add_argument("--stream-features", type=int, default=50_000)
     p.add_argument("--stream-batch", type=int, default=500)
     p.add_argument("--extract-batch", type=int, default=8)
-    p.add_argument("--extract-repeat", type=int, default=1)
+    p.add_argument("--extract-repeat", type=int, default=3)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--quick", action="store_true", help="1024 dims, 1500 / 500 samples, 20k streamed features")
     args = p.parse_args(argv)
+    if args.quick:
+        args.dim, args.samples, args.lowrank_samples, args.stream_features, args.extract_batch = (
+            1024,
+            1500,
+            500,
+            20_000,
+            4,
+        )
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     if (args.out / "fid.json").is_file():  # sections not rerun keep their earlier results
         results = json.loads((args.out / "fid.json").read_text())
     results.update(
+        run="quick" if args.quick else "full",
         machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         threads=args.threads,
         torch=torch.__version__,
@@ -471,8 +509,10 @@ def main(argv=None) -> int:
         (args.out / "fid.md").write_text(_md(results))
 
     sections = args.sections.split(",")
+    for sec in sections:  # a section being rerun never shows its earlier numbers
+        results.pop(sec, None)
     if "distance" in sections:
-        results["distance"] = bench_distance(args.dim, args.samples)
+        results["distance"] = bench_distance(args.dim, args.samples, args.repeat)
         results["distance"]["run_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         write()
         print(json.dumps(results["distance"], indent=1), flush=True)
@@ -482,7 +522,7 @@ def main(argv=None) -> int:
         write()
         print(json.dumps(results["lowrank"], indent=1), flush=True)
     if "streaming" in sections:
-        results["streaming"] = bench_streaming(args.stream_features, args.dim, args.stream_batch)
+        results["streaming"] = bench_streaming(args.stream_features, args.dim, args.stream_batch, args.stream_repeat)
         results["streaming"]["run_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         write()
         print(json.dumps(results["streaming"], indent=1), flush=True)

@@ -1,16 +1,15 @@
 """Flow solvers against Diffusers' FlowMatch schedulers, and FlowChef against a DPS-style baseline.
 
-1. Error vs NFE (4-10) on the analytic flow model: random Gaussian mixtures
-   (``GaussianMixture.random``; ``gmm16``: 16-D, 8 components; ``gmm8``: 8-D, 6 components, the
-   problem of bench_deis.py), exact velocity, x_1 ~ N(0, I) at t = 1, end at t = 0. The
-   reference is the probability-flow ODE solved to ~1e-10 (``GaussianMixture.ode_solve``). Every
-   scheduler runs in the same Diffusers-style loop (``set_timesteps``, then ``step`` per timestep,
-   the model evaluated at timestep / 1000). Each method gets the largest step count whose NFE fits
-   the budget (Heun: 2n - 1 calls, RK4 ours: 4n - 1, midpoint: 2n); the NFE actually used is
-   reported. Our schedulers use their default grid (n equal steps in t, shift 1); Diffusers'
-   use theirs ([1, ..., 0.001] then 0). Metrics over 512 samples: RMS error (dominated by the
-   few trajectories that a coarse solver sends to another mixture component) and the median
-   of the per-sample RMS error over coordinates.
+1. Error vs NFE (4-10) on the analytic flow model under the comparison protocol (benchmarks/README.md):
+   random Gaussian mixtures (``GaussianMixture.random``; ``gmm16``: 16-D, 8 components; ``gmm8``: 8-D,
+   6 components, the problem of bench_deis.py), exact velocity, x_1 ~ N(0, I) at t = 1, end at t = 0.
+   Reference: the probability-flow ODE of the same noise by ``GaussianMixture.ode_solve`` (its change from
+   rtol 1e-8 to 1e-12 is reported). Every scheduler runs in the Diffusers pipeline loop (the model at
+   timestep / 1000) with at most NFE model calls (the largest step count that fits; Heun: 2n - 1 calls,
+   RK4: 4n - 1, midpoint: 2n). Every method gets every flow grid (``protocol.flow_grids``: uniform in t,
+   quadratic in t, FlowMatch's default that ends with a call at sigma 0.001) through ``sigmas`` where its
+   class takes them, and its own options; configurations are chosen on the selection seeds and reported
+   on the held-out seeds (per-sample RMSE, bootstrap interval).
 2. FlowChef on the analytic model (inpainting and 2x super-resolution of held-out samples):
    observed-part error, steered vs unsteered, and the KS p-value of the unobserved part against
    the exact posterior (see tests/test_flowchef.py).
@@ -21,7 +20,7 @@
    set (VmHWM, reset through /proc/self/clear_refs) over its resident set before the run, after one
    warm-up call. Reported as ratios to plain sampling, with the absolute MiB.
 
-Run: ``python benchmarks/bench_flow.py`` (a few minutes on 2 cores). Writes
+Run: ``nice -n 10 python benchmarks/bench_flow.py`` (about 4 CPU-minutes). Writes
 ``benchmarks/results/flow.json`` and ``flow.md``.
 """
 
@@ -30,74 +29,105 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.utils import logging as dlogging
 
 from fastsample import RectifiedFlowScheduler
 from fastsample.core.analytic import GaussianMixture
 from fastsample.core.schedules import RectifiedFlow
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # protocol.py beside this file (tests import it by path)
+import protocol as P  # noqa: E402
+
 NFES = list(range(4, 11))
-OUT = Path(__file__).parent / "results"
 FLOW = RectifiedFlow()
 OURS = ["euler", "heun", "midpoint", "rk3", "rk4", "multistep2", "multistep3"]
-
-
-def _steps_for(method: str, budget: int) -> int:
-    per = {"heun": (2, -1), "FlowMatchHeun": (2, -1), "midpoint": (2, 0), "rk3": (3, 0), "rk4": (4, -1)}
-    a, b = per.get(method, (1, 0))
-    return max((budget - b) // a, 1)
-
-
-def _make(method: str):
-    if method == "FlowMatchEuler":
-        return FlowMatchEulerDiscreteScheduler()
-    if method == "FlowMatchHeun":
-        return FlowMatchHeunDiscreteScheduler()
-    return RectifiedFlowScheduler(solver=method)
-
-
-def run_scheduler(sched, model, x: torch.Tensor, n: int):
-    """Diffusers-style loop; returns (x_end, nfe)."""
-    sched.set_timesteps(n)
-    nfe = 0
-    for t in sched.timesteps:
-        x = sched.step(model(x, float(t) / 1000.0), t, x).prev_sample
-        nfe += 1
-    return x, nfe
-
-
+FLOW_CONFIG = FlowMatchEulerDiscreteScheduler().config
+N_PER_SEED = 64
 PROBLEMS = {
     "gmm16": dict(dim=16, components=8, seed=0),
     "gmm8": dict(dim=8, components=6, seed=0),  # the problem of bench_deis.py
 }
 
 
-def error_vs_nfe(problem: str = "gmm16", batch: int = 512):
-    mix = GaussianMixture.random(**PROBLEMS[problem])
-    x1 = torch.randn(batch, mix.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    t0 = time.time()
-    ref = mix.ode_solve(x1.numpy(), FLOW, 1.0, 0.0)
-    print(f"reference solved in {time.time() - t0:.1f}s")
+def method_configs(nfe: int) -> dict[str, dict[str, object]]:
+    """method -> {configuration label -> scheduler builder} at a budget of ``nfe`` calls."""
+    out, ours_all, theirs_all = {}, {}, {}
+    families = {"FlowMatchEuler": "FlowMatchEuler", "FlowMatchHeun": "FlowMatchHeun", "UniPC": "UniPC (flow)",
+                "DPM-Solver++": "DPM-Solver++ multistep (flow)"}  # fmt: skip
+    for b in P.flow_roster():
+        family = families[b.label.split(" ")[0]]
+        own = P.own_grid_options(b.cls, True)
+        built = P.configurations(lambda b=b, **kw: b.make(FLOW_CONFIG, **kw), nfe, True, P.flow_grids, own)
+        cfgs = {f"{b.label}, {g}": f for g, f in built.items()}
+        out.setdefault(f"{family} (diffusers)", {}).update(cfgs)
+        theirs_all |= cfgs
+    out["all Diffusers"] = theirs_all
+    for solver in OURS:
+        built = P.configurations(lambda solver=solver: RectifiedFlowScheduler(solver=solver), nfe, True, P.flow_grids)
+        out[f"{solver} (fastsample)"] = built
+        ours_all |= {f"{solver}, {g}": f for g, f in built.items()}
+    out["all fastsample"] = ours_all
+    return out
+
+
+def errors_for(mix):
+    """evaluate(build, seeds) -> per-sample RMSE against the exact solution of the same noise."""
     model = mix.model_fn(FLOW, "flow_prediction")
-    rows = []
-    for method in ["FlowMatchEuler", "FlowMatchHeun"] + OURS:
-        for budget in NFES:
-            n = _steps_for(method, budget)
-            out, nfe = run_scheduler(_make(method), model, x1.clone(), n)
-            diff = out.numpy() - ref
-            err = float(np.sqrt(np.mean(diff**2)))
-            med = float(np.median(np.sqrt(np.mean(diff**2, axis=1))))
-            rows.append(
-                {"problem": problem, "method": method, "budget": budget, "steps": n, "nfe": nfe, "rms_error": err,
-                 "median_error": med}
-            )  # fmt: skip
-            print(f"{method:16s} budget {budget:2d} steps {n:2d} nfe {nfe:2d} rms {err:.3e} median {med:.3e}")
-    return rows
+    cache = {}
+
+    def data(seed):
+        if seed not in cache:
+            x1 = torch.randn(N_PER_SEED, mix.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            cache[seed] = x1, torch.from_numpy(mix.ode_solve(x1.numpy(), FLOW, 1.0, 0.0))
+        return cache[seed]
+
+    def evaluate(build, seeds):
+        out = []
+        for seed in seeds:
+            x1, ref = data(seed)
+            try:
+                y = P.sample(build(), lambda x, ts: model(x, ts / 1000.0), x1.clone())
+            except (RuntimeError, ValueError, IndexError):  # e.g. Diffusers' UniPC: singular system without lof
+                return None
+            out.append(P.per_sample_rmse(y, ref))
+        return np.concatenate(out)
+
+    return evaluate
+
+
+def same_grid_check(mix, n=6):
+    """Max |difference| of Diffusers' FlowMatchEuler and our Euler run on the same sigmas (same noise)."""
+    model = mix.model_fn(FLOW, "flow_prediction")
+    x1 = torch.randn(8, mix.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grid = P.flow_grids(n)["uniform_t"]
+    runs = []
+    for s in (FlowMatchEulerDiscreteScheduler(), RectifiedFlowScheduler(solver="euler")):
+        P.set_grid(s, grid, True)
+        runs.append(P.sample(s, lambda x, ts: model(x, ts / 1000.0), x1.clone()))
+    return float((runs[0] - runs[1]).abs().max())
+
+
+def error_vs_nfe(problem: str) -> dict:
+    mix = GaussianMixture.random(**PROBLEMS[problem])
+    x = torch.randn(N_PER_SEED, mix.dim, generator=torch.Generator().manual_seed(P.HELDOUT_SEEDS[0]))
+    ref = P.converged_reference(
+        lambda k: torch.from_numpy(mix.ode_solve(x.double().numpy(), FLOW, 1.0, 0.0, rtol=10.0**-k, atol=10.0**-k)),
+        (8, 12),
+    )[1]
+    choices = P.choose_all(
+        {nfe: method_configs(nfe) for nfe in NFES}, errors_for(mix), log=lambda m, p=problem: print(p, m)
+    )
+    return {
+        "reference": ref,
+        "flowmatch_euler_vs_our_euler_same_sigmas_max_abs": same_grid_check(mix),
+        "choices": [{**d, "nfe": nfe} for (m, nfe), d in choices.items()],
+        "ratio_all_fastsample_over_all_diffusers": P.ratios(choices, NFES, "all fastsample", "all Diffusers"),
+    }
 
 
 def flowchef_analytic():
@@ -200,21 +230,27 @@ print(json.dumps({"variant": variant, "peak_rise_mib": status("VmHWM") - before,
 """
 
 
-def memory_comparison(batch: int = 64, steps: int = 10, repeats: int = 3):
-    """Fresh subprocess per variant and repeat; the smallest peak rise and time of the repeats."""
-    results = {}
+def memory_comparison(batch: int = 64, steps: int = 10, repeats: int = 5):
+    """A fresh subprocess per variant and repeat, the variants interleaved (plain, flowchef, dps, plain, ...):
+    the smallest peak rise (noise only adds memory) and the median time, each with its min-max, over the same
+    number of repeats each."""
+    runs = {v: [] for v in ("plain", "flowchef", "dps")}
     for _ in range(repeats):
-        for variant in ("plain", "flowchef", "dps"):
+        for variant in runs:
             out = subprocess.run(
                 [sys.executable, "-c", _MEMORY_CHILD, variant, str(batch), str(steps)],
                 capture_output=True,
                 text=True,
                 check=True,
             )
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            best = results.setdefault(variant, r)
-            best["peak_rise_mib"] = min(best["peak_rise_mib"], r["peak_rise_mib"])
-            best["seconds"] = min(best["seconds"], r["seconds"])
+            runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    results = {}
+    for v, rs in runs.items():
+        mem, sec = np.array([r["peak_rise_mib"] for r in rs]), np.array([r["seconds"] for r in rs])
+        # memory: the smallest peak (noise, e.g. allocator growth, only adds); time: the median
+        results[v] = {"peak_rise_mib": float(mem.min()), "peak_rise_range": [float(mem.min()), float(mem.max())],
+                      "seconds": float(np.median(sec)), "seconds_range": [float(sec.min()), float(sec.max())],
+                      "repeats": len(rs)}  # fmt: skip
     plain = results["plain"]
     for r in results.values():
         r["memory_ratio_to_plain"] = r["peak_rise_mib"] / plain["peak_rise_mib"]
@@ -223,44 +259,30 @@ def memory_comparison(batch: int = 64, steps: int = 10, repeats: int = 3):
     return {"batch": batch, "steps": steps, "results": results}
 
 
-def _error_tables(problem, errors) -> list[str]:
-    lines = [f"## {problem}: RMS error vs NFE budget (t = 1 -> 0)", ""]
-    methods = list(dict.fromkeys(r["method"] for r in errors))
-    lines.append("| method | " + " | ".join(f"NFE {b}" for b in NFES) + " |")
-    lines.append("|---|" + "---|" * len(NFES))
-    table = {(r["method"], r["budget"]): r for r in errors}
-    for m in methods:
-        cells = [f"{table[m, b]['rms_error']:.2e} ({table[m, b]['nfe']})" for b in NFES]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Cell: RMS error (NFE actually used). Ratio of our best to Diffusers' best per budget:")
-    lines.append("")
-    lines.append("| NFE budget | our best (RMS) | Diffusers' best (RMS) | RMS ratio | median ratio (bests) |")
-    lines.append("|---|---|---|---|---|")
-    for b in NFES:
-        best = {}
-        for key in ("rms_error", "median_error"):
-            ours = min((table[m, b] for m in OURS), key=lambda r: r[key])
-            theirs = min((table[m, b] for m in ("FlowMatchEuler", "FlowMatchHeun")), key=lambda r: r[key])
-            best[key] = (ours, theirs, ours[key] / theirs[key])
-        ours, theirs, ratio = best["rms_error"]
-        lines.append(
-            f"| {b} | {ours['method']} {ours['rms_error']:.2e} | {theirs['method']} {theirs['rms_error']:.2e} "
-            f"| {ratio:.3f} | {best['median_error'][2]:.3f} |"
-        )
-    lines += ["", "Median per-sample error (same runs):", ""]
-    lines.append("| method | " + " | ".join(f"NFE {b}" for b in NFES) + " |")
-    lines.append("|---|" + "---|" * len(NFES))
-    for m in methods:
-        lines.append(f"| {m} | " + " | ".join(f"{table[m, b]['median_error']:.2e}" for b in NFES) + " |")
-    lines.append("")
-    return lines
+def _error_tables(problem, r) -> list[str]:
+    choices = {(d["method"], d["nfe"]): d for d in r["choices"]}
+    ref = r["reference"]
+    return [
+        f"## {problem}: per-sample RMSE vs the exact solution, at most NFE model calls (t = 1 -> 0)",
+        "",
+        f"Reference: `GaussianMixture.ode_solve`; rtol 1e-{ref['steps'][0]} vs 1e-{ref['steps'][1]} differ by"
+        f" {ref['mean_rmse_between']:.1e} mean RMSE. Diffusers' FlowMatchEuler and our Euler on the same sigmas:"
+        f" max |difference| {r['flowmatch_euler_vs_our_euler_same_sigmas_max_abs']:.1e}.",
+        "",
+        P.comparison_table(choices, NFES, ratio=("all fastsample", "all Diffusers")),
+    ]
 
 
 def _markdown(errors, chef, memory) -> str:
     lines = ["# Flow solvers and FlowChef", "", "Generated by `python benchmarks/bench_flow.py`.", ""]
-    for problem in dict.fromkeys(r["problem"] for r in errors):
-        lines += _error_tables(problem, [r for r in errors if r["problem"] == problem])
+    lines.append(
+        f"Held-out seeds {list(P.HELDOUT_SEEDS)} (configurations chosen on seeds {list(P.SELECTION_SEEDS)}),"
+        f" {N_PER_SEED} samples per seed. Cell: held-out mean [bootstrap 95% CI over samples] (chosen"
+        " configuration); count: configurations the method chose from."
+    )
+    lines.append("")
+    for problem, r in errors.items():
+        lines += _error_tables(problem, r)
     lines += ["", "## FlowChef on the analytic model (256 held-out samples)", ""]
     lines.append("| task | solver | steps | lr | observed RMS unsteered | steered | ratio | KS p steered | unsteered |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
@@ -271,25 +293,30 @@ def _markdown(errors, chef, memory) -> str:
             f"{r['ks_p_unsteered']:.3g} |"
         )
     lines += ["", f"## Memory and time (demo UNet, batch {memory['batch']}, {memory['steps']} Euler steps, CPU)", ""]
-    lines.append("| variant | peak RSS rise (MiB) | memory / plain | seconds | time / plain |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("Peak: smallest [min-max]; time: median [min-max]; over interleaved repeats, each in a fresh process.")
+    lines.append("")
+    lines.append("| variant | repeats | peak RSS rise (MiB) | memory / plain | seconds | time / plain |")
+    lines.append("|---|---|---|---|---|---|")
     for v, r in memory["results"].items():
+        lo, hi = r["peak_rise_range"]
+        slo, shi = r["seconds_range"]
         lines.append(
-            f"| {v} | {r['peak_rise_mib']:.1f} | {r['memory_ratio_to_plain']:.2f} | {r['seconds']:.2f} | "
-            f"{r['time_ratio_to_plain']:.2f} |"
+            f"| {v} | {r['repeats']} | {r['peak_rise_mib']:.1f} [{lo:.1f}-{hi:.1f}] |"
+            f" {r['memory_ratio_to_plain']:.2f} |"
+            f" {r['seconds']:.2f} [{slo:.2f}-{shi:.2f}] | {r['time_ratio_to_plain']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main():
     torch.set_num_threads(1)
-    errors = [r for problem in PROBLEMS for r in error_vs_nfe(problem)]
+    dlogging.set_verbosity_error()
+    errors = {problem: error_vs_nfe(problem) for problem in PROBLEMS}
     chef = flowchef_analytic()
     memory = memory_comparison()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "flow.json").write_text(json.dumps({"errors": errors, "flowchef": chef, "memory": memory}, indent=1))
-    (OUT / "flow.md").write_text(_markdown(errors, chef, memory))
-    print((OUT / "flow.md").read_text())
+    md = _markdown(errors, chef, memory)
+    P.write_results("flow", {"errors": errors, "flowchef": chef, "memory": memory}, md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -511,3 +511,14 @@ def test_fid_fitness_search():
     assert res.schedule.metadata["provenance"]["fitness"]["metric"] == "fid" and res.fitness >= 0
     with pytest.raises(ValueError, match="unknown fitness"):
         fitness_of(prob, ref, ref, "lpips")
+
+
+def test_search_baselines_keep_diffusers_deis_beside_ours():
+    """Diffusers' DEIS log-rho (builtin "deis-logrho3") and our DEIS log-rho 3 are both compared, not one overwriting
+    the other: every fixed schedule and every DEIS variant x order has its own entry."""
+    from fastsample.search.baselines import SCHEDULE_BASELINES, baseline_solvers
+
+    b = baseline_solvers()
+    assert b["deis-logrho3"] == ("schedule", "deis-logrho3")
+    assert b["deis-logrho3 (fastsample)"][0] == "solver"
+    assert len(b) == len(SCHEDULE_BASELINES) + 4 * 3

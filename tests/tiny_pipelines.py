@@ -14,8 +14,11 @@ import string
 import torch
 from diffusers import (
     AutoencoderKL,
+    DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
+    DiTPipeline,
+    DiTTransformer2DModel,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
@@ -54,6 +57,7 @@ __all__ = [
     "save_tiny_clip_vision",
     "t5_tokenizer",
     "ddpm_pipeline",
+    "dit_pipeline",
     "sd_pipeline",
     "sd_img2img_pipeline",
     "sdxl_pipeline",
@@ -86,6 +90,16 @@ SDXL_SCHEDULER = dict(
     trained_betas=None,
 )
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
+DIT_SCHEDULER = dict(  # facebook/DiT-XL-2-256 ships a DDIMScheduler
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="linear",
+    clip_sample=False,
+    set_alpha_to_one=True,
+    steps_offset=0,
+    prediction_type="epsilon",
+)
 FLUX_SCHEDULER = dict(
     num_train_timesteps=1000,
     shift=3.0,
@@ -172,13 +186,14 @@ def _t5_encoder(vocab_size: int) -> T5EncoderModel:
     return T5EncoderModel(cfg).eval()
 
 
-def _vae(latent_channels: int = 4, **kwargs) -> AutoencoderKL:
+def _vae(latent_channels: int = 4, blocks: int = 2, **kwargs) -> AutoencoderKL:
+    """A random AutoencoderKL that scales images down by 2 ** (blocks - 1) (SD's VAE: 4 blocks, 8x)."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(4, 8),
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=(4, 8, 8, 8)[:blocks],
         layers_per_block=1,
         latent_channels=latent_channels,
         norm_num_groups=2,
@@ -191,11 +206,11 @@ def _seed(seed: int):
     torch.manual_seed(seed)
 
 
-def ddpm_pipeline(seed: int = 0) -> DDPMPipeline:
-    """Pixel-space DDPM with an 8x8 UNet and SD 1.5's beta schedule (a DDPMScheduler)."""
+def ddpm_pipeline(seed: int = 0, sample_size: int = 8) -> DDPMPipeline:
+    """Pixel-space DDPM with a ``sample_size`` square UNet and SD 1.5's beta schedule (a DDPMScheduler)."""
     _seed(seed)
     unet = UNet2DModel(
-        sample_size=8,
+        sample_size=sample_size,
         in_channels=3,
         out_channels=3,
         block_out_channels=(8, 16),
@@ -210,10 +225,30 @@ def ddpm_pipeline(seed: int = 0) -> DDPMPipeline:
     return pipe
 
 
-def _cond_unet(**kwargs) -> UNet2DConditionModel:
-    """A 4-channel 8x8 text-conditioned UNet (SD 1.5 layout); ``kwargs`` add or override config keys."""
+def dit_pipeline(seed: int = 0, sample_size: int = 8, vae_blocks: int = 2) -> DiTPipeline:
+    """DiT (class-conditional latent transformer, learned sigma, 1,000 classes + the null class that
+    DiTPipeline's guidance uses); 8x8x4 latents, 16x16 images by default (``sample_size``: the latents' side)."""
+    _seed(seed)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        sample_size=sample_size,
+        patch_size=2,
+        num_embeds_ada_norm=1000,
+    ).eval()
+    vae = _vae(blocks=vae_blocks)
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(**DIT_SCHEDULER))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _cond_unet(sample_size: int = 8, **kwargs) -> UNet2DConditionModel:
+    """A 4-channel square text-conditioned UNet (SD 1.5 layout); ``kwargs`` add or override config keys."""
     return UNet2DConditionModel(
-        sample_size=8,
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=(8, 16),
@@ -226,14 +261,14 @@ def _cond_unet(**kwargs) -> UNet2DConditionModel:
     ).eval()
 
 
-def _sd_components(seed: int) -> dict:
+def _sd_components(seed: int, sample_size: int = 8, vae_blocks: int = 2) -> dict:
     _seed(seed)
     tok = clip_tokenizer()
-    unet = _cond_unet(cross_attention_dim=HIDDEN)
+    unet = _cond_unet(cross_attention_dim=HIDDEN, sample_size=sample_size)
     return dict(
         unet=unet,
         scheduler=PNDMScheduler(**SD15_SCHEDULER),
-        vae=_vae(),
+        vae=_vae(blocks=vae_blocks),
         text_encoder=CLIPTextModel(_clip_config(len(tok))).eval(),
         tokenizer=tok,
         safety_checker=None,
@@ -242,9 +277,9 @@ def _sd_components(seed: int) -> dict:
     )
 
 
-def sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """Stable Diffusion (SD 1.5 layout and scheduler config); 16x16 images, 8x8 latents."""
-    pipe = StableDiffusionPipeline(**_sd_components(seed))
+def sd_pipeline(seed: int = 0, sample_size: int = 8, vae_blocks: int = 2) -> StableDiffusionPipeline:
+    """Stable Diffusion (SD 1.5 layout and scheduler config); 16x16 images, 8x8 latents by default."""
+    pipe = StableDiffusionPipeline(**_sd_components(seed, sample_size, vae_blocks))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -279,11 +314,11 @@ def sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     return pipe
 
 
-def _sd3_components(seed: int) -> dict:
+def _sd3_components(seed: int, sample_size: int = 8, vae_blocks: int = 2) -> dict:
     _seed(seed)
     tok, tok3 = clip_tokenizer(), t5_tokenizer()
     transformer = SD3Transformer2DModel(
-        sample_size=8,
+        sample_size=sample_size,
         patch_size=1,
         in_channels=4,
         out_channels=4,
@@ -293,12 +328,15 @@ def _sd3_components(seed: int) -> dict:
         joint_attention_dim=HIDDEN,
         caption_projection_dim=HIDDEN,
         pooled_projection_dim=2 * HIDDEN,
-        pos_embed_max_size=16,
+        pos_embed_max_size=2 * sample_size,
     ).eval()
+    vae = _vae(
+        blocks=vae_blocks, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False
+    )
     return dict(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER),
-        vae=_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
+        vae=vae,
         text_encoder=CLIPTextModelWithProjection(_clip_config(len(tok))).eval(),
         tokenizer=tok,
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(len(tok))).eval(),
@@ -308,9 +346,9 @@ def _sd3_components(seed: int) -> dict:
     )
 
 
-def sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
-    """Stable Diffusion 3 (MMDiT, two CLIPs and a T5); 16x16 images, 8x8 latents."""
-    pipe = StableDiffusion3Pipeline(**_sd3_components(seed))
+def sd3_pipeline(seed: int = 0, sample_size: int = 8, vae_blocks: int = 2) -> StableDiffusion3Pipeline:
+    """Stable Diffusion 3 (MMDiT, two CLIPs and a T5); 16x16 images, 8x8 latents by default."""
+    pipe = StableDiffusion3Pipeline(**_sd3_components(seed, sample_size, vae_blocks))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -82,7 +82,7 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """An image file as uint8 (3, H, W); 16-bit images are scaled (v * 255 / 65535, rounded), not clipped.
+    """An image file as uint8 (3, H, W), as :func:`image_to_uint8` converts it.
 
     Raises:
         UserError: naming the file, when it is unreadable, truncated or of an unsupported mode.
@@ -92,17 +92,26 @@ def read_image(path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N") or (img.mode == "I" and img.format == "PNG"):
-                v = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
-                arr = np.repeat(np.rint(v).astype(np.uint8)[..., None], 3, axis=2)
-            elif img.mode in ("I", "F"):
-                raise UserError(f"{path}: unsupported image mode {img.mode!r} (range unknown); convert to 8 or 16 bit")
-            else:
-                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return image_to_uint8(img, str(path))
     except UserError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: cannot read image ({' '.join(str(e).split())})") from None
+
+
+def image_to_uint8(img, name: str) -> torch.Tensor:
+    """A PIL image as uint8 (3, H, W); 16-bit images are scaled (v * 255 / 65535, rounded), not clipped.
+
+    Raises:
+        UserError: naming ``name``, for a mode whose range is unknown ("I" other than PNG, "F").
+    """
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N") or (img.mode == "I" and img.format == "PNG"):
+        v = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+        arr = np.repeat(np.rint(v).astype(np.uint8)[..., None], 3, axis=2)
+    elif img.mode in ("I", "F"):
+        raise UserError(f"{name}: unsupported image mode {img.mode!r} (range unknown); convert to 8 or 16 bit")
+    else:
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 

@@ -12,8 +12,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from .._io import UserError
 from .metrics import check_encoders, sweep_metrics
 
@@ -23,7 +21,7 @@ FORMAT_VERSION = 2
 KEYS = {
     "top level": {"sweep", "model", "metric", "schedulers"},
     "sweep": {"name", "output", "nfe", "guidance_scales", "num_samples", "batch_size", "seed", "device", "save_images"},
-    "model": {"kind", "path", "num_classes", "torch_dtype", "prompts", "call_kwargs"},
+    "model": {"kind", "path", "num_classes", "torch_dtype", "prompts", "prompts_file", "prompts_column", "call_kwargs"},
     "metric": {
         "features",
         "reference",
@@ -161,6 +159,82 @@ def _model_dir(value, base: Path, src) -> Path:
     )
 
 
+def _model_conditions(model: dict, kind: str, base: Path, src) -> None:
+    """Check torch_dtype and the prompts (inline or from a captions file, read here to fail early)."""
+    from .data import read_prompts
+
+    dtype = model.get("torch_dtype", "float32")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(f"{src}: model.torch_dtype {dtype!r}: allowed 'float32', 'float16', 'bfloat16'")
+    if dtype != "float32" and kind not in ("unet", "pipeline"):
+        raise ConfigError(f"{src}: model.torch_dtype applies to kind 'unet' or 'pipeline', not {kind!r}")
+    for k in ("prompts", "prompts_file", "prompts_column"):
+        if k in model and kind != "pipeline":
+            raise ConfigError(f"{src}: model.{k} applies to kind 'pipeline', not {kind!r}")
+    if "prompts" in model and "prompts_file" in model:
+        raise ConfigError(f"{src}: give model.prompts or model.prompts_file, not both")
+    if "prompts_column" in model and "prompts_file" not in model:
+        raise ConfigError(f"{src}: model.prompts_column applies to a prompts_file")
+    if "prompts_file" in model:
+        model["prompts_file"] = str(_existing(model["prompts_file"], "model.prompts_file", base, src))
+        try:
+            read_prompts(model["prompts_file"], model.get("prompts_column"))
+        except (ValueError, UnicodeDecodeError) as e:  # UserError, json's and csv's errors
+            raise ConfigError(f"{src}: model.prompts_file: {e}") from None
+    elif "prompts" in model:
+        prompts = model["prompts"]
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+            raise ConfigError(f"{src}: model.prompts must be a non-empty list of captions, got {prompts!r}")
+
+
+# metric.reference as a table: a torchvision dataset class on a local copy, or a `datasets` dataset
+REFERENCE_KEYS = {"torchvision": {"torchvision", "root", "split"}, "datasets": {"datasets", "split", "column"}}
+
+
+def _reference(ref, base: Path, src):
+    """``metric.reference``: 'demo-heldout', a path (.npz file, image folder or ``save_to_disk`` folder), or a
+    table ``{torchvision = "CIFAR10", root = ..., split = "train"}`` / ``{datasets = NAME_OR_PATH, split = ...,
+    column = "image"}``. Paths become absolute; a save_to_disk folder becomes a ``datasets`` table."""
+    from .data import is_hf_disk_folder
+
+    if ref == "demo-heldout":
+        return ref
+    if isinstance(ref, str):
+        p = _existing(ref, "metric.reference", base, src)
+        if p.is_dir() and is_hf_disk_folder(p):
+            raise ConfigError(
+                f"{src}: metric.reference {ref!r} is a `datasets` save_to_disk folder: write it as "
+                f'{{ datasets = "{ref}", split = "train", column = "image" }}'
+            )
+        if p.is_file() and p.suffix != ".npz":
+            raise ConfigError(f"{src}: metric.reference {ref!r}: expected an .npz file, an image folder or a table")
+        return str(p)
+    if not isinstance(ref, dict):
+        raise ConfigError(f"{src}: metric.reference must be a path or a table, got {ref!r}")
+    kind = [k for k in REFERENCE_KEYS if k in ref]
+    if len(kind) != 1:
+        raise ConfigError(f"{src}: metric.reference table needs one of 'torchvision' or 'datasets', got {ref!r}")
+    known = REFERENCE_KEYS[kind[0]]
+    for k in ref:
+        if k not in known:
+            raise ConfigError(f"{src}: unknown key '{k}' in metric.reference{_suggest(k, known)}")
+    ref = dict(ref)
+    for k, v in ref.items():
+        if not isinstance(v, str):
+            raise ConfigError(f"{src}: metric.reference {k} must be a string, got {v!r}")
+    if kind[0] == "torchvision":
+        import torchvision.datasets
+
+        if not hasattr(torchvision.datasets, ref["torchvision"]):
+            raise ConfigError(f"{src}: metric.reference: torchvision.datasets has no class {ref['torchvision']!r}")
+        ref["root"] = str(_existing(_require(ref, "root", "metric.reference"), "metric.reference root", base, src))
+    else:
+        local = (base / Path(ref["datasets"]).expanduser()).resolve()
+        if local.exists():
+            ref["datasets"] = str(local)
+    return ref
+
+
 def _read_raw(path: Path) -> dict:
     text = path.read_text()
     try:
@@ -262,15 +336,12 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         raise ConfigError(f"{src}: model.path applies to kind 'unet' or 'pipeline', not {kind!r}")
     if "num_classes" in model:
         _int(model["num_classes"], "model.num_classes", src, 1)
-    if not isinstance(getattr(torch, str(model.get("torch_dtype", "float32")), None), torch.dtype):
-        raise ConfigError(f"{src}: model.torch_dtype {model['torch_dtype']!r} is not a torch dtype")
+    _model_conditions(model, kind, base, src)
 
     features = _require(metric, "features", "metric")
     if features not in FEATURES:
         raise ConfigError(f"{src}: metric features {features!r} unknown; allowed: {', '.join(map(repr, FEATURES))}")
-    ref = _require(metric, "reference", "metric")
-    if ref != "demo-heldout":
-        metric["reference"] = str(_existing(ref, "metric.reference", base, src))
+    metric["reference"] = _reference(_require(metric, "reference", "metric"), base, src)
     if features == "inception":
         from ..fid.inception import RESIZE_MODES, find_weights
 

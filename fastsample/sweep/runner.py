@@ -126,12 +126,16 @@ def _cell_key(cfg: SweepConfig, model_digest: str, features, ref_digest: str, sp
 
     from .. import __version__
 
-    config = {
-        k: {"sha256": file_digest(v)} if _is_file_key(k) and isinstance(v, str) else v for k, v in sched_config.items()
-    }
+    def by_content(d: dict) -> dict:
+        return {k: {"sha256": file_digest(v)} if _is_file_key(k) and isinstance(v, str) else v for k, v in d.items()}
+
+    config = by_content(sched_config)
     return _plain(
         {
-            "model": {**{k: v for k, v in cfg.model.items() if k != "path"}, "sha256": model_digest},
+            "model": {
+                **by_content({k: v for k, v in cfg.model.items() if k != "path"}),
+                "sha256": model_digest,
+            },
             "features": {**features.identity, "sha256": features.digest},
             "reference": ref_digest,
             "scheduler": {"class": spec.name, "config": config},
