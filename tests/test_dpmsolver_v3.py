@@ -290,6 +290,22 @@ def test_shipped_demo_statistics_match_the_demo_model():
     assert ems.shape == (1, 16, 16) and ems.metadata["model_id"] == "fastsample/demo-ddpm"
     images = pipe(batch_size=2, num_inference_steps=6, output_type="np", generator=torch.manual_seed(0)).images
     assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
+    _assert_cautious_off_validated_grids(pipe.scheduler, 6)
+
+
+def _assert_cautious_off_validated_grids(scheduler, steps):
+    """Shipped statistics carry error bars and per-grid validation; a grid unlike every validated one (the demo
+    pipeline's config asks for diffusers' "leading" spacing) takes the most cautious decision of its step count."""
+    from fastsample.solvers.dpmsolver_v3 import validated_start
+
+    ems = scheduler.ems
+    assert ems.se_l is not None and ems.metadata["format_version"] >= 2
+    v = ems.metadata["validation"]
+    assert v["num_samples"] >= 256 and len(v["decisions"]) == 24
+    with np.errstate(divide="ignore"):
+        lam = scheduler.schedule.lambda_(np.asarray(scheduler._grid))
+    cautious = max(d["use_from_lambda"] for d in v["decisions"] if d["steps"] == steps)
+    assert validated_start(ems, lam) == cautious
 
 
 def test_shipped_flow_demo_statistics_drive_the_flow_pipeline():
@@ -410,32 +426,56 @@ def test_statistics_of_a_model_without_time_derivative_do_not_diverge(ems, monke
             assert np.isfinite(e) and e < 1.0, (n, g, e)
 
 
-def test_validation_is_stored_and_the_scheduler_warns_once(ems, tmp_path, caplog):
+def test_validation_decides_per_grid_and_the_scheduler_applies_and_warns_once(ems, tmp_path, caplog):
+    """validate_ems stores one decision per (grid, NFE) by its stated rule; the solver applies the decision of the
+    grid it runs (the same numbers as statistics restricted by hand), and the scheduler warns once per grid where
+    they are switched off."""
     import logging
 
-    from fastsample.ems.validation import validate_ems, validation_text
+    from fastsample.ems.validation import VALIDATION_GRIDS, _from_lambda, validate_ems, validation_text
+    from fastsample.solvers.dpmsolver_v3 import validated_start
 
     v = validate_ems(
-        ems, analytic_model_fn(MIX, CFG), CFG, nfes=(5, 8), num_samples=16, reference_steps=60, dtype=torch.float64
+        ems, analytic_model_fn(MIX, CFG), CFG, nfes=(5, 8), num_samples=32, reference_steps=60, dtype=torch.float64
     )
-    assert set(v["rows"]) == {"uniform_lambda", "uniform_t", "quadratic_t", "karras"}
-    for row in v["rows"].values():
-        for a, b, c in row.values():
-            assert np.isfinite(a) and np.isfinite(b) and np.isfinite(c)
     assert v["reference"]["error"] < 1e-3
+    assert [(d["grid"], d["steps"]) for d in v["decisions"]] == [(g, n) for g in VALIDATION_GRIDS for n in (5, 8)]
+    lam_max = v["lambda_max"]
+    for d in v["decisions"]:
+        a, b, c = v["rows"][d["grid"]][str(d["steps"])]
+        assert np.isfinite([a, b, c]).all()
+        if d["use_from_lambda"] > lam_max:  # off: the statistics-free error; on: lowered it with confidence
+            assert c == b and [d["grid"], d["steps"]] in v["off"]
+        else:
+            assert d["upper"] <= 0 and c <= b
     assert v["hurt"] == [[g, int(n), a, b] for g, row in v["rows"].items() for n, (a, b, _) in row.items() if a > b]
-    # the start chosen is not worse than the statistics-free solver in mean log error
-    assert np.mean([np.log(c / b) for row in v["rows"].values() for _, b, c in row.values()]) <= 0
-    assert "validation on 16 held-out starts" in validation_text(v)
+    assert v["use_from_lambda"] == max(d["use_from_lambda"] for d in v["decisions"])
+    assert "validation on 32 held-out starts" in validation_text(v)
     path = ems.save(tmp_path / "v.safetensors")
     assert EMS.load(path).metadata["validation"] == json.loads(json.dumps(v))
-    hurt = _with(ems)
-    hurt.metadata["validation"] = dict(v, hurt=[["uniform_lambda", 5, 0.4, 0.3]], use_from_lambda=-1.0)
-    hurt.save(tmp_path / "hurt.safetensors")
+
+    # the solver applies each grid's decision: the same error as the statistics used from that lambda by hand
+    schedule, _ = schedule_for_config(CFG)
+    for d in v["decisions"][:4]:
+        g = grids.make_grid(d["grid"], schedule, d["steps"], t_start=0.9, t_end=0.05)
+        assert validated_start(ems, schedule.lambda_(g)) == d["use_from_lambda"]
+        by_hand = _from_lambda(ems, d["use_from_lambda"])
+        assert _final_error(ems, d["steps"], d["grid"]) == _final_error(by_hand, d["steps"], d["grid"])
+
+    # one grid switched off, the others on from the first lambda: a warning once, only for that grid
+    mixed = _with(ems)
+    decisions = [dict(d, use_from_lambda=float(ems.lambdas[0])) for d in v["decisions"]]
+    decisions[0]["use_from_lambda"] = lam_max + 1.0  # uniform_lambda, 5 steps: off
+    mixed.metadata["validation"] = dict(v, decisions=decisions, use_from_lambda=lam_max + 1.0)
+    mixed.save(tmp_path / "mixed.safetensors")
     with caplog.at_level(logging.WARNING):
         for _ in range(2):
-            DPMSolverV3Scheduler.from_config(CFG, ems_path=str(tmp_path / "hurt.safetensors")).set_timesteps(5)
-    records = [r.getMessage() for r in caplog.records]
-    warned = [r for r in records if "did not help" in r]
-    assert len(warned) == 1 and "uniform_lambda NFE 5 (0.4 vs 0.3)" in warned[0], records
-    assert "from lambda -1.00 on" in warned[0]
+            for n in (5, 8):
+                s = DPMSolverV3Scheduler.from_config(CFG, ems_path=str(tmp_path / "mixed.safetensors"))
+                s.set_timesteps(n)
+    warned = [r.getMessage() for r in caplog.records if "are not used" in r.getMessage()]
+    assert len(warned) == 1 and "5-step grid" in warned[0], warned
+    # a grid like none validated takes the most cautious decision of its step count; older files the global one
+    far = np.linspace(float(ems.lambdas[0]), float(ems.lambdas[0]) + 1.0, 6)
+    assert validated_start(mixed, far) == lam_max + 1.0
+    assert validated_start(_from_lambda(ems, -1.5), far) == -1.5

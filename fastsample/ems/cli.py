@@ -42,7 +42,7 @@ def _add_arguments(p):
         action="store_true",
         help="then compare DPM-Solver-v3 with and without the statistics at NFE 5-10 (stored in the file)",
     )
-    p.add_argument("--validate-samples", type=int, default=64, help="held-out starts for --validate")
+    p.add_argument("--validate-samples", type=int, default=1024, help="held-out starts for --validate")
 
 
 def _load_images(path):

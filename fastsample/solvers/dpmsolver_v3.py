@@ -54,6 +54,7 @@ __all__ = [
     "preset",
     "shrink",
     "regularize",
+    "validated_start",
     "S_RANGE",
     "StatisticsResolutionError",
 ]
@@ -88,9 +89,10 @@ def shrink(est, se, target: float):
     return target + w * d, w
 
 
-def regularize(stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def regularize(stats, grid_lambdas=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """l, s, b (K, D) float64 as the solver uses them: shrunk by their errors, bounded, and trivial below the
-    lambda from which the statistics' validation found them useful.
+    lambda from which the statistics' validation found them useful on the grid with lambdas ``grid_lambdas``
+    (:func:`validated_start`).
 
     ``stats`` has ``lambdas`` (K,), ``l``, ``s``, ``b`` (K, *S) and, from format version 2 of the
     :class:`~fastsample.formats.ems_file.EMS` file,
@@ -107,7 +109,7 @@ def regularize(stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
        unbounded l makes f grow like 1 / alpha at high noise. s in :data:`S_RANGE`, so the factors
        exp(-(S_i - S_s)) that carry older evaluations into a step grow at most like e^{lambda span};
        |b| <= rms(f') + |s| rms(f) (as |E f'| <= rms(f'), |s E f| <= |s| rms(f)).
-    3. Below ``use_from_lambda``, l = 1, s = b = 0.
+    3. Below the validated start (:func:`validated_start`), l = 1, s = b = 0.
     Every step coefficient is then a bounded function of the grid (and of Var x0, rms f, rms f').
     """
     lam = np.asarray(stats.lambdas, dtype=np.float64)
@@ -126,11 +128,45 @@ def regularize(stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if f_rms is not None and fp_rms is not None:
         bmax = fp_rms + np.abs(s) * f_rms
         b = np.clip(b, -bmax, bmax)
-    start = ((getattr(stats, "metadata", None) or {}).get("validation") or {}).get("use_from_lambda")
+    start = validated_start(stats, grid_lambdas)
     if start is not None:
         off = (lam < start)[:, None]
         l, s, b = np.where(off, 1.0, l), np.where(off, 0.0, s), np.where(off, 0.0, b)
     return l, s, b
+
+
+def _profile(lam) -> np.ndarray:
+    """A grid's finite lambdas resampled at 33 evenly spaced fractions of its length (to compare grids)."""
+    lam = np.asarray(lam, dtype=np.float64)
+    lam = lam[np.isfinite(lam)]
+    return np.interp(np.linspace(0.0, 1.0, 33), np.linspace(0.0, 1.0, len(lam)), lam)
+
+
+def validated_start(stats, grid_lambdas=None) -> float | None:
+    """The lambda from which the solver uses the statistics on a grid with lambdas ``grid_lambdas`` (None: all).
+
+    ``stats.metadata["validation"]`` (written by :func:`fastsample.ems.validate_ems`) holds ``decisions``, one per
+    validated (grid, number of steps): the grid's finite lambdas and its ``use_from_lambda`` (beyond the
+    statistics' range: not used). A grid takes the decision of the validated grid with its number of steps (else
+    the nearest number) whose lambdas, compared at 33 fractions of the grid, are on average within a fifth of a
+    mean step of its own; a grid like none of them takes the most cautious of those decisions (the largest
+    start). Without decisions (older files, or no grid given): the file-wide ``use_from_lambda``.
+    """
+    v = (getattr(stats, "metadata", None) or {}).get("validation") or {}
+    decisions = v.get("decisions")
+    if not decisions or grid_lambdas is None:
+        return v.get("use_from_lambda")
+    lam = np.asarray(grid_lambdas, dtype=np.float64)
+    steps = len(lam) - 1
+    near = min(abs(d["steps"] - steps) for d in decisions)
+    cands = [d for d in decisions if abs(d["steps"] - steps) == near]
+    prof = _profile(lam)
+    dist = [float(np.mean(np.abs(_profile(d["lambdas"]) - prof))) for d in cands]
+    tol = 0.2 * (prof[-1] - prof[0]) / max(steps, 1)
+    best = int(np.argmin(dist))
+    if dist[best] <= tol:
+        return cands[best]["use_from_lambda"]
+    return max(d["use_from_lambda"] for d in cands)
 
 
 def preset(nfe: int, guided: bool = False, guidance_scale: float = 1.0) -> dict:
@@ -161,9 +197,9 @@ def preset(nfe: int, guided: bool = False, guidance_scale: float = 1.0) -> dict:
     )
 
 
-
 class StatisticsResolutionError(ValueError):
     """A step shorter in lambda than the spacing of the statistics' grid (they cannot resolve it)."""
+
 
 class LinearStats:
     """l, s, b piecewise linear in lambda on increasing nodes; exact antiderivatives L, S.
@@ -487,7 +523,7 @@ class DPMSolverV3(Solver):
         st = self.stats
         lams = np.asarray(st.lambdas, dtype=np.float64)
         shape = tuple(np.asarray(st.l).shape[1:])
-        l, s, b = regularize(st)
+        l, s, b = regularize(st, lam)
         lo, hi = lams[0], lams[-1]
         tol = 1e-6 * max(1.0, hi - lo)
         if fin.min() < lo - tol or fin.max() > hi + tol:

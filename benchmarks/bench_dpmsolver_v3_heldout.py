@@ -1,0 +1,393 @@
+"""DPM-Solver-v3 with per-grid validated statistics on held-out mixtures and on the demo models (issue 18).
+
+1. ``mixtures``: the 64-D (linear betas) and 48-D (scaled-linear betas) Gaussian mixtures of seeds 10, 11 (never
+   used while designing the fix); statistics as a user gets them (512 samples x 121 lambda points), then
+   :func:`fastsample.ems.validate_ems` (its defaults: 1024 starts, NFE 5-10, four grids, the rule r + 2 se <= 0).
+   Never worse: per grid and NFE 5-10, the preset's options, RMS error against the exact ODE solution, mean over
+   held-out noise seeds 1-3 (64 samples each), with the validated statistics, with all statistics (shrunk and
+   bounded, no validation) and without; "worse" when the mean with exceeds the mean without by more than the
+   seed-to-seed spread (std over the seeds, without). Best grid: each family's grid and options chosen on noise
+   seed 0, its error on seeds 1-3 (the candidate lists of ``bench_dpmsolver_v3.ours`` / ``baselines``).
+2. ``demo``: the demo DDPM and flow model with their shipped statistics (recomputed with error bars and
+   validated, see the README): RMS error against a 500-step reference (statistics-free order-3 DPM-Solver-v3 on
+   a quadratic-t grid; its distance to 250 steps is reported), each family's configuration chosen on noise
+   seed 0 and reported on seeds 1-2 (64 samples each).
+
+Run: ``PYTHONPATH=. python benchmarks/bench_dpmsolver_v3_heldout.py [--only mixtures demo] [--setups 64-D 48-D]``;
+several processes may run different parts at once: each updates benchmarks/results/dpmsolver_v3_heldout.{json,md}
+under a lock. CPU: about 5 minutes per mixture, 4 minutes per demo model (one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_dpmsolver_v3 import (
+    EMS_KW,
+    GRIDS,
+    HELDOUT_SEEDS,
+    SETUPS,
+    SMALL_NFES,
+    V3_BEST,
+    V3_NOEMS,
+    V3_OPTIONS,
+    V3_PRESET,
+    _errors,
+    _exact,
+    baselines,
+    ours,
+    run_scheduler,
+    run_unet,
+    setup,
+    v3_error,
+)
+
+from fastsample import DPMSolverV3Scheduler
+from fastsample._io import atomic_write, file_lock
+from fastsample.core import grids
+from fastsample.ems.estimation import compute_ems
+from fastsample.ems.models import analytic_model_fn
+from fastsample.ems.validation import FLOW_VALIDATION_GRIDS, VALIDATION_GRIDS, validate_ems
+from fastsample.formats.ems_file import EMS, schedule_for_config
+from fastsample.solvers.dpmsolver_v3 import DPMSolverV3, preset
+from fastsample.solvers.sampling import sample
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "dpmsolver_v3_heldout"
+SELECTION_NOISE, HELDOUT_NOISE = (0,), (1, 2, 3)  # mixtures: starting-noise seeds to choose / to report
+DEMO_SELECTION, DEMO_HELDOUT = (0,), (1, 2)
+DIFFUSERS = ("DPM-Solver++ 2M", "DPM-Solver++ 3M", "UniPC")
+
+
+def choose(cands, err, selection, heldout) -> dict:
+    """{family: {"config", "selection", "heldout": [mean, std], "count"}}: per family the candidate
+    (family, label, scheduler, ...) with the lowest mean ``err(scheduler, seed)`` over ``selection``, measured
+    on ``heldout``; ``count`` is the number of candidates it was chosen from."""
+    counts = Counter(c[0] for c in cands)
+    best = {}
+    for fam, label, s, *_ in cands:
+        e = float(np.mean([err(s, k) for k in selection]))
+        if np.isfinite(e) and (fam not in best or e < best[fam][0]):
+            best[fam] = (e, label, s)
+    out = {}
+    for fam, (e, label, s) in best.items():
+        held = [err(s, k) for k in heldout]
+        out[fam] = {
+            "config": label,
+            "selection": e,
+            "heldout": [float(np.mean(held)), float(np.std(held, ddof=1))],
+            "count": counts[fam],
+        }
+    return out
+
+
+def mixture(label: str, seed: int, best_grid: bool = True, starts: int = 1024) -> dict:
+    """Both targets on one held-out mixture (module docstring, part 1); the best-grid one only if ``best_grid``."""
+    mix, cfg, schedule = setup(label, seed)
+    model = analytic_model_fn(mix, cfg)
+    t0 = time.time()
+    ems = compute_ems(model, cfg, torch.from_numpy(mix.sample(2048, seed=100 + seed)), seed=seed, **EMS_KW)
+    ems_seconds = time.time() - t0
+    full = EMS(ems.lambdas, ems.l, ems.s, ems.b, dict(ems.metadata), errors=_errors(ems))
+    t0 = time.time()
+    v = validate_ems(ems, model, cfg, num_samples=starts, dtype=torch.float64)
+    validation_seconds = time.time() - t0
+    never = {}
+    for g in GRIDS:
+        for n in range(5, 11):
+            errs = {
+                name: [v3_error(mix, schedule, st, g, n, k) for k in HELDOUT_NOISE]
+                for name, st in (("validated", ems), ("all statistics", full), ("none", None))
+            }
+            if any(isinstance(e, dict) for es in errs.values() for e in es):
+                continue
+            never[f"{g} {n}"] = {k: [float(np.mean(e)), float(np.std(e, ddof=1))] for k, e in errs.items()}
+    f = mix.model_fn(schedule)
+
+    def err(s, k):
+        x = torch.from_numpy(mix.prior_sample(64, schedule, 1.0, seed=k))
+        out = run_scheduler(copy.deepcopy(s[0]), f, schedule, x, s[1])  # a fresh copy: schedulers keep run state
+        return float(np.sqrt(np.mean((out.to(torch.float64).numpy() - _exact(mix, schedule, k)) ** 2)))
+
+    best = {}
+    for n in SMALL_NFES if best_grid else ():
+        cands = [(c[0], c[1], (c[2], c[3])) for c in ours(cfg, schedule, n, ems) + baselines(cfg, schedule, n)]
+        best[n] = choose(cands, err, SELECTION_NOISE, HELDOUT_NOISE)
+        print("mixture", label, seed, n, {k: round(r["heldout"][0], 4) for k, r in best[n].items()}, flush=True)
+    return {
+        "validation": {k: v[k] for k in ("decisions", "off", "hurt", "rows", "rule", "num_samples", "reference")},
+        "lambda_range": [float(ems.lambdas[0]), float(ems.lambdas[-1])],
+        "ems_seconds": ems_seconds,
+        "validation_seconds": validation_seconds,
+        "never_worse": never,
+        "best_grid": best,
+    }
+
+
+def _demo_candidates(kind, cfg, schedule, n, ems):
+    """(family, label, (scheduler, timesteps or None)) for demo model ``kind`` at ``n`` steps."""
+    if kind == "ddpm":
+        return [(c[0], c[1], (c[2], c[3])) for c in ours(cfg, schedule, n, ems) + baselines(cfg, schedule, n)]
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    flow = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
+    out = [("FlowMatchEuler", "default grid", (FlowMatchEulerDiscreteScheduler.from_config(cfg), None))]
+    for order in (2, 3):
+        out.append(
+            (
+                "DPM-Solver++ (flow)",
+                f"{order}M, default grid",
+                (DPMSolverMultistepScheduler.from_config(cfg, solver_order=order, **flow), None),
+            )
+        )
+        for st in ("bh1", "bh2"):
+            s = UniPCMultistepScheduler.from_config(cfg, solver_order=order, solver_type=st, **flow)
+            out.append(("UniPC (flow)", f"order {order}, {st}, default grid", (s, None)))
+    for name in GRIDS:
+        for fam, stats in ((V3_BEST, ems), (V3_NOEMS, None)):
+            for order in (2, 3):
+                for pp, corr, cp in V3_OPTIONS:
+                    kw = dict(solver_order=order, predictor_pseudo=pp, use_corrector=corr, corrector_pseudo=cp)
+                    s = DPMSolverV3Scheduler.from_config(cfg, time_grid=name, **kw).use_ems(stats)
+                    opts = "".join(k for k, on in (("p", pp), ("c", corr), ("C", cp)) if on) or "-"
+                    out.append((fam, f"order {order}, {opts}, {name}", (s, None)))
+    return out
+
+
+def demo_model(kind: str, best_grid: bool = True) -> dict:
+    """Part 2 for demo model ``kind`` ("ddpm" or "flow"): never worse (per validated grid and NFE 5-10, the
+    preset's options, with / without the statistics, held-out seeds) and, if ``best_grid``, the best-grid table."""
+    from fastsample.demo import WEIGHTS_DIR, load_ddpm_pipeline, load_flow_pipeline
+
+    pipe = (load_ddpm_pipeline if kind == "ddpm" else load_flow_pipeline)()
+    ems = EMS.load(WEIGHTS_DIR / kind / "ems.safetensors")
+    unet, cfg = pipe.unet.eval(), pipe.scheduler.config
+    schedule, ptype = schedule_for_config(cfg)
+    t_end = 0.0 if schedule.is_flow else schedule.t_min
+
+    def fn(x, t):
+        with torch.no_grad():
+            return unet(x.float(), float(schedule.timestep(t))).sample.double()
+
+    def noise(k):
+        return torch.randn((64, 1, 16, 16), generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+
+    refs, ref_error = {}, {}
+    for k in (DEMO_SELECTION if best_grid else ()) + DEMO_HELDOUT:
+        solve = [
+            sample(fn, noise(k), schedule, DPMSolverV3(order=3), grids.quadratic_t(schedule, m, t_end=t_end), ptype)
+            for m in (250, 500)
+        ]
+        refs[k], ref_error[k] = solve[1], float((solve[0] - solve[1]).pow(2).mean().sqrt())
+
+    def err(s, k):
+        sched, ts = copy.deepcopy(s[0]), s[1]
+        if ts is None:
+            sched.set_timesteps(n)
+        else:
+            sched.set_timesteps(timesteps=ts.tolist() if torch.is_tensor(ts) else list(ts))
+        try:
+            out = run_unet(unet, sched, noise(k))
+        except ValueError:  # a step finer than the statistics' grid
+            return float("inf")
+        return float((out - refs[k]).pow(2).mean().sqrt())
+
+    def v3(name, n, stats, k):
+        opts = preset(n)
+        opts.pop("time_grid")
+        lo = (1.0, 0.0) if schedule.is_flow else (float(ems.metadata["t_start"]), float(ems.metadata["t_end"]))
+        g = grids.make_grid(name, schedule, n, t_start=lo[0], t_end=lo[1])
+        with torch.no_grad():
+            out = sample(fn, noise(k), schedule, DPMSolverV3(stats=stats, **opts), g, ptype)
+        return float((out - refs[k]).pow(2).mean().sqrt())
+
+    never = {}
+    for name in FLOW_VALIDATION_GRIDS if schedule.is_flow else VALIDATION_GRIDS:
+        for n in range(5, 11):
+            e = {lab: [v3(name, n, st, k) for k in DEMO_HELDOUT] for lab, st in (("validated", ems), ("none", None))}
+            never[f"{name} {n}"] = {lab: [float(np.mean(v)), float(np.std(v, ddof=1))] for lab, v in e.items()}
+    rows = {}
+    for n in SMALL_NFES if best_grid else ():
+        cands = _demo_candidates(kind, cfg, schedule, n, ems)
+        rows[n] = choose(cands, err, DEMO_SELECTION, DEMO_HELDOUT)
+        print("demo", kind, n, {k: round(r["heldout"][0], 4) for k, r in rows[n].items()}, flush=True)
+    m = ems.metadata
+    v = m.get("validation") or {}
+    return {
+        "ems": {k: m.get(k) for k in ("format_version", "grid_size", "num_samples", "seed", "t_start", "t_end")},
+        "validation": {k: v.get(k) for k in ("off", "hurt", "rows", "num_samples")},
+        "reference_error": ref_error,
+        "never_worse": never,
+        "rows": rows,
+    }
+
+
+# --- the results file ---------------------------------------------------------------------------------------
+
+
+def _f(x: float) -> str:
+    return f"{x:.4f}" if x < 10 else f"{x:.3g}"
+
+
+def _never_row(label: str, r: dict) -> str:
+    cells = r["never_worse"].values()
+    v = r["validation"]
+    out = [label, f"{len(v['decisions']) - len(v['off'])}/{len(v['decisions'])}"]
+    for name in ("validated", "all statistics"):
+        ratios = np.array([c[name][0] / c["none"][0] for c in cells])
+        worse = sum(c[name][0] > c["none"][0] + c["none"][1] for c in cells)
+        out.append(f"{worse}/{len(ratios)}, {ratios.max():.2f}, {np.exp(np.mean(np.log(ratios))):.2f}")
+    both = sum(c["validated"][0] - c["none"][0] > np.hypot(c["validated"][1], c["none"][1]) for c in cells)
+    out.append(f"{both}/{len(cells)}")
+    se = [(d["upper"] - d["log_ratio"]) / 2 for d in r["validation"]["decisions"] if d["upper"] != 0.0]
+    spread = [c["none"][1] / c["none"][0] for c in cells]
+    out.append(f"{np.median(se) if se else float('nan'):.3f} / {np.median(spread):.3f}")
+    out.append(f"{r['ems_seconds']:.0f} + {r['validation_seconds']:.0f}")
+    return "| " + " | ".join(out) + " |"
+
+
+def _demo_never(cells: dict) -> str:
+    """One line: per validated grid and NFE, v3 with the shipped statistics vs without (preset options)."""
+    ratios = {c: v["validated"][0] / v["none"][0] for c, v in cells.items()}
+    worse = [c for c, v in cells.items() if v["validated"][0] > v["none"][0] + v["none"][1]]
+    lo, hi = min(ratios.values()), max(ratios.values())
+    geo = float(np.exp(np.mean(np.log(list(ratios.values())))))
+    return (
+        f"Never worse (preset options, every validated grid x NFE 5-10, with / without statistics): {len(worse)}/"
+        f"{len(cells)} cells worse beyond the seed spread{' (' + ', '.join(worse) + ')' if worse else ''}; ratio "
+        f"{lo:.2f}-{hi:.2f}, geometric mean {geo:.2f}."
+    )
+
+
+def _best_rows(label: str, best: dict, ours_fam: str) -> list[str]:
+    rows = []
+    for n, fams in best.items():
+        o, base = fams[ours_fam], fams.get(V3_NOEMS)
+        diff = {k: v for k, v in fams.items() if k not in (ours_fam, V3_NOEMS, V3_PRESET, "DEIS (ours)")}
+        if not diff:
+            continue
+        k = min(diff, key=lambda f: diff[f]["heldout"][0])
+        d = diff[k]
+        rows.append(
+            f"| {label} | {n} | {_f(o['heldout'][0])} ± {_f(o['heldout'][1])} | {o['config']} | {o['count']} | "
+            + (f"{_f(base['heldout'][0])} ({base['count']}) | " if base else "- | ")
+            + f"{_f(d['heldout'][0])} ± {_f(d['heldout'][1])} | {k}: {d['config']} | "
+            + f"{sum(diff[f]['count'] for f in diff)} | {o['heldout'][0] / d['heldout'][0]:.2f} |"
+        )
+    return rows
+
+
+BEST_HEAD = [
+    "| model | NFE | v3 with statistics (validated) | its config | chosen from | v3 without statistics "
+    "(chosen from) | best Diffusers | its config | Diffusers chose from | ratio |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def markdown(res: dict) -> str:
+    md = [
+        "# DPM-Solver-v3 with per-grid validated statistics: held-out mixtures and demo models",
+        "",
+        "Produced by `benchmarks/bench_dpmsolver_v3_heldout.py` (CPU, float64 solver state).",
+        "",
+    ]
+    mix = res.get("mixtures") or {}
+    if mix:
+        md += [
+            "## Held-out mixtures (seeds 10, 11): never worse than without statistics?",
+            "",
+            "Per (grid, NFE 5-10) cell, the preset's options, mean RMS error over held-out noise seeds 1-3 (64 "
+            "samples each) against the exact ODE solution. worse = mean with > mean without + std over the seeds "
+            "(without). Columns: cells where the validation kept the statistics; worse cells, max ratio, "
+            "geometric mean ratio (with / without); cells where the mean with exceeds the mean without by more "
+            "than the combined spread (both stds in quadrature); median standard error of the validation's log "
+            "RMS ratio (paired over its starts) / median relative seed-to-seed spread; wall seconds for the "
+            "statistics + the validation (2 shared CPU cores, other jobs running).",
+            "",
+            "| mixture | statistics used in | validated: worse, max, geo. mean | all statistics: worse, max, geo. mean "
+            "| validated: worse beyond both spreads | validation se / seed spread | wall seconds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        md += [_never_row(k, r) for k, r in mix.items()]
+        md += [
+            "",
+            "## Held-out mixtures: best grid and options vs the best Diffusers solver",
+            "",
+            "Each family's grid and options chosen on noise seed 0 among the number of configurations given; mean ± "
+            "std of the RMS error on seeds 1-3. Diffusers = DPM-Solver++ 2M / 3M (midpoint, heun) and UniPC (bh1, "
+            "bh2), orders 2-3, on {uniform lambda, uniform t, Karras, quadratic t}; v3 = orders 2-3 x 6 option sets "
+            "on the same grids, plus the preset. ratio = v3 with statistics / best Diffusers (< 1: v3 better).",
+            "",
+            *BEST_HEAD,
+        ]
+        for k, r in mix.items():
+            md += _best_rows(k, {int(n): v for n, v in r["best_grid"].items()}, V3_BEST)
+        missing = [k for k, r in mix.items() if not r["best_grid"]]
+        if missing:
+            md += ["", "Not measured (these runs used --no-best-grid): " + "; ".join(missing) + "."]
+        md.append("")
+    for kind, r in (res.get("demo") or {}).items():
+        e = r["ems"]
+        md += [
+            f"## Demo {kind}: shipped statistics (format {e['format_version']}, {e['grid_size']} points x "
+            f"{e['num_samples']} samples, validated), held-out noise seeds",
+            "",
+            "RMS error against a 500-step reference (statistics-free order-3 DPM-Solver-v3, quadratic t; 250 vs "
+            f"500 steps: {max(r['reference_error'].values()):.1e}); configurations chosen on seed 0, mean ± std "
+            "over seeds 1-2 (64 samples each). Validation switched the statistics off at: "
+            + (", ".join(f"{g} NFE {n}" for g, n in r["validation"]["off"]) or "nowhere")
+            + ".",
+            "",
+            *BEST_HEAD,
+        ]
+        cells = r["never_worse"]
+        md.insert(len(md) - len(BEST_HEAD), _demo_never(cells))
+        md.insert(len(md) - len(BEST_HEAD), "")
+        md += _best_rows(kind, {int(n): v for n, v in r["rows"].items()}, V3_BEST)
+        if not r["rows"]:
+            md += ["", "Best-grid comparison not measured (this run used --no-best-grid)."]
+        md.append("")
+    return "\n".join(md)
+
+
+def update(part: str, key: str, value) -> None:
+    """Store one result under the lock and rewrite the JSON and Markdown."""
+    path = RESULTS / f"{NAME}.json"
+    with file_lock(Path(tempfile.gettempdir()) / f"{NAME}.lock", what="benchmark writer"):
+        res = json.loads(path.read_text()) if path.exists() else {}
+        res.setdefault(part, {})[key] = value
+        res["torch"] = torch.__version__
+        atomic_write(path, json.dumps(res, indent=1) + "\n")
+        atomic_write(RESULTS / f"{NAME}.md", markdown(res))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--only", nargs="*", default=["mixtures", "demo"], choices=["mixtures", "demo"])
+    p.add_argument("--setups", nargs="*", default=list(SETUPS), help="mixture setups (prefixes: 64-D, 48-D)")
+    p.add_argument("--seeds", nargs="*", type=int, default=list(HELDOUT_SEEDS), help="mixture seeds, in this order")
+    p.add_argument("--validate-samples", type=int, default=1024, help="mixtures: the validation's starts")
+    p.add_argument("--no-best-grid", action="store_true", help="only the never-worse checks")
+    p.add_argument("--demo-models", nargs="*", default=["ddpm", "flow"], choices=["ddpm", "flow"])
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if "mixtures" in a.only:
+        for label in [s for s in SETUPS if any(s.startswith(x) for x in a.setups)]:
+            for seed in a.seeds:
+                key = f"{label}, mixture seed {seed}, {a.validate_samples} validation starts"
+                update("mixtures", key, mixture(label, seed, not a.no_best_grid, a.validate_samples))
+    if "demo" in a.only:
+        for kind in a.demo_models:
+            update("demo", kind, demo_model(kind, not a.no_best_grid))
+
+
+if __name__ == "__main__":
+    main()
