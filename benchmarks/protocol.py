@@ -208,9 +208,8 @@ def vp_grids(config, n: int) -> dict[str, np.ndarray]:
 
 def flow_grids(n: int) -> dict[str, np.ndarray]:
     """Flow grids (shift 1) for ``n`` steps, as sigmas: ``RectifiedFlowScheduler``'s default (n equal steps to
-    0), quadratic in t to 0, and Diffusers' FlowMatch default (``linspace(1, 1/N, n)``, then a step to 0).
-
-    ``RectifiedFlowScheduler`` takes no other flow grid option (its ``time_grid`` applies to VP models only)."""
+    0), quadratic in t to 0 (its ``time_grid='quadratic_t'``), and Diffusers' FlowMatch default
+    (``linspace(1, 1/N, n)``, then a step to 0). Karras and log-SNR grids have no finite start on a flow."""
     fs = RectifiedFlow()
     f = FlowMatchEulerDiscreteScheduler()
     f.set_timesteps(n)

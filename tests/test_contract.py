@@ -1166,3 +1166,41 @@ def test_wheel_carries_the_package_pipelines_and_demo_models(tmp_path):
     for must in ("fastsample/pipelines/rectified_flow.py", "fastsample/demo/weights/flow/rectified_flow.py"):
         assert must in names
     assert {"fastsample/demo/weights/ddpm/ems.safetensors", "fastsample/demo/weights/flow/ems.safetensors"} <= names
+
+
+# --- grid options on flow models: honoured or refused, never ignored --------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_flow_time_grid_is_honoured(case):
+    """``time_grid='quadratic_t'`` on a flow model: quadratic in unshifted t from 1 to 0, then SD3's shift once
+    (it used to give the uniform grid without a word)."""
+    from fastsample.core import grids
+
+    cls, kw = case
+    _skip_unsupported(cls, "flow", kw)
+    config = FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER).config
+    default = cls.from_config(config, **kw)
+    sched = cls.from_config(config, **kw, time_grid="quadratic_t")
+    for s in (default, sched):
+        s.set_timesteps(6)
+    base = grids.quadratic_t(sched.schedule, 6, t_end=0.0)
+    want = grids.shift_sigmas(base, shift=SD3_SCHEDULER["shift"])
+    np.testing.assert_allclose(sched._grid, want, rtol=0, atol=1e-12)
+    assert np.abs(sched._grid - default._grid).max() > 0.01
+
+
+@pytest.mark.parametrize(
+    "option", [{"time_grid": "karras"}, {"time_grid": "logSNR"}, {"use_karras_sigmas": True}, {"use_lambdas": True}]
+)
+def test_flow_grid_without_a_finite_start_is_refused(option):
+    """Karras and log-SNR spacing need a finite noise level at t = 1: a flow model refuses them in one line."""
+    config = FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER).config
+    for cls in (public.RectifiedFlowScheduler, DEISScheduler):
+        with pytest.raises(ValueError, match="flow model"):
+            cls.from_config(config, **option)
+
+
+def test_unknown_time_grid_is_refused_at_config():
+    with pytest.raises(ValueError, match="unknown time_grid 'karas'"):
+        DEISScheduler.from_config(PNDMScheduler(**SD15_SCHEDULER).config, time_grid="karas")

@@ -31,6 +31,7 @@ __all__ = [
     "diffusers_spacing",
     "check_grid",
     "GRIDS",
+    "FLOW_GRIDS",
     "make_grid",
 ]
 
@@ -166,6 +167,8 @@ GRIDS = {
     "logSNR": uniform_lambda,
 }
 """The one registry of named grids: ``make_grid(name, schedule, n, **options)``."""
+FLOW_GRIDS = (uniform_t, quadratic_t)
+"""The grids defined up to a flow's t = 1 (infinite noise level there: no Karras or log-SNR spacing)."""
 
 
 def make_grid(name: str, schedule, n: int, **kwargs) -> np.ndarray:

@@ -224,6 +224,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         else:
             self.schedule = DiscreteVP.from_config(c)
         self.prediction_type = check_prediction_type(c.prediction_type, self.schedule.is_flow)
+        self._check_grid_option()
         self.solver = self.make_solver()
         self.order = self.solver.stages
         self.plan = None
@@ -235,6 +236,18 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._step_index = None
         self._reset_run()
+
+    def _check_grid_option(self):
+        """Refuse a grid option the model cannot use (it would otherwise be ignored without a word)."""
+        name = self._grid_name()
+        if name is not None and name not in grids.GRIDS:
+            raise ValueError(f"unknown time_grid {name!r}; allowed: {', '.join(grids.GRIDS)}")
+        if self.schedule.is_flow and name is not None and grids.GRIDS[name] not in grids.FLOW_GRIDS:
+            option = f"time_grid={name!r}" if self.config.time_grid else "use_karras_sigmas / use_lambdas"
+            raise ValueError(
+                f"{option} needs a finite noise level at t = 1, which a flow model does not have; flow models take "
+                f"time_grid in {sorted(n for n, f in grids.GRIDS.items() if f in grids.FLOW_GRIDS)} or sigmas="
+            )
 
     def _reset_run(self):
         self._history = None
@@ -285,10 +298,9 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
                 base = np.asarray(sigmas, dtype=np.float64)
                 t = grids.shift_sigmas(base, shift=c.flow_shift, mu=shift_mu, time_shift_type=c.time_shift_type)
                 grid = np.concatenate([t, [0.0]]) if t[-1] > 0 else t
-            else:
-                grid = grids.flow_shift(
-                    s, num_inference_steps, shift=c.flow_shift, mu=shift_mu, time_shift_type=c.time_shift_type
-                )
+            else:  # a named grid in unshifted t from 1 to 0, shifted once
+                base = grids.make_grid(self._grid_name() or "uniform_t", s, num_inference_steps, t_end=0.0)
+                grid = grids.shift_sigmas(base, shift=c.flow_shift, mu=shift_mu, time_shift_type=c.time_shift_type)
             if not final_zero:
                 grid[-1] = grid[-2] * 1e-3
         else:
@@ -296,9 +308,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
                 ve = np.asarray(sigmas, dtype=np.float64)
                 grid = np.concatenate([s.t_of_sigma_ve(ve[ve > 0]), [0.0 if final_zero else s.t_min]])
             else:
-                name = c.time_grid
-                if name is None:
-                    name = "karras" if c.use_karras_sigmas else "uniform_lambda" if c.use_lambdas else None
+                name = self._grid_name()
                 if name is None:
                     grid = grids.diffusers_spacing(
                         s, num_inference_steps, c.timestep_spacing, c.steps_offset, final_zero=final_zero
@@ -307,6 +317,13 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
                     grid = grids.make_grid(name, s, num_inference_steps, final_zero=final_zero)
             grid = self._snap(grid)
         return grid
+
+    def _grid_name(self) -> str | None:
+        """The named grid the config asks for (``time_grid``, else Karras / uniform-lambda flags), or None."""
+        c = self.config
+        if c.time_grid is not None:
+            return c.time_grid
+        return "karras" if c.use_karras_sigmas else "uniform_lambda" if c.use_lambdas else None
 
     def _snap(self, grid):
         """Move VP evaluation times onto the integer timesteps the network was trained at.
