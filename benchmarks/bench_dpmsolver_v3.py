@@ -130,7 +130,9 @@ def ours(cfg, schedule, n, ems, grid_names=GRIDS):
     order (2, 3) x options x candidate grid, as the baselines choose theirs."""
     s = DPMSolverV3Scheduler.from_config(cfg, final_sigmas_type="sigma_min").use_ems(ems)
     s.set_timesteps(n)
-    out = [(V3_PRESET, "uniform lambda, preset", s, s.timesteps)]
+    spacing = s.config.timestep_spacing  # a config's explicit spacing replaces the preset's grid
+    grid = "uniform lambda" if spacing is None else f"{spacing} spacing (config)"
+    out = [(V3_PRESET, f"{grid}, preset options", s, s.timesteps)]
     for name in grid_names:
         ts = grid_timesteps(schedule, name, n)
         if ts is None:
