@@ -70,6 +70,8 @@ __all__ = [
     "optimize",
     "heldout_report",
     "optimize_steps",
+    "unit_errors",
+    "combine",
 ]
 
 AYS_TABLE = "StableDiffusionTimesteps"  # diffusers' AysSchedules (Sabour et al., arXiv 2404.14507)
@@ -304,21 +306,37 @@ class SchedulerRunner:
             )
         return nfe // self.stages
 
-    @torch.no_grad()
-    def run(self, grid, x: torch.Tensor, cond: Condition) -> torch.Tensor:
-        p, sch = self.problem, self.scheduler
-        kw = set_timesteps_kwargs(sch, np.asarray(grid, dtype=np.float64), p.is_flow)
+    def _mu_kwargs(self, cond: Condition) -> dict:
+        sch = self.scheduler
         if self.dynamic:
             if cond.mu is None:
                 raise ValueError(f"{type(sch).__name__} uses dynamic shifting; condition {cond.name!r} has no mu")
-            kw["mu"] = cond.mu
-        elif cond.mu is not None:
+            return {"mu": cond.mu}
+        if cond.mu is not None:
             raise ValueError(f"condition {cond.name!r} has mu but {type(sch).__name__} does not use dynamic shifting")
-        sch.set_timesteps(**kw)
+        return {}
+
+    @torch.no_grad()
+    def run(self, grid, x: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Sample from noise x on ``grid`` (file units), through ``set_timesteps(timesteps= / sigmas=)``."""
+        p, sch = self.problem, self.scheduler
+        kw = set_timesteps_kwargs(sch, np.asarray(grid, dtype=np.float64), p.is_flow)
+        sch.set_timesteps(**kw, **self._mu_kwargs(cond))
         first = float(p.model_time(grid[:1], cond)[0])
         got = float(p.noise_schedule.t_of_timestep(float(sch.timesteps[0])))
         if abs(got - first) > 1.5 / p.noise_schedule.num_train_timesteps:
             raise RuntimeError(f"{type(sch).__name__} starts at t = {got:.6f}, not at the grid's {first:.6f}")
+        return self._loop(x, cond)
+
+    @torch.no_grad()
+    def run_steps(self, num_inference_steps: int, x: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Sample from noise x with the scheduler's own grid: ``set_timesteps(num_inference_steps)``."""
+        self.scheduler.set_timesteps(num_inference_steps, **self._mu_kwargs(cond))
+        return self._loop(x, cond)
+
+    def _loop(self, x: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """A pipeline's denoising loop over the scheduler's timesteps (the model sees each label's time)."""
+        p, sch = self.problem, self.scheduler
         extra = cond.batch_kwargs(len(x))
         x = x * float(getattr(sch, "init_noise_sigma", 1.0))
         scale = getattr(sch, "scale_model_input", None)  # FlowMatch schedulers have none
@@ -515,10 +533,9 @@ def dp_path(cost: np.ndarray, n: int) -> np.ndarray:
 # --- selection error and refinement -------------------------------------------------------------------
 
 
-def _unit_errors(problem: StepProblem, runner: SchedulerRunner, grid, teachers: dict, split: str) -> dict:
-    """{(c, seed): per-sample RMS errors (float64 (batch,))} of the solver's end states against the teacher's.
-
-    A non-finite sample scores inf."""
+def unit_errors(problem: StepProblem, sample_fn: Callable, teachers: dict, split: str) -> dict:
+    """{(c, seed): per-sample RMS errors (float64 (batch,))} of ``sample_fn(noise, condition)``'s end states
+    against the teacher's, on the selection or held-out units. A non-finite sample scores inf."""
     out = {}
     conds = problem.conditions if split == "selection" else problem.heldout_conditions
     seeds = problem.seeds if split == "selection" else problem.heldout_seeds
@@ -526,7 +543,7 @@ def _unit_errors(problem: StepProblem, runner: SchedulerRunner, grid, teachers: 
         for seed in seeds:
             tr = teachers[(split, c, seed)]
             end = tr["states"][-1] if split == "selection" else tr["end"]
-            x = runner.run(grid, problem.noise(cond, seed), cond)
+            x = sample_fn(problem.noise(cond, seed), cond)
             err = ((x.double() - end.double()) ** 2).flatten(1).mean(1).sqrt()
             out[(c, seed)] = torch.where(torch.isfinite(err), err, torch.inf).numpy()
     return out
@@ -548,7 +565,7 @@ def combine(units: dict) -> dict:
 
 
 def _error(problem: StepProblem, runner: SchedulerRunner, grid, teachers: dict, split: str) -> dict:
-    return combine(_unit_errors(problem, runner, grid, teachers, split))
+    return combine(unit_errors(problem, lambda x, cond: runner.run(grid, x, cond), teachers, split))
 
 
 def refine(problem: StepProblem, error: Callable, grid, max_evals: int, progress=None) -> tuple[np.ndarray, float, int]:
