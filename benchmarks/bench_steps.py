@@ -285,7 +285,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="analytic,ddpm,flow,s3")
     ap.add_argument("--max-evals", type=int, default=300, help="refinement runs, analytic parts")
-    ap.add_argument("--demo-max-evals", type=int, default=50, help="refinement runs, demo models")
+    ap.add_argument("--demo-max-evals", type=int, default=40, help="refinement runs, demo models")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # two OpenMP threads on a shared 2-core machine run ~100x slower (spin waits)
     parts = args.parts.split(",")

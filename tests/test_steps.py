@@ -241,6 +241,24 @@ def test_vp_file_runs_on_diffusers_dpmsolver_and_every_fastsample_scheduler(tmp_
         S3Scheduler(step_schedule_file=str(path), schedule_file=str(path))
 
 
+def test_runner_on_the_config_key_equals_the_runner_on_the_files_grid(tmp_path):
+    """``run_steps(n)`` (the scheduler's own grid, here from ``step_schedule_file``) gives the samples
+    ``run(grid)`` gives with the file's grid through ``timesteps=``, and the per-sample errors agree."""
+    from fastsample.steps.optimize import unit_errors
+
+    p = vp_problem(fine_steps=8, teacher_substeps=1, batch_size=8)
+    sched = StepSchedule(np.append(VP.t_of_timestep(np.array([999.0, 600, 250, 60])), 0.0), "t", 4)
+    sched.save(tmp_path / "vp.json")
+    by_key = SchedulerRunner(DEISScheduler(step_schedule_file=str(tmp_path / "vp.json")), p)
+    by_grid = SchedulerRunner(DEISScheduler(), p)
+    cond, x = p.conditions[0], p.noise(p.conditions[0], 0)
+    torch.testing.assert_close(by_key.run_steps(4, x, cond), by_grid.run(sched.values, x, cond), rtol=0, atol=0)
+    teachers = compute_teachers(p)
+    a = unit_errors(p, lambda x, c: by_key.run_steps(4, x, c), teachers, "heldout")
+    b = unit_errors(p, lambda x, c: by_grid.run(sched.values, x, c), teachers, "heldout")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) and a[k].shape == (8,) for k in a)
+
+
 def test_flow_file_through_the_config_key_shifts_once(flow_file):
     _, sched, path = flow_file
     s = RectifiedFlowScheduler(step_schedule_file=str(path), use_dynamic_shifting=True)
