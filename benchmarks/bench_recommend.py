@@ -12,9 +12,9 @@ Contestants (every grid is given to every scheduler that takes it, ours and Diff
   (timestep spacing, Karras / lambda / exponential / beta sigmas, where the class has them), and on every
   fixed grid (trailing or uniform, Karras, log-SNR, quadratic, AYS-style) through ``timesteps=`` /
   ``sigmas=`` where its ``set_timesteps`` takes them (in this Diffusers only DPM-Solver++ for VP models).
-- Ours, general (no model-specific file): UniPC-bh2 and DPM-Solver++2M (``S3Scheduler``), DEIS tAB3 and iPNDM,
-  each at its default grid and the config grids (trailing, Karras, log-SNR, quadratic); flow: our Euler,
-  multistep2, multistep3, UniPC-bh2 and DEIS tAB3 at the default (shifted uniform) grid.
+- Ours, general (no model-specific file): UniPC-bh2 and DPM-Solver++2M (``S3Scheduler``), DEIS tAB3, iPNDM3
+  and iPNDM4, each at its default grid and the config grids (trailing, Karras, log-SNR, quadratic); flow:
+  our Euler, multistep2, multistep3, UniPC-bh2 and DEIS tAB3 at the default (shifted uniform) grid.
 - Ours, model-specific: UniPC-bh2 / flow multistep2 with the shipped optimised step schedule
   (eval/schedules/steps_demo_*), DPM-Solver-v3 with the shipped statistics, the S^3 searched NFE-5 schedule.
 
@@ -105,6 +105,7 @@ def contestants(which: str, cfg: dict) -> list[dict]:
             ("UniPC-bh2 (ours)", S3Scheduler, {"builtin_schedule": "unipc-bh2"}),
             ("DPM-Solver++2M (ours)", S3Scheduler, {"builtin_schedule": "dpmsolver++2m"}),
             ("DEIS tAB3 (ours)", DEISScheduler, {"solver_order": 3, "deis_variant": "tab"}),
+            ("DEIS iPNDM3 (ours)", DEISScheduler, {"solver_order": 3, "deis_variant": "ipndm"}),
             ("DEIS iPNDM4 (ours)", DEISScheduler, {"solver_order": 4, "deis_variant": "ipndm"}),
         ]:
             out.append(c("ours-general", label, cls, **kw))
