@@ -34,9 +34,10 @@ from diffusers import (
 from sklearn.datasets import load_digits
 
 from fastsample import DEISScheduler
-from fastsample.analytic import GaussianMixture
-from fastsample.schedules import DiscreteVP
-from fastsample.sweep import atomic_write, steps_for_nfe
+from fastsample._io import atomic_write
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import DiscreteVP
+from fastsample.sweep.runner import steps_for_nfe
 
 NFES = [4, 5, 6, 8, 10, 15, 20]
 OUT = Path(__file__).parent / "results"

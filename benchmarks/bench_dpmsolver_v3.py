@@ -30,11 +30,14 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from fastsample import DPMSolverV3Scheduler, grids
-from fastsample.analytic import GaussianMixture
-from fastsample.ems import EMS, analytic_model_fn, compute_ems, schedule_for_config
-from fastsample.sampling import sample
+from fastsample import DPMSolverV3Scheduler
+from fastsample.core import grids
+from fastsample.core.analytic import GaussianMixture
+from fastsample.ems.estimation import compute_ems
+from fastsample.ems.models import analytic_model_fn
+from fastsample.formats.ems_file import EMS, schedule_for_config
 from fastsample.solvers.dpmsolver_v3 import DPMSolverV3, preset, shrink
+from fastsample.solvers.sampling import sample
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NFES = (5, 6, 8, 10, 15, 20)
@@ -377,7 +380,7 @@ def heldout() -> dict:
       mean with exceeds the mean without by more than the seed-to-seed spread (std over seeds, without);
     - best grid: every method's best grid and options chosen on the selection seed, error on the held-out seeds.
     """
-    from fastsample.ems import validate_ems
+    from fastsample.ems.validation import validate_ems
 
     out = {}
     for label in SETUPS:
@@ -444,7 +447,8 @@ def demo_check() -> dict:
     """``validate_ems`` on both demo models with their shipped statistics (version 1: bounds, no shrinkage):
     RMS error with / without statistics per grid and NFE on 64 standard-normal starts against a 200-step
     reference (the validation's own starts: a check, not a held-out selection)."""
-    from fastsample.ems import unet_model_fn, validate_ems
+    from fastsample.ems.models import unet_model_fn
+    from fastsample.ems.validation import validate_ems
 
     out = {}
     for kind in ("ddpm", "flow"):

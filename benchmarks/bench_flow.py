@@ -38,8 +38,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
 from fastsample import RectifiedFlowScheduler
-from fastsample.analytic import GaussianMixture
-from fastsample.schedules import RectifiedFlow
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import RectifiedFlow
 
 NFES = list(range(4, 11))
 OUT = Path(__file__).parent / "results"
@@ -105,7 +105,7 @@ def flowchef_analytic():
     import test_flowchef as tf
     from scipy import stats
 
-    from fastsample.flowchef import FlowChef, Inpainting, SuperResolution
+    from fastsample.steering.flowchef import FlowChef, Inpainting, SuperResolution
 
     mix = GaussianMixture.random(dim=16, components=4, seed=2, spread=1.5)
     n = tf.N
@@ -150,11 +150,11 @@ def flowchef_analytic():
 _MEMORY_CHILD = r"""
 import json, sys, time, torch
 from fastsample.demo.models import make_unet
-from fastsample.flowchef import FlowChef, Inpainting, box_mask
-from fastsample.sampling import sample
-from fastsample.schedules import RectifiedFlow
+from fastsample.steering.flowchef import FlowChef, Inpainting, box_mask
+from fastsample.solvers.sampling import sample
+from fastsample.core.schedules import RectifiedFlow
 from fastsample.solvers.flow import make_flow_solver
-from fastsample import grids
+from fastsample.core import grids
 torch.set_num_threads(1)
 variant, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)

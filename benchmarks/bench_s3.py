@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastsample.analytic import GaussianMixture
-from fastsample.schedules import DiscreteVP, betas_for_schedule
-from fastsample.usf.search import SearchProblem, report, search
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import DiscreteVP, betas_for_schedule
+from fastsample.search.evolution import report, search
+from fastsample.search.problem import SearchProblem
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

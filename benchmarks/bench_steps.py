@@ -33,8 +33,8 @@ from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteSchedul
 
 from fastsample import DEISScheduler, RectifiedFlowScheduler, S3Scheduler
 from fastsample._io import atomic_write
-from fastsample.analytic import GaussianMixture
-from fastsample.schedules import DiscreteVP, RectifiedFlow, betas_for_schedule
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import DiscreteVP, RectifiedFlow, betas_for_schedule
 from fastsample.steps import Condition, SchedulerRunner, StepProblem, compute_teachers, fixed_grids, optimize
 from fastsample.steps.models import demo
 from fastsample.steps.optimize import combine, heldout_report, teacher_model_calls, to_schedule
@@ -181,7 +181,8 @@ def demo_part(which, max_evals):
 
 def s3_part(max_evals):
     """S^3 search and ours at NFE 5 on the analytic VP mixture, with about the same sample evaluations."""
-    from fastsample.usf.search import SearchProblem, report, search
+    from fastsample.search.evolution import report, search
+    from fastsample.search.problem import SearchProblem
 
     vp = DiscreteVP.from_betas(betas_for_schedule("linear"))
     mix = GaussianMixture.random(dim=8, components=8, seed=0, width=(0.01, 0.1))

@@ -35,7 +35,7 @@ def schedulers(cfg):
 
 
 def run(sched, unet, n: int, dev: torch.device, nan_at: int | None = None) -> dict:
-    from fastsample.sampling import NonFiniteModelOutput
+    from fastsample.solvers.sampling import NonFiniteModelOutput
 
     sched.set_timesteps(n, device=dev)
     x = torch.randn((8, 1, 16, 16), device=dev, generator=torch.Generator(dev).manual_seed(0))

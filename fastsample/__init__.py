@@ -1,17 +1,29 @@
 """fastsample: few-step samplers for diffusion and flow models as drop-in Diffusers schedulers.
 
-Layers (see docs/design.md): noise schedules (:mod:`.schedules`), time grids (:mod:`.grids`), the
-parameterisation (:mod:`.parameterization`), solvers as float64 plans (:mod:`.solvers`),
-steering hooks, the Diffusers adapter (:mod:`.adapter`) and the public schedulers
-(:mod:`.schedulers`). :mod:`.analytic` holds exact Gaussian-mixture models for testing.
+Layers, bottom up (see docs/design.md): :mod:`.core` (noise schedules, time grids, the parameterisation,
+the exact Gaussian-mixture oracle), :mod:`.formats` (files solvers and schedulers read), :mod:`.solvers`
+(float64 plans and the sampling loop), :mod:`.steering`, :mod:`.schedulers` (the Diffusers adapter and the
+public schedulers), :mod:`.pipelines`; then the apps (:mod:`.fid`, :mod:`.sweep`, :mod:`.search`,
+:mod:`.ems`, :mod:`.steps`, :mod:`.cli`) and :mod:`.demo`. Importing fastsample imports no app:
+``fastsample.compute_ems`` loads :mod:`fastsample.ems` on first use (PEP 562 ``__getattr__``).
 """
 
-from .analytic import GaussianMixture
-from .ems import EMS, compute_ems
-from .flowchef import FlowChef
-from .sampling import NonFiniteModelOutput, sample
+from .core.analytic import GaussianMixture
+from .formats.ems_file import EMS
 from .schedulers import *  # noqa: F403
 from .schedulers import __all__ as _schedulers
+from .solvers.sampling import NonFiniteModelOutput, sample
+from .steering.flowchef import FlowChef
 
 __version__ = "0.1.0"
-__all__ = ["EMS", "compute_ems", "FlowChef", "GaussianMixture", "NonFiniteModelOutput", "sample", *_schedulers]
+__all__ = ["EMS", "compute_ems", "FlowChef",  # noqa: F405 (compute_ems: __getattr__ below)
+   "GaussianMixture", "NonFiniteModelOutput", "sample", *_schedulers]
+
+
+def __getattr__(name: str):
+    """``fastsample.compute_ems``: imported on first use, so that ``import fastsample`` loads no app."""
+    if name == "compute_ems":
+        from .ems.estimation import compute_ems
+
+        return compute_ems
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

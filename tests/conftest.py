@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastsample.analytic import GaussianMixture
-from fastsample.sampling import sample
-from fastsample.schedules import EDM, DiscreteVP, LinearVP, RectifiedFlow, betas_for_schedule
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import EDM, DiscreteVP, LinearVP, RectifiedFlow, betas_for_schedule
+from fastsample.solvers.sampling import sample
 
 
 @pytest.fixture(scope="session")

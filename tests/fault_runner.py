@@ -47,18 +47,17 @@ if event in ("write", "renamed"):
 
     os.replace = replace
 elif event == "generate":
-    from fastsample import sweep
+    from fastsample.sweep import sources
 
-    sweep.UNetSource.generate = counted(sweep.UNetSource.generate)
+    sources.UNetSource.generate = counted(sources.UNetSource.generate)
 elif event == "evaluate":
-    import importlib
+    from fastsample.search import baselines, evolution
 
-    search = importlib.import_module("fastsample.usf.search")  # the package exports a function of that name
-    search.fitness_of = counted(search.fitness_of)
+    evolution.fitness_of = baselines.fitness_of = counted(evolution.fitness_of)
 elif event == "jvp":
-    from fastsample import ems
+    from fastsample.ems import estimation
 
-    ems._jvp = counted(ems._jvp)
+    estimation._jvp = counted(estimation._jvp)
 else:
     raise SystemExit(f"unknown event {event!r}")
 

@@ -39,10 +39,10 @@ from tiny_pipelines import (
 )
 
 import fastsample.schedulers as public
-from fastsample.adapter import FastScheduler
-from fastsample.sampling import NonFiniteModelOutput
 from fastsample.schedulers import DEISScheduler
+from fastsample.schedulers.adapter import FastScheduler
 from fastsample.solvers.ddim import DDIMSolver
+from fastsample.solvers.sampling import NonFiniteModelOutput
 
 
 class DDIMTestScheduler(FastScheduler):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
-from fastsample import grids
-from fastsample.analytic import GaussianMixture
-from fastsample.parameterization import check_prediction_type, from_x0_eps, to_x0_eps
-from fastsample.schedules import EDM, DiscreteVP, LinearVP, RectifiedFlow, betas_for_schedule
+from fastsample.core import grids
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.parameterization import check_prediction_type, from_x0_eps, to_x0_eps
+from fastsample.core.schedules import EDM, DiscreteVP, LinearVP, RectifiedFlow, betas_for_schedule
 
 SCHEDULES = [
     DiscreteVP.from_betas(betas_for_schedule("linear")),

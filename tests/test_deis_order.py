@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastsample.grids import uniform_lambda, uniform_t
+from fastsample.core.grids import uniform_lambda, uniform_t
 from fastsample.solvers import DEISSolver
 
 TOL = 0.4

@@ -8,11 +8,11 @@ import torch
 from diffusers import DDIMScheduler, DEISMultistepScheduler
 from scipy.integrate import quad
 
-from fastsample.grids import flow_shift, karras, quadratic_t, uniform_lambda, uniform_t
-from fastsample.sampling import sample
-from fastsample.schedules import DiscreteVP, LinearVP
+from fastsample.core.grids import flow_shift, karras, quadratic_t, uniform_lambda, uniform_t
+from fastsample.core.schedules import DiscreteVP, LinearVP
 from fastsample.solvers import DDIMSolver, DEISSolver
 from fastsample.solvers.deis import _alpha_sigma_rho, _tab_weights
+from fastsample.solvers.sampling import sample
 
 MULTISTEP = ("tab", "rhoab", "logrho", "ipndm")
 

@@ -9,11 +9,14 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from fastsample import DPMSolverV3Scheduler, grids
-from fastsample.analytic import GaussianMixture
-from fastsample.ems import EMS, EMSFileError, EMSMismatchError, analytic_model_fn, compute_ems, schedule_for_config
-from fastsample.sampling import sample
+from fastsample import DPMSolverV3Scheduler
+from fastsample.core import grids
+from fastsample.core.analytic import GaussianMixture
+from fastsample.ems.estimation import compute_ems
+from fastsample.ems.models import analytic_model_fn
+from fastsample.formats.ems_file import EMS, EMSFileError, EMSMismatchError, schedule_for_config
 from fastsample.solvers.dpmsolver_v3 import DPMSolverV3, derivative_weights, preset
+from fastsample.solvers.sampling import sample
 
 CFG = DDPMScheduler().config
 MIX = GaussianMixture.random(dim=4, components=3, seed=2)
@@ -237,7 +240,8 @@ def test_tiny_stable_diffusion_with_guidance_and_statistics(tmp_path):
     """Statistics of a tiny SD UNet with CFG 6.0 on VAE latents, then the real pipeline with them."""
     from tiny_pipelines import sd_pipeline
 
-    from fastsample.ems import model_fingerprint, unet_model_fn, vae_latents
+    from fastsample.ems.models import unet_model_fn, vae_latents
+    from fastsample.formats.ems_file import model_fingerprint
 
     pipe = sd_pipeline(0)
     pe, ne = pipe.encode_prompt(["a cat"], "cpu", 1, True, negative_prompt=["dog"])[:2]
@@ -409,7 +413,7 @@ def test_statistics_of_a_model_without_time_derivative_do_not_diverge(ems, monke
 def test_validation_is_stored_and_the_scheduler_warns_once(ems, tmp_path, caplog):
     import logging
 
-    from fastsample.ems import validate_ems, validation_text
+    from fastsample.ems.validation import validate_ems, validation_text
 
     v = validate_ems(
         ems, analytic_model_fn(MIX, CFG), CFG, nfes=(5, 8), num_samples=16, reference_steps=60, dtype=torch.float64

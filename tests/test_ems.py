@@ -13,18 +13,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from fastsample.analytic import GaussianMixture
-from fastsample.ems import (
-    EMS,
-    EMSFileError,
-    EMSMismatchError,
-    analytic_model_fn,
-    compute_ems,
-    model_fingerprint,
-    schedule_for_config,
-    unet_model_fn,
-    vae_latents,
-)
+from fastsample.core.analytic import GaussianMixture
+from fastsample.ems.estimation import compute_ems
+from fastsample.ems.models import analytic_model_fn, unet_model_fn, vae_latents
+from fastsample.formats.ems_file import EMS, EMSFileError, EMSMismatchError, model_fingerprint, schedule_for_config
 
 CFG = DDPMScheduler().config  # linear betas, epsilon
 
@@ -302,7 +294,7 @@ def test_cli_demo_like_unet(tmp_path, monkeypatch, capsys):
     from diffusers import DDPMPipeline
     from tiny_pipelines import ddpm_pipeline
 
-    from fastsample.ems import main
+    from fastsample.ems.cli import main
 
     pipe = ddpm_pipeline()
     pipe.save_pretrained(tmp_path / "pipe")
@@ -446,7 +438,7 @@ def test_model_not_differentiable_in_the_timestep_is_refused(which):
 def test_summary_says_when_more_samples_are_needed(small_ems):
     """Statistics 1.2 standard errors from DPM-Solver++'s values (3 elements) are partly noise (James-Stein weight
     0.2-0.8): more samples needed; fifty standard errors away they are resolved."""
-    from fastsample.ems import summary
+    from fastsample.ems.validation import summary
 
     k = small_ems.l.shape
     errors = {n: np.full(k, 0.1) for n in ("se_l", "se_s", "se_b")}

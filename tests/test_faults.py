@@ -25,7 +25,9 @@ from PIL import Image
 from fastsample import _io, cli, demo, sweep
 from fastsample.fid import FeatureStatistics
 from fastsample.fid import cli as fid_cli
-from fastsample.usf.search import SearchProblem, search
+from fastsample.search.evolution import search
+from fastsample.search.problem import SearchProblem
+from fastsample.sweep import sources
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "tests" / "fault_runner.py"
@@ -132,13 +134,13 @@ def _config(folder: Path, nfe="[2]", model='kind = "demo-ddpm"', reference="demo
 def generated(monkeypatch):
     """Sample indices of every sweep batch drawn in this process."""
     calls = []
-    original = sweep.UNetSource.generate
+    original = sources.UNetSource.generate
 
     def counted(self, scheduler, n_steps, indices, guidance):
         calls.append(list(indices))
         return original(self, scheduler, n_steps, indices, guidance)
 
-    monkeypatch.setattr(sweep.UNetSource, "generate", counted)
+    monkeypatch.setattr(sources.UNetSource, "generate", counted)
     return calls
 
 
@@ -172,8 +174,8 @@ def test_edited_input_file_is_not_served_from_a_stale_cell(tmp_path, edit):
     folder.mkdir()
     shutil.copy(ROOT / "eval" / "schedules" / "demo_ddpm_nfe5.json", folder / "sched.json")
     shutil.copytree(demo.WEIGHTS_DIR / "ddpm", folder / "model")
-    net = sweep.FeatureNet({"features": "demo-classifier"}, "cpu")
-    sweep.reference_statistics({"reference": "demo-heldout"}, net, tmp_path)  # caches the held-out digits'
+    net = sources.FeatureNet({"features": "demo-classifier"}, "cpu")
+    sources.reference_statistics({"reference": "demo-heldout"}, net, tmp_path)  # caches the held-out digits'
     shutil.copy(next(tmp_path.glob("reference_stats-*.npz")), folder / "ref.npz")
     s3 = '[[schedulers]]\nname = "fastsample.S3Scheduler"\nlabel = "S3"\nconfig = { schedule_file = "sched.json" }\n'
     # relative paths everywhere (resolved against the config file, not the current folder)
@@ -363,8 +365,8 @@ SEARCH += ["--high-fidelity", "64", "--quiet", "--gmm-dim", "4", "--gmm-componen
 
 
 def _gmm_problem(seed=0):
-    from fastsample.analytic import GaussianMixture
-    from fastsample.schedules import DiscreteVP, betas_for_schedule
+    from fastsample.core.analytic import GaussianMixture
+    from fastsample.core.schedules import DiscreteVP, betas_for_schedule
 
     mix = GaussianMixture.random(4, 3, seed=seed, width=(0.01, 0.1))
     return SearchProblem.analytic(mix, DiscreteVP.from_betas(betas_for_schedule("linear")))
@@ -462,7 +464,7 @@ def test_killed_search_resumes_bit_identical(tmp_path):
 EMS_CHILD = """
 import sys, torch
 from diffusers import DDPMScheduler
-from fastsample.analytic import GaussianMixture
+from fastsample.core.analytic import GaussianMixture
 from fastsample.ems import analytic_model_fn, compute_ems
 mix = GaussianMixture.random(dim=3, components=2, seed=1)
 cfg = DDPMScheduler().config
@@ -474,7 +476,7 @@ ems.save(sys.argv[-1])
 
 @pytest.mark.slow
 def test_killed_ems_resumes_bit_identical(tmp_path):
-    from fastsample.ems import EMS
+    from fastsample.formats.ems_file import EMS
 
     assert _run("jvp", 0, ["-c", EMS_CHILD, tmp_path / "full.ckpt", tmp_path / "full.st"]).returncode == 0
     rng = random.Random(3)
@@ -495,8 +497,9 @@ def test_killed_ems_resumes_bit_identical(tmp_path):
 def test_ems_checkpoint_of_other_data_or_broken_is_refused(tmp_path):
     from diffusers import DDPMScheduler
 
-    from fastsample.analytic import GaussianMixture
-    from fastsample.ems import analytic_model_fn, compute_ems
+    from fastsample.core.analytic import GaussianMixture
+    from fastsample.ems.estimation import compute_ems
+    from fastsample.ems.models import analytic_model_fn
 
     mix = GaussianMixture.random(dim=3, components=2, seed=1)
     cfg = DDPMScheduler().config

@@ -4,13 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastsample.fid.inception import (
-    FIDInceptionV3,
-    find_weights,
-    images_to_uint8,
-    no_tf32,
-    resize_and_normalize,
-)
+from fastsample.fid.inception import FIDInceptionV3, find_weights, images_to_uint8, no_tf32, resize_and_normalize
 
 
 @pytest.fixture(scope="module")

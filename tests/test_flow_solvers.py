@@ -5,13 +5,13 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from fastsample import grids
-from fastsample.analytic import GaussianMixture
-from fastsample.sampling import sample
+from fastsample.core import grids
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import RectifiedFlow
 from fastsample.schedulers import RectifiedFlowScheduler
-from fastsample.schedules import RectifiedFlow
 from fastsample.solvers.base import History
 from fastsample.solvers.flow import FLOW_SOLVERS, ExpMultistepSolver, make_flow_solver
+from fastsample.solvers.sampling import sample
 
 FLOW = RectifiedFlow()
 ORDERS = {"euler": 1, "heun": 2, "midpoint": 2, "rk3": 3, "rk4": 4, "multistep2": 2, "multistep3": 3}

@@ -1,23 +1,23 @@
-"""Reflow pair generation (resumable safetensors shards) and the straightness metric (fastsample.flow_tools)."""
+"""Reflow pair generation (resumable safetensors shards) and the straightness metric (steering.flow_tools)."""
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from fastsample import grids
-from fastsample.analytic import GaussianMixture
-from fastsample.flow_tools import (
+from fastsample.core import grids
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import DiscreteVP, RectifiedFlow, betas_for_schedule
+from fastsample.solvers.deis import DEISSolver
+from fastsample.solvers.flow import make_flow_solver
+from fastsample.solvers.sampling import sample
+from fastsample.steering.flow_tools import (
     StraightnessMeter,
     generate_reflow_pairs,
     load_reflow_pairs,
     ode_endpoint,
     straightness,
 )
-from fastsample.sampling import sample
-from fastsample.schedules import DiscreteVP, RectifiedFlow, betas_for_schedule
-from fastsample.solvers.deis import DEISSolver
-from fastsample.solvers.flow import make_flow_solver
 
 FLOW = RectifiedFlow()
 MIX = GaussianMixture.random(dim=4, components=3, seed=0)
@@ -90,8 +90,8 @@ def test_straightness():
 def test_reflow_pairs_from_a_pipeline(tmp_path):
     import tiny_pipelines as tp
 
-    from fastsample.flow_tools import pipeline_endpoint
     from fastsample.schedulers import RectifiedFlowScheduler
+    from fastsample.steering.flow_tools import pipeline_endpoint
 
     pipe = tp.sd3_pipeline()
     pipe.scheduler = RectifiedFlowScheduler.from_config(pipe.scheduler.config)

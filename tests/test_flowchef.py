@@ -1,4 +1,4 @@
-"""FlowChef steering (fastsample.flowchef) on the exact Gaussian-mixture flow model.
+"""FlowChef steering (fastsample.steering.flowchef) on the exact Gaussian-mixture flow model.
 
 Distribution check used for the unobserved part: for a diagonal Gaussian mixture and a linear
 measurement y = A x0 the exact posterior p(x0 | y) is again a Gaussian mixture (Gaussian
@@ -15,9 +15,13 @@ import pytest
 import torch
 from scipy import stats
 
-from fastsample import grids
-from fastsample.analytic import GaussianMixture
-from fastsample.flowchef import (
+from fastsample.core import grids
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.schedules import DiscreteVP, RectifiedFlow, betas_for_schedule
+from fastsample.schedulers import RectifiedFlowScheduler
+from fastsample.solvers.flow import make_flow_solver
+from fastsample.solvers.sampling import sample
+from fastsample.steering.flowchef import (
     ClassifierGuidance,
     Deblurring,
     Decoded,
@@ -28,10 +32,6 @@ from fastsample.flowchef import (
     box_mask,
     latent_mask,
 )
-from fastsample.sampling import sample
-from fastsample.schedulers import RectifiedFlowScheduler
-from fastsample.schedules import DiscreteVP, RectifiedFlow, betas_for_schedule
-from fastsample.solvers.flow import make_flow_solver
 
 FLOW = RectifiedFlow()
 N = 256

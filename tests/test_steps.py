@@ -16,9 +16,10 @@ from diffusers import (
 )
 
 from fastsample import DEISScheduler, DPMSolverV3Scheduler, RectifiedFlowScheduler, S3Scheduler
-from fastsample.analytic import GaussianMixture
-from fastsample.grids import shift_sigmas
-from fastsample.schedules import DiscreteVP, RectifiedFlow, betas_for_schedule
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.grids import shift_sigmas
+from fastsample.core.schedules import DiscreteVP, RectifiedFlow, betas_for_schedule
+from fastsample.formats.solver_schedule import ScheduleError
 from fastsample.steps import (
     CheckpointMismatch,
     Condition,
@@ -33,7 +34,6 @@ from fastsample.steps import (
     optimize,
     optimize_steps,
 )
-from fastsample.usf.schedule import ScheduleError
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fastsample import sweep
+from fastsample.sweep import sources
 
 CONFIG = """
 [sweep]
@@ -42,13 +43,13 @@ def _config(tmp_path, batch=6, name="sweep.toml"):
 @pytest.fixture
 def count_generate(monkeypatch):
     calls = []
-    original = sweep.UNetSource.generate
+    original = sources.UNetSource.generate
 
     def counted(self, *args, **kwargs):
         calls.append(args[1])
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(sweep.UNetSource, "generate", counted)
+    monkeypatch.setattr(sources.UNetSource, "generate", counted)
     return calls
 
 
@@ -76,7 +77,7 @@ class Interrupted(Exception):
 
 def test_interrupted_sweep_keeps_finished_cells_and_resumes(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
-    original = sweep.UNetSource.generate
+    original = sources.UNetSource.generate
     calls, armed = [], [True]
 
     def dies_on_third_batch(self, *args, **kwargs):
@@ -86,7 +87,7 @@ def test_interrupted_sweep_keeps_finished_cells_and_resumes(tmp_path, monkeypatc
             raise Interrupted
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(sweep.UNetSource, "generate", dies_on_third_batch)
+    monkeypatch.setattr(sources.UNetSource, "generate", dies_on_third_batch)
     with pytest.raises(Interrupted):
         sweep.run_sweep(cfg, progress=False)
     finished = sorted(p.name for p in (cfg.output / "cells").glob("*.json"))

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from fastsample import sweep
-from fastsample.sweep_report import SHEET_SAMPLES
+from fastsample.sweep import sources
+from fastsample.sweep.report import SHEET_SAMPLES
 
 CONFIG = """
 [sweep]
@@ -84,7 +85,7 @@ def test_cells_follow_the_reference_images(tmp_path):
         'reference = "demo-heldout"', 'reference = "demo-heldout"\nreference_images = "refs"'
     )
     path.write_text(text.replace('reference = "demo-heldout"', 'reference = "ref.npz"'))
-    net = sweep.FeatureNet({"features": "demo-classifier"}, "cpu")
+    net = sources.FeatureNet({"features": "demo-classifier"}, "cpu")
     from fastsample.fid import FeatureStatistics
 
     stats = FeatureStatistics()

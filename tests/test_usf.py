@@ -12,13 +12,16 @@ import torch
 from diffusers import DDIMScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from scipy.integrate import quad
 
-from fastsample.analytic import GaussianMixture
-from fastsample.grids import uniform_lambda, uniform_t
+from fastsample.core.analytic import GaussianMixture
+from fastsample.core.grids import uniform_lambda, uniform_t
+from fastsample.core.schedules import DiscreteVP, LinearVP, RectifiedFlow, betas_for_schedule
+from fastsample.formats import solver_schedule
+from fastsample.formats.solver_schedule import Corrector, Derivative, ScheduleError, SolverSchedule, Step, load
+from fastsample.formats.usf_pth import from_usf
 from fastsample.schedulers import S3Scheduler
-from fastsample.schedules import DiscreteVP, LinearVP, RectifiedFlow, betas_for_schedule
-from fastsample.usf import USFSolver, from_diffusers, from_usf, load, sample
-from fastsample.usf import schedule as S
-from fastsample.usf.schedule import Corrector, Derivative, ScheduleError, SolverSchedule, Step
+from fastsample.solvers.usf import builtins as S
+from fastsample.solvers.usf.builtins import from_diffusers
+from fastsample.solvers.usf.executor import USFSolver, sample
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -217,7 +220,8 @@ def test_round_trip(tmp_path):
     back = load(path)
     assert back.to_dict() == sch.to_dict()
     d = json.loads(path.read_text())
-    assert d["format"] == S.FORMAT and d["version"] == S.VERSION and d["nfe"] == sch.nfe == 7
+    assert d["format"] == solver_schedule.FORMAT and d["version"] == solver_schedule.VERSION
+    assert d["nfe"] == sch.nfe == 7
 
 
 def _write(tmp_path, d):
@@ -365,7 +369,8 @@ def test_s3_unknown_builtin():
 
 
 def test_tiny_search_checkpoint_resume(tmp_path):
-    from fastsample.usf.search import SearchProblem, report, search
+    from fastsample.search.evolution import report, search
+    from fastsample.search.problem import SearchProblem
 
     mix = GaussianMixture.random(dim=4, components=3, seed=0)
     prob = SearchProblem.analytic(mix, DiscreteVP.from_betas(betas_for_schedule("linear")))
@@ -394,7 +399,8 @@ def test_tiny_search_checkpoint_resume(tmp_path):
 
 
 def test_timestep_only_search_keeps_decisions():
-    from fastsample.usf.search import SearchProblem, search
+    from fastsample.search.evolution import search
+    from fastsample.search.problem import SearchProblem
 
     mix = GaussianMixture.random(dim=4, components=3, seed=1)
     prob = SearchProblem.analytic(mix, LinearVP())
@@ -482,7 +488,8 @@ def test_s3_file_schedule_img2img_restart(tmp_path, mixture):
 
 def test_fid_fitness_search():
     """The Frechet-distance fitness (fastsample.fid) against the reference samples, raw coordinates as features."""
-    from fastsample.usf.search import SearchProblem, fitness_of, search
+    from fastsample.search.evolution import search
+    from fastsample.search.problem import SearchProblem, fitness_of
 
     mix = GaussianMixture.random(dim=3, components=2, seed=2)
     prob = SearchProblem.analytic(mix, LinearVP())

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._args import ArgumentParser, error_line, positive_int
+from .._args import device as device_arg
 from .._io import UserError, refuse_existing
-from ..cli import ArgumentParser, error_line, positive_int
-from ..cli import device as device_arg
 from .inception import BLOCK_DIMS, RESIZE_MODES, FIDInceptionV3, network_name
 from .stats import FeatureStatistics, fid_from_statistics
 from .suite import METRICS, MetricSuite, parse_metrics

@@ -1,6 +1,6 @@
 """FlowChef-steered SD3 and Flux pipelines (Patel et al., arXiv 2412.00100).
 
-The steering lives in the scheduler (:class:`fastsample.flowchef.FlowChef` as ``scheduler.steering``),
+The steering lives in the scheduler (:class:`fastsample.steering.flowchef.FlowChef` as ``scheduler.steering``),
 so these subclasses keep Diffusers' sampling loops untouched and add:
 
 - ``__call__(..., flowchef=...)``: run the ordinary pipeline with a :class:`FlowChef` attached for
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
-from ..adapter import FastScheduler
-from ..flowchef import Deblurring, Decoded, FlowChef, Inpainting, SuperResolution, latent_mask
+from ..schedulers.adapter import FastScheduler
 from ..schedulers.rectified_flow import RectifiedFlowScheduler
+from ..steering.flowchef import Deblurring, Decoded, FlowChef, Inpainting, SuperResolution, latent_mask
 from .base import FolderCodeMixin
 
 __all__ = ["FlowChefStableDiffusion3Pipeline", "FlowChefFluxPipeline", "TASKS"]

@@ -1,4 +1,4 @@
-"""Public Diffusers scheduler classes (thin files over :mod:`fastsample.adapter`)."""
+"""Public Diffusers scheduler classes (thin files over :mod:`fastsample.schedulers.adapter`)."""
 
 from .deis import DEISScheduler
 from .dpmsolver_v3 import DPMSolverV3Scheduler

@@ -11,8 +11,8 @@ which steadies trained networks at few steps; exact models prefer it off.
 
 from __future__ import annotations
 
-from ..adapter import FastScheduler
 from ..solvers.deis import DEISSolver
+from .adapter import FastScheduler
 
 
 class DEISScheduler(FastScheduler):

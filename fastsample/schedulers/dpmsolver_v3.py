@@ -10,7 +10,7 @@ as does the time grid when none of ``time_grid``, ``use_karras_sigmas``, ``use_l
 to None here (the preset); "linspace", "leading" or "trailing" give diffusers' integer timesteps, as for
 ``DPMSolverMultistepScheduler``, also when the key comes with another scheduler's config (SDXL's states
 "leading"; a config that leaves it at its default does not pass it on). The statistics load lazily;
-:meth:`DPMSolverV3Scheduler.use_ems` also takes an :class:`~fastsample.ems.EMS` object.
+:meth:`DPMSolverV3Scheduler.use_ems` also takes an :class:`~fastsample.formats.ems_file.EMS` object.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from diffusers.utils import logging
 
-from .. import grids
-from ..adapter import FastScheduler
-from ..ems import EMS, EMSMismatchError
+from ..core import grids
+from ..formats.ems_file import EMS, EMSMismatchError
 from ..solvers.dpmsolver_v3 import DPMSolverV3, preset
+from .adapter import FastScheduler
 
 logger = logging.get_logger(__name__)
 _WARNED: set = set()  # statistics whose failed validation was already reported
@@ -110,7 +110,7 @@ class DPMSolverV3Scheduler(FastScheduler):
         _warn_validation(ems)
 
     def check_model(self, model) -> None:
-        """Raise :class:`~fastsample.ems.EMSMismatchError` unless the statistics were computed for ``model``."""
+        """Raise :class:`~fastsample.formats.ems_file.EMSMismatchError` unless the statistics fit ``model``."""
         if self.ems is not None:
             self.ems.check(model=model)
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..adapter import FastScheduler
-from ..schedules import RectifiedFlow
+from ..core.schedules import RectifiedFlow
 from ..solvers.flow import FLOW_SOLVERS, make_flow_solver
+from .adapter import FastScheduler
 
 __all__ = ["RectifiedFlowScheduler", "VELOCITY_CONVENTIONS"]
 

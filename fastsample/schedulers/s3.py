@@ -4,7 +4,7 @@
 own time grid, per-step prediction type, Taylor order, derivative estimates and correctors. Its NFE
 is fixed, so ``num_inference_steps`` must equal it (ScheduleError otherwise). Without a file the
 scheduler runs the converter named by ``builtin_schedule`` (``unipc-bh2``, ``dpmsolver++2m``, ...;
-see :data:`fastsample.usf.schedule.BUILTINS`) on the usual grid for any number of steps. VP and
+see :data:`fastsample.solvers.usf.builtins.BUILTINS`) on the usual grid for any number of steps. VP and
 flow models; a schedule with the analytical first step sets ``init_noise_sigma`` to sigma_1 / sigma_0,
 which VP pipelines multiply their starting noise by.
 """
@@ -16,10 +16,11 @@ import os
 import numpy as np
 from diffusers.utils import logging
 
-from ..adapter import FastScheduler
+from ..formats.solver_schedule import ScheduleError, SolverSchedule, load
 from ..solvers.base import Solver
-from ..usf.executor import USFSolver
-from ..usf.schedule import ScheduleError, SolverSchedule, builtin, load
+from ..solvers.usf.builtins import builtin
+from ..solvers.usf.executor import USFSolver
+from .adapter import FastScheduler
 
 logger = logging.get_logger(__name__)
 

@@ -91,8 +91,9 @@ def regularize(stats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """l, s, b (K, D) float64 as the solver uses them: shrunk by their errors, bounded, and trivial below the
     lambda from which the statistics' validation found them useful.
 
-    ``stats`` has ``lambdas`` (K,), ``l``, ``s``, ``b`` (K, *S) and, from format version 2 of
-    :class:`fastsample.ems.EMS`, ``se_l``, ``se_s``, ``se_b``, ``f_rms``, ``fp_rms`` (K, *S), ``x0_var`` (1, *S)
+    ``stats`` has ``lambdas`` (K,), ``l``, ``s``, ``b`` (K, *S) and, from format version 2 of the
+    :class:`~fastsample.formats.ems_file.EMS` file,
+    ``se_l``, ``se_s``, ``se_b``, ``f_rms``, ``fp_rms`` (K, *S), ``x0_var`` (1, *S)
     (else None), and ``metadata["validation"]["use_from_lambda"]`` once validated
     (:func:`fastsample.ems.validate_ems`).
 
@@ -415,7 +416,7 @@ class DPMSolverV3(Solver):
 
     Args:
         stats: an object with ``lambdas`` (K + 1,) increasing, and ``l``, ``s``, ``b`` arrays of shape
-            (K + 1, *S) (e.g. :class:`fastsample.ems.EMS`), or None for l = 1, s = b = 0; used as
+            (K + 1, *S) (e.g. :class:`fastsample.formats.ems_file.EMS`), or None for l = 1, s = b = 0; used as
             :func:`regularize` makes them (shrunk by their standard errors, bounded, validated range).
         order: predictor order 1-3 (warm start at lower order).
         predictor_pseudo, corrector_pseudo: pseudo-order derivative estimates; a pseudo corrector has

@@ -7,6 +7,7 @@
 - :mod:`.cli`: the ``fastsample steps`` command.
 """
 
+from ..formats.step_schedule import StepSchedule, StepScheduleError, load
 from .optimize import (
     CheckpointMismatch,
     Condition,
@@ -21,7 +22,6 @@ from .optimize import (
     optimize_steps,
     refine,
 )
-from .schedule_file import StepSchedule, StepScheduleError, load
 
 __all__ = [
     "CheckpointMismatch",

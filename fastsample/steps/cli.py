@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from ..formats.step_schedule import StepScheduleError
 from .models import from_pipeline
 from .optimize import (
     CheckpointMismatch,
@@ -36,7 +37,6 @@ from .optimize import (
     optimize,
     to_schedule,
 )
-from .schedule_file import StepScheduleError
 
 __all__ = ["main", "add_arguments"]
 

@@ -16,7 +16,7 @@ import inspect
 
 import torch
 
-from ..ems import model_fingerprint, schedule_for_config
+from ..formats.ems_file import model_fingerprint, schedule_for_config
 
 __all__ = ["network_model_fn", "from_pipeline", "demo"]
 

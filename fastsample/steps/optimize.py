@@ -47,15 +47,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import grids
 from .._io import atomic_path, atomic_write
-from ..ems import schedule_for_config
-from ..parameterization import check_prediction_type
-from ..sampling import observe
-from ..sampling import sample as run_plan
-from ..schedules import DiscreteVP, RectifiedFlow
+from ..core import grids
+from ..core.parameterization import check_prediction_type
+from ..core.schedules import DiscreteVP, RectifiedFlow
+from ..formats.ems_file import schedule_for_config
+from ..formats.step_schedule import StepSchedule, set_timesteps_kwargs
 from ..solvers.flow import ExpMultistepSolver
-from .schedule_file import StepSchedule, set_timesteps_kwargs
+from ..solvers.sampling import observe
+from ..solvers.sampling import sample as run_plan
 
 __all__ = [
     "Condition",
@@ -131,7 +131,7 @@ class StepProblem:
 
     Args:
         model_fn: ``f(x, t, **condition.kwargs) -> output`` of ``prediction_type``; x (B, *shape), t float.
-        noise_schedule: :class:`~fastsample.schedules.DiscreteVP` or :class:`~fastsample.schedules.RectifiedFlow`.
+        noise_schedule: :class:`~fastsample.core.schedules.DiscreteVP` or ``RectifiedFlow``.
         conditions, seeds: the selection set (each condition with each seed: one batch of noise).
         heldout_seeds: seeds for the held-out report (disjoint from ``seeds``).
         heldout_conditions: conditions for the held-out report (default: ``conditions``).

@@ -13,7 +13,7 @@ Adam's step on the same gradient.
 
 :class:`FlowChef` is a steering hook ``(k, t, x, x0, eps) -> (x, x0, eps)``: attach it to any flow
 scheduler of ours with ``scheduler.steering = FlowChef(...)`` (or ``FlowChef(...).attach(scheduler)``,
-which checks the schedule) or pass it to :func:`fastsample.sampling.sample`. It refuses a non-flow
+which checks the schedule) or pass it to :func:`fastsample.solvers.sampling.sample`. It refuses a non-flow
 (VP) run: there x != (1 - t) x0 + t eps.
 
 With a Runge-Kutta solver the update only matters at the first stage of a step (later stages

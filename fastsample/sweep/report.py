@@ -58,8 +58,8 @@ def _gather(rows: torch.Tensor) -> torch.Tensor:
 
 def sampled_metrics(names: list[str], fake: torch.Tensor, real: torch.Tensor, seed: int) -> dict:
     """KID / P/R/D/C of the cell's sampled features (gathered over processes) against the reference features."""
-    from .fid.kid import kernel_inception_distance
-    from .fid.manifold import precision_recall_density_coverage
+    from ..fid.kid import kernel_inception_distance
+    from ..fid.manifold import precision_recall_density_coverage
 
     fake = _gather(fake)
     if fake.shape[0] > MAX_SAMPLES:
@@ -77,7 +77,7 @@ def sampled_metrics(names: list[str], fake: torch.Tensor, real: torch.Tensor, se
 
 def _image_folder_features(folder: str, features) -> torch.Tensor:
     """Features of every image of ``folder`` (read as :func:`fastsample.fid.cli.read_image` reads them)."""
-    from .fid.cli import _list_images, read_image
+    from ..fid.cli import _list_images, read_image
 
     return torch.cat([features(read_image(f)[None].float() / 255.0) for f in _list_images(Path(folder))])
 
@@ -85,7 +85,7 @@ def _image_folder_features(folder: str, features) -> torch.Tensor:
 def reference_features(metric: dict, features) -> torch.Tensor:
     """(N, F) features of the reference images: the demo's held-out digits or ``reference_images``."""
     if metric.get("reference") == "demo-heldout":
-        from . import demo
+        from .. import demo
 
         _, held = demo.digits_split()
         return torch.cat([features((b + 1) / 2) for b in torch.split(held.images, 256)])
@@ -99,10 +99,10 @@ def reference_features(metric: dict, features) -> torch.Tensor:
 
 def floor(metric: dict, features, reference, num_samples: int) -> dict | None:
     """{"fd", "count", "source"}: real images outside the reference against it, or None when none are known."""
-    from .fid import FeatureStatistics
+    from ..fid import FeatureStatistics
 
     if metric.get("reference") == "demo-heldout":
-        from . import demo
+        from .. import demo
 
         train, _ = demo.digits_split()
         stats = FeatureStatistics()

@@ -28,9 +28,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from ...formats.solver_schedule import ScheduleError, SolverSchedule
+from ..base import Plan, Solver
 from ..sampling import sample as _sample
-from ..solvers.base import Plan, Solver
-from .schedule import ScheduleError, SolverSchedule
 
 __all__ = ["USFSolver", "sample", "phi", "taylor_coefficients"]
 
@@ -278,7 +278,7 @@ class USFSolver(Solver):
 def sample(
     model_fn, x: torch.Tensor, noise_schedule, schedule: SolverSchedule, grid=None, prediction_type="epsilon", **kw
 ):
-    """Run ``schedule`` from x = x(grid[0]) (applies the AFS scaling) with :func:`fastsample.sampling.sample`."""
+    """Run ``schedule`` from x = x(grid[0]) (with the AFS scaling) by :func:`fastsample.solvers.sampling.sample`."""
     solver = USFSolver(schedule)
     grid = solver.grid(noise_schedule) if grid is None else np.asarray(grid, dtype=np.float64)
     if schedule.afs != "none":

@@ -3,7 +3,7 @@
 A step schedule fixes only *where* the steps fall; the solver's own update rule is unchanged, so
 every scheduler can run it: Diffusers' through ``set_timesteps(timesteps=...)`` (VP models, integer
 training timesteps) or ``set_timesteps(sigmas=...)`` (flow models), fastsample's through the config
-key ``step_schedule_file`` or the same arguments. A USF solver schedule (:mod:`fastsample.usf.schedule`)
+key ``step_schedule_file`` or the same arguments. A USF solver schedule (:mod:`fastsample.formats.solver_schedule`)
 would also fix each step's prediction, order and corrector, which a step schedule must not, so this
 is its own format; its ``grid`` object has the solver schedule's shape (``{"unit", "values"}``).
 

@@ -14,8 +14,8 @@ import argparse
 import json
 import sys
 
+from .._args import ArgumentParser, positive_int
 from .._io import UserError, atomic_write, refuse_existing
-from ..cli import ArgumentParser, positive_int
 
 __all__ = ["add_subparser", "main", "build_parser"]
 
@@ -64,9 +64,9 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 
 
 def _problem(args):
-    from ..analytic import GaussianMixture
-    from ..schedules import DiscreteVP, betas_for_schedule
-    from .search import SearchProblem
+    from ..core.analytic import GaussianMixture
+    from ..core.schedules import DiscreteVP, betas_for_schedule
+    from .problem import SearchProblem
 
     if args.model == "gmm":
         mix = GaussianMixture.random(args.gmm_dim, args.gmm_components, seed=args.gmm_seed, width=(0.01, 0.1))
@@ -111,7 +111,7 @@ def _problem(args):
 def _run(args) -> int:
     import torch
 
-    from .search import report, search
+    from .evolution import report, search
 
     # the output files are checked before the search, not after it
     outs = [refuse_existing(args.out, args.force)]

@@ -11,7 +11,7 @@
   (t_end - t_start)||^2, the deviation of the sampler's velocities from the chord, with w_k the
   share of [t_end, t_start] that evaluation k covers (a left Riemann sum of Liu et al.'s
   integral_0^1 E||(X_1 - X_0) - v(X_t, t)||^2 dt). Per sample, summed over dimensions. The meter
-  is a steering hook, so it measures a run of :func:`fastsample.sampling.sample` or of a scheduler.
+  is a steering hook, so it measures a run of :func:`fastsample.solvers.sampling.sample` or of a scheduler.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ._io import atomic_path
-from .sampling import sample
+from .._io import atomic_path
+from ..solvers.sampling import sample
 
 __all__ = [
     "generate_reflow_pairs",

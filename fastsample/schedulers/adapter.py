@@ -29,10 +29,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput, logging
 
-from . import grids
-from .parameterization import check_prediction_type
-from .sampling import NonFiniteModelOutput, observe, push
-from .schedules import DiscreteVP, RectifiedFlow
+from ..core import grids
+from ..core.parameterization import check_prediction_type
+from ..core.schedules import DiscreteVP, RectifiedFlow
+from ..solvers.sampling import NonFiniteModelOutput, observe, push
 
 logger = logging.get_logger(__name__)
 
@@ -278,7 +278,7 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         c, s = self.config, self.schedule
         final_zero = c.final_sigmas_type == "zero"
         if c.step_schedule_file is not None:
-            from .steps.schedule_file import scheduler_arguments
+            from ..formats.step_schedule import scheduler_arguments
 
             sigmas, timesteps = scheduler_arguments(self, num_inference_steps, sigmas, timesteps)
         if timesteps is not None:

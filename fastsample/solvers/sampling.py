@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from .parameterization import check_prediction_type, to_x0_eps
-from .solvers.base import History, Plan
+from ..core.parameterization import check_prediction_type, to_x0_eps
+from .base import History, Plan
 
 __all__ = ["sample", "observe", "push", "NonFiniteModelOutput"]
 

@@ -1,0 +1,303 @@
+"""Sweep configs (TOML, or YAML with PyYAML): :func:`load_config` checks every key, type and file up front."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import importlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .._io import UserError
+from .report import sweep_metrics
+
+FORMAT_VERSION = 2
+
+# every key a sweep config may hold, per table
+KEYS = {
+    "top level": {"sweep", "model", "metric", "schedulers"},
+    "sweep": {"name", "output", "nfe", "guidance_scales", "num_samples", "batch_size", "seed", "device"},
+    "model": {"kind", "path", "num_classes", "torch_dtype", "prompts", "call_kwargs"},
+    "metric": {"features", "reference", "weights", "resize", "metrics", "reference_images", "floor_stats"},
+    "schedulers": {"name", "label", "config"},
+}
+MODEL_KINDS = ("demo-ddpm", "demo-flow", "unet", "pipeline")
+FEATURES = ("demo-classifier", "inception")
+
+
+class ConfigError(UserError):
+    """A sweep config that cannot run as written; the message names the file and the key."""
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _slug(label: str) -> str:
+    """A label as it appears in cell file names."""
+    return re.sub(r"[^A-Za-z0-9.+=-]+", "_", label).strip("_") or "_"
+
+
+def _is_file_key(key: str) -> bool:
+    return key.endswith(("_path", "_file"))
+
+
+def _scheduler_class(name: str):
+    module, _, cls_name = name.rpartition(".")
+    if module not in ("fastsample", "diffusers"):
+        raise ValueError(f"scheduler {name!r}: name it 'fastsample.<Class>' or 'diffusers.<Class>'")
+    cls = getattr(importlib.import_module(module), cls_name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise ValueError(f"scheduler {name!r}: {module} has no class {cls_name!r} with from_config")
+    return cls
+
+
+@dataclass
+class SchedulerSpec:
+    """One scheduler column: ``name`` is 'fastsample.X' or 'diffusers.X'; ``config`` overrides keys."""
+
+    name: str
+    label: str
+    config: dict = field(default_factory=dict)
+
+    def build(self, base_config):
+        """The scheduler; every key of ``config`` must be one the class takes (``from_config`` drops others)."""
+        scheduler = _scheduler_class(self.name).from_config(base_config, **self.config)
+        known = sorted(k for k in scheduler.config if not k.startswith("_"))
+        for k in self.config:
+            if k not in scheduler.config:
+                raise ConfigError(f"scheduler '{self.label}': {self.name} has no config key '{k}'{_suggest(k, known)}")
+        return scheduler
+
+
+@dataclass
+class SweepConfig:
+    name: str
+    output: Path
+    model: dict
+    metric: dict
+    schedulers: list[SchedulerSpec]
+    nfe: list[int]
+    guidance_scales: list[float] = field(default_factory=lambda: [1.0])
+    num_samples: int = 1000
+    batch_size: int = 250
+    seed: int = 0
+    device: str = "auto"
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+
+
+def _table_of(raw, where: str, src) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: [{where}] must be a table, got {raw!r}")
+    for k in raw:
+        if k not in KEYS[where]:
+            raise ConfigError(f"{src}: unknown key '{k}' in [{where}]{_suggest(k, KEYS[where])}")
+    return raw
+
+
+def _require(d: dict, key: str, where: str):
+    if key not in d:
+        raise ConfigError(f"sweep config: missing key '{key}' in [{where}]")
+    return d[key]
+
+
+def _int(value, what: str, src, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{src}: {what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _existing(value, what: str, base: Path, src) -> Path:
+    """A path from the config, relative to the config's folder; it must exist."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{src}: {what} must be a path, got {value!r}")
+    p = Path(value).expanduser()
+    p = (p if p.is_absolute() else base / p).resolve()
+    if not p.exists():
+        raise ConfigError(f"{src}: {what} {value!r} is missing: no file at {p} (paths are relative to the config file)")
+    return p
+
+
+def _model_dir(value, base: Path, src) -> Path:
+    """model.path: a local folder (relative to the config file) or a Hub id already in the local cache."""
+    if isinstance(value, str):
+        local = (base / Path(value).expanduser()).resolve()
+        if local.is_dir():
+            return local
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(value, local_files_only=True))
+        except Exception:
+            pass
+    raise ConfigError(
+        f"{src}: model.path {value!r} is missing: not a folder at {(base / str(value)).resolve()} "
+        "(paths are relative to the config file) nor a Hub model in the local cache"
+    )
+
+
+def _read_raw(path: Path) -> dict:
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as e:
+                raise ImportError("YAML sweep configs need PyYAML (`pip install pyyaml`); or use TOML") from e
+            return yaml.safe_load(text)
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+        return tomllib.loads(text)
+    except ImportError:
+        raise
+    except Exception as e:  # the parsers' own error types
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {e}") from None
+
+
+def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConfig:
+    """Read and validate a sweep config (everything that can be checked without the model; see the module doc).
+
+    Relative paths (``sweep.output``, ``model.path``, ``metric.reference``, ``metric.weights`` and
+    scheduler config keys ending in ``_path`` or ``_file``) are relative to the config file; files
+    must exist.
+    """
+    from .._args import device as device_arg
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep config {path} does not exist")
+    src, base = path, path.resolve().parent
+    raw = _table_of(_read_raw(path), "top level", src)
+    sweep = _table_of(_require(raw, "sweep", "top level"), "sweep", src)
+    model = dict(_table_of(_require(raw, "model", "top level"), "model", src))
+    metric = dict(_table_of(_require(raw, "metric", "top level"), "metric", src))
+    scheds = _require(raw, "schedulers", "top level")
+    if not isinstance(scheds, list) or not scheds:
+        raise ConfigError(f"{src}: [[schedulers]] is empty or not a list of tables")
+
+    specs, slugs = [], {}
+    for i, s in enumerate(scheds):
+        s = _table_of(s, "schedulers", src)
+        name = _require(s, "name", f"schedulers #{i}")
+        if not isinstance(name, str):
+            raise ConfigError(f"{src}: schedulers #{i}: name must be a string, got {name!r}")
+        _scheduler_class(name)
+        label = s.get("label", name.rpartition(".")[2])
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"{src}: schedulers #{i}: label must be a non-empty string, got {label!r}")
+        config = s.get("config", {})
+        if not isinstance(config, dict):
+            raise ConfigError(f"{src}: scheduler '{label}': config must be a table, got {config!r}")
+        config = {
+            k: str(_existing(v, f"scheduler '{label}' config {k}", base, src))
+            if _is_file_key(k) and v is not None
+            else v
+            for k, v in config.items()
+        }
+        key = _slug(label).lower()
+        if key in slugs:
+            same = slugs[key] == label
+            raise ConfigError(
+                f"{src}: scheduler labels must be unique, got {label!r} twice"
+                if same
+                else f"{src}: scheduler labels must be unique: {slugs[key]!r} and {label!r} give the same "
+                f"cell file name {_slug(label)!r}"
+            )
+        slugs[key] = label
+        specs.append(SchedulerSpec(name=name, label=label, config=config))
+
+    nfe = _require(sweep, "nfe", "sweep")
+    if not isinstance(nfe, list) or not nfe or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in nfe):
+        raise ConfigError(f"{src}: nfe must be a non-empty list of positive integers, got {nfe!r}")
+    guidance = sweep.get("guidance_scales", [1.0])
+    if (
+        not isinstance(guidance, list)
+        or not guidance
+        or any(isinstance(g, bool) or not isinstance(g, (int, float)) for g in guidance)
+    ):
+        raise ConfigError(f"{src}: guidance_scales must be a non-empty list of numbers, got {guidance!r}")
+    name = sweep.get("name", path.stem)
+    if not isinstance(name, str):
+        raise ConfigError(f"{src}: sweep name must be a string, got {name!r}")
+    device = sweep.get("device", "auto")
+    if device != "auto":
+        try:
+            device_arg(str(device))
+        except argparse.ArgumentTypeError as e:
+            raise ConfigError(f"{src}: sweep device: {e}") from None
+
+    kind = _require(model, "kind", "model")
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"{src}: model kind {kind!r} unknown; allowed: {', '.join(map(repr, MODEL_KINDS))}")
+    if kind in ("unet", "pipeline"):
+        model["path"] = str(_model_dir(_require(model, "path", "model"), base, src))
+    elif "path" in model:
+        raise ConfigError(f"{src}: model.path applies to kind 'unet' or 'pipeline', not {kind!r}")
+    if "num_classes" in model:
+        _int(model["num_classes"], "model.num_classes", src, 1)
+    if not isinstance(getattr(torch, str(model.get("torch_dtype", "float32")), None), torch.dtype):
+        raise ConfigError(f"{src}: model.torch_dtype {model['torch_dtype']!r} is not a torch dtype")
+
+    features = _require(metric, "features", "metric")
+    if features not in FEATURES:
+        raise ConfigError(f"{src}: metric features {features!r} unknown; allowed: {', '.join(map(repr, FEATURES))}")
+    ref = _require(metric, "reference", "metric")
+    if ref != "demo-heldout":
+        metric["reference"] = str(_existing(ref, "metric.reference", base, src))
+    if features == "inception":
+        from ..fid.inception import RESIZE_MODES, find_weights
+
+        if metric.get("resize", "pytorch-fid") not in RESIZE_MODES:
+            raise ConfigError(f"{src}: metric.resize {metric['resize']!r} unknown; allowed: {', '.join(RESIZE_MODES)}")
+        if metric.get("weights") is not None:
+            metric["weights"] = str(_existing(metric["weights"], "metric.weights", base, src))
+        try:
+            metric["weights"] = str(find_weights(metric.get("weights")))
+        except FileNotFoundError as e:
+            raise ConfigError(f"{src}: {e}") from None
+    else:
+        for k in ("weights", "resize"):
+            if k in metric:
+                raise ConfigError(f"{src}: metric.{k} applies to features = 'inception', not {features!r}")
+
+    for k in ("reference_images", "floor_stats"):
+        if k in metric:
+            metric[k] = str(_existing(metric[k], f"metric.{k}", base, src))
+    try:
+        sweep_metrics(metric)
+    except ValueError as e:
+        raise ConfigError(f"{src}: {e}") from None
+
+    out = Path(output or sweep.get("output", f"out/{name}"))
+    if not out.is_absolute() and output is None:
+        out = (base / out).resolve()
+    cfg = SweepConfig(
+        name=name,
+        output=out,
+        model=model,
+        metric=metric,
+        schedulers=specs,
+        nfe=list(nfe),
+        guidance_scales=[float(g) for g in guidance],
+        num_samples=_int(sweep.get("num_samples", 1000), "num_samples", src, 2),
+        batch_size=_int(sweep.get("batch_size", 250), "batch_size", src, 1),
+        seed=_int(sweep.get("seed", 0), "seed", src, 0),
+        device=str(device),
+    )
+    return cfg
+
