@@ -40,12 +40,12 @@ import torch
 import fastsample
 from fastsample import DEISScheduler, DPMSolverV3Scheduler, RectifiedFlowScheduler, S3Scheduler
 from fastsample._io import atomic_write, file_digest
-from fastsample.ems import model_fingerprint
+from fastsample.formats.ems_file import model_fingerprint
 from fastsample.pipelines.recommend import DATA_DIR, FORMAT, VERSION, network_config_digest
 from fastsample.steps import Condition, SchedulerRunner, StepProblem, StepScheduleError, compute_teachers, fixed_grids
 from fastsample.steps.models import demo
 from fastsample.steps.optimize import combine, unit_errors
-from fastsample.sweep import steps_for_nfe
+from fastsample.sweep.runner import steps_for_nfe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

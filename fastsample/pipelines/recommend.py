@@ -9,7 +9,7 @@ DPM-Solver-v3 statistics), and per model kind (VP or flow) the best choice witho
 file, the general default for any other model.
 
 A demo model is recognised by its network's weights (the config digest, then
-:func:`~fastsample.ems.model_fingerprint`), never by a name or path.
+:func:`~fastsample.formats.ems_file.model_fingerprint`), never by a name or path.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _parts(obj):
 
 def _choice(data: dict, kind: str, network, nfe: int) -> dict:
     if network is not None:
-        from ..ems import model_fingerprint
+        from ..formats.ems_file import model_fingerprint
 
         digest = network_config_digest(network)
         for model in data["models"].values():
@@ -89,7 +89,7 @@ def recommend(pipeline_or_scheduler_config, nfe: int):
         gives the evidence: each choice's held-out error against Diffusers' best.
     """
     from .. import schedulers
-    from ..ems import schedule_for_config
+    from ..formats.ems_file import schedule_for_config
 
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive integer (model calls per sample), got {nfe!r}")

@@ -102,20 +102,22 @@ def _table(cells: list[dict], cfg: SweepConfig) -> str:
 def _prepare(cfg: SweepConfig, base_config) -> list[tuple]:
     """Build every scheduler and find its steps for every NFE, before any sample is drawn.
 
-    Returns (spec, scheduler config after defaults, {nfe: num_inference_steps or None}) per scheduler.
+    Returns (spec, {nfe: scheduler config after defaults}, {nfe: num_inference_steps or None}) per scheduler
+    (the config differs between NFEs where a file key names one file per NFE).
     """
     out = []
     for spec in cfg.schedulers:
-        scheduler = spec.build(base_config)
-        steps = {}
+        configs, steps = {}, {}
         for nfe in cfg.nfe:
             try:
+                scheduler = spec.build(base_config, nfe)
                 steps[nfe] = steps_for_nfe(scheduler, nfe)
             except Exception as e:
                 raise ConfigError(f"scheduler '{spec.label}' at NFE {nfe}: set_timesteps fails: {e}") from e
+            configs[nfe] = dict(scheduler.config)
         if all(n is None for n in steps.values()):
             raise ConfigError(f"scheduler '{spec.label}' cannot make exactly {cfg.nfe} model calls (any of them)")
-        out.append((spec, dict(scheduler.config), steps))
+        out.append((spec, configs, steps))
     return out
 
 
@@ -186,8 +188,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
         grid = [(p, n, g) for g in cfg.guidance_scales for n in cfg.nfe for p in prepared]
         cells = []
         bar = tqdm(grid, desc=cfg.name, disable=not (progress and state.is_main_process))
-        for (spec, sched_config, steps), nfe, g in bar:
-            key = _cell_key(cfg, source.digest, features, ref_digest, spec, sched_config, nfe, g)
+        for (spec, configs, steps), nfe, g in bar:
+            key = _cell_key(cfg, source.digest, features, ref_digest, spec, configs[nfe], nfe, g)
             if metrics_key is not None:
                 key["metrics"] = metrics_key
             path = cells_dir / f"{_slug(spec.label)}-nfe{nfe}-g{g:g}-{_hash(key)}.json"
@@ -205,7 +207,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict]:
                 cell.update(fd=None, skipped=f"{spec.label} cannot make exactly {nfe} model calls")
             else:
                 t0 = time.perf_counter()
-                scheduler = spec.build(source.scheduler_config)
+                scheduler = spec.build(source.scheduler_config, nfe)
                 stats = FeatureStatistics()
                 sample = Reservoir(sweep_report.MAX_SAMPLES, cfg.seed)
                 inner = tqdm(
