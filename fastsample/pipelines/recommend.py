@@ -1,12 +1,12 @@
 """``recommend(pipeline_or_scheduler_config, nfe)``: the scheduler the held-out benchmarks support.
 
 The choices are read at call time from ``recommendations/recommendations.json`` (package data written
-by ``benchmarks/bench_recommend.py``, never typed): per NFE 4-10, the best of our schedulers on the
-shipped demo models (chosen on selection seeds; error = per-sample RMSE against a reference solution of
-the same noise; the file holds each choice's held-out error and Diffusers' best for comparison, and
-benchmarks/results/recommend.md the table), with their model-specific files (optimised step schedules,
-DPM-Solver-v3 statistics), and per model kind (VP or flow) the best choice without a model-specific
-file, the general default for any other model.
+by ``benchmarks/bench_recommend.py``, never typed): per benchmarked NFE (4, 5, 6, 8, 10), the best of
+our schedulers on the shipped demo models (chosen on selection seeds; error = per-sample RMSE against a
+reference solution of the same noise; the file holds each choice's held-out error and Diffusers' best
+for comparison, and benchmarks/results/recommend.md the table), with their model-specific files
+(optimised step schedules, DPM-Solver-v3 statistics), and per model kind (VP or flow) the best choice
+without a model-specific file, the general default for any other model.
 
 A demo model is recognised by its network's weights (the config digest, then
 :func:`~fastsample.formats.ems_file.model_fingerprint`), never by a name or path.
@@ -83,7 +83,7 @@ def recommend(pipeline_or_scheduler_config, nfe: int):
 
     Returns:
         A fastsample scheduler built ``from_config`` of the model's scheduler config. For the demo DDPM
-        and flow model at NFE 4-10, the held-out winner of ``benchmarks/bench_recommend.py`` (with its
+        and flow model at a benchmarked NFE, the held-out winner of ``benchmarks/bench_recommend.py`` (with its
         step schedule file or statistics); otherwise the best choice without a model-specific file for
         the model's kind (VP or flow), at the nearest benchmarked NFE. ``benchmarks/results/recommend.md``
         gives the evidence: each choice's held-out error against Diffusers' best.
