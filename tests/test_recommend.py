@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastsample import demo
+from fastsample import demo, recommend
 from fastsample._io import file_digest
-from fastsample.pipelines.recommend import DATA_DIR, recommend
+from fastsample.pipelines.recommend import DATA_DIR
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "recommend.json"
 DATA = json.loads((DATA_DIR / "recommendations.json").read_text())
