@@ -178,6 +178,7 @@ def evaluate(which: str) -> dict:
     everyone = [v for con in contestants(which, cfg) for v in (with_config_grids(con, cfg) if con["grids"] else [con])]
     for con in everyone:
         sched = con["cls"].from_config(cfg, **con["config"])
+        con["digests"] = {k: file_digest(v) for k, v in con["config"].items() if k.endswith(("_file", "_path"))}
         runner = SchedulerRunner(sched, problem)
         for nfe in NFES:
             if con["nfes"] is not None and nfe not in con["nfes"]:
@@ -242,6 +243,7 @@ def evaluate(which: str) -> dict:
                 "class": r["_con"]["cls"].__name__,
                 "module": r["_con"]["cls"].__module__.split(".")[0],
                 "config": r["_con"]["config"],
+                "digests": r["_con"]["digests"],
                 "num_inference_steps": r["num_inference_steps"],
             }
         entry["ratio"] = entry["ours"]["heldout"] / entry["diffusers"]["heldout"]
@@ -266,6 +268,8 @@ def package_choice(choice: dict) -> dict:
             else:
                 dest = DATA_DIR / p.name
                 shutil.copyfile(p, dest)
+                if file_digest(dest) != choice["digests"][k]:
+                    raise SystemExit(f"{p} changed while this benchmark ran; rerun it")
                 config[k] = {"package_file": dest.relative_to(PACKAGE).as_posix(), "sha256": file_digest(dest)}
         else:
             config[k] = v
