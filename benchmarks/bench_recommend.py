@@ -84,6 +84,16 @@ def with_config_grids(con: dict, cfg: dict) -> list[dict]:
     return out
 
 
+def snapshot(name: str) -> str:
+    """A copy of a shipped schedule file inside the package data, made before it is evaluated: what is
+    evaluated is what recommend() returns, even if eval/schedules changes meanwhile."""
+    dest = DATA_DIR / name
+    if not dest.exists() or file_digest(dest) != file_digest(SCHEDULES / name):
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SCHEDULES / name, dest)
+    return str(dest)
+
+
 def contestants(which: str, cfg: dict) -> list[dict]:
     """[{family, label, cls, config, grids: bool (also run on every fixed grid), nfes: None or a set}]."""
 
@@ -118,7 +128,7 @@ def contestants(which: str, cfg: dict) -> list[dict]:
                 S3Scheduler,
                 nfes={n},
                 builtin_schedule="unipc-bh2",
-                step_schedule_file=str(SCHEDULES / f"steps_demo_ddpm_unipc-bh2_nfe{n}.json"),
+                step_schedule_file=snapshot(f"steps_demo_ddpm_unipc-bh2_nfe{n}.json"),
             )
             for n in NFES
         ]
@@ -155,7 +165,7 @@ def contestants(which: str, cfg: dict) -> list[dict]:
             RectifiedFlowScheduler,
             nfes={n},
             solver="multistep2",
-            step_schedule_file=str(SCHEDULES / f"steps_demo_flow_multistep2_nfe{n}.json"),
+            step_schedule_file=snapshot(f"steps_demo_flow_multistep2_nfe{n}.json"),
         )
         for n in NFES
     ]
