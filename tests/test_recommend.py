@@ -76,6 +76,8 @@ def test_other_models_and_bare_configs_get_the_general_default():
             _same_choice(recommend(obj, nfe), DATA["general"][kind][key])
     pipe = sd3_pipeline()
     pipe.scheduler = recommend(pipe, 4)
+    shift = pipe.scheduler.config.get("flow_shift", pipe.scheduler.config.get("shift"))
+    assert shift == sd3_pipeline().scheduler.config.shift != 1.0  # SD3's shift, not the demo flow model's
     out = pipe("a cat", num_inference_steps=4, guidance_scale=1.0, output_type="latent").images
     assert torch.isfinite(out).all()
 

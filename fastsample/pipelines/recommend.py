@@ -104,4 +104,6 @@ def recommend(pipeline_or_scheduler_config, nfe: int):
                 raise RuntimeError(f"recommend: the file {path} that the recommendations name is missing")
             v = str(path)
         overrides[k] = v
+    if "flow_shift" in overrides:  # the model's own shift, not the benchmarked model's
+        overrides["flow_shift"] = float(config.get("flow_shift", config.get("shift", 1.0)))
     return getattr(schedulers, choice["class"]).from_config(config, **overrides)
