@@ -68,3 +68,23 @@ def test_a_missing_file_for_an_nfe_is_one_error_before_any_sample(tmp_path):
     with pytest.raises(sweep.ConfigError, match=r"has no file for NFE 4, 5 of the sweep"):
         sweep.load_config(path, output=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_flowmatch_schedulers_run_on_the_demo_flow_model(tmp_path):
+    """FlowMatch schedulers have no ``init_noise_sigma`` / ``scale_model_input``: the UNet source runs them
+    as a pipeline does (the demo flow sweep failed on them before)."""
+    text = CONFIG.format(template="-").split("[[schedulers]]")[0].replace("demo-ddpm", "demo-flow")
+    text += """
+[[schedulers]]
+name = "diffusers.FlowMatchEulerDiscreteScheduler"
+label = "FlowMatch Euler"
+
+[[schedulers]]
+name = "fastsample.RectifiedFlowScheduler"
+label = "Euler (ours)"
+config = { solver = "euler" }
+"""
+    path = tmp_path / "flow.toml"
+    path.write_text(text.replace("nfe = [2, 3]", "nfe = [3]"))
+    cells = sweep.run_sweep(sweep.load_config(path, output=str(tmp_path / "out")), progress=False)
+    assert [c["fd"] is not None and c["num_inference_steps"] == 3 for c in cells] == [True, True]
