@@ -130,6 +130,8 @@ def _cell_key(cfg: SweepConfig, model_digest: str, features, ref_digest: str, sp
     config = {
         k: {"sha256": file_digest(v)} if _is_file_key(k) and isinstance(v, str) else v for k, v in sched_config.items()
     }
+    if "_use_default_values" in config:  # Diffusers fills it from a set: its order changes between processes
+        config["_use_default_values"] = sorted(config["_use_default_values"])
     return _plain(
         {
             "model": {**{k: v for k, v in cfg.model.items() if k != "path"}, "sha256": model_digest},
