@@ -88,3 +88,32 @@ config = { solver = "euler" }
     path.write_text(text.replace("nfe = [2, 3]", "nfe = [3]"))
     cells = sweep.run_sweep(sweep.load_config(path, output=str(tmp_path / "out")), progress=False)
     assert [c["fd"] is not None and c["num_inference_steps"] == 3 for c in cells] == [True, True]
+
+
+def test_cell_keys_are_the_same_in_every_process(tmp_path):
+    """A rerun in a new process must find its cells: the keys may not depend on the hash seed (Diffusers'
+    ``_use_default_values`` comes from a set)."""
+    import os
+    import subprocess
+    import sys
+
+    path = _files(tmp_path)
+    code = (
+        "import sys, json; from fastsample import sweep; from fastsample.sweep.runner import _cell_key, _prepare; "
+        f"cfg = sweep.load_config({str(path)!r}, output={str(tmp_path / 'out')!r}); "
+        "import diffusers; base = diffusers.DDPMScheduler().config; "
+        "print(json.dumps([_cell_key(cfg, 'm', type('F', (), {'identity': {}, 'digest': 'f'}), 'r', s, c[3], 3, 1.0)"
+        " for s, c, _ in _prepare(cfg, base)], sort_keys=True))"
+    )
+    keys = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.getcwd(),
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert keys[0] == keys[1] and "_use_default_values" in keys[0]
