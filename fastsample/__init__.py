@@ -16,14 +16,19 @@ from .solvers.sampling import NonFiniteModelOutput, sample
 from .steering.flowchef import FlowChef
 
 __version__ = "0.1.0"
-__all__ = ["EMS", "compute_ems", "FlowChef",  # noqa: F405 (compute_ems: __getattr__ below)
-   "GaussianMixture", "NonFiniteModelOutput", "sample", *_schedulers]
+__all__ = ["EMS", "compute_ems", "FlowChef",  # noqa: F405 (compute_ems, recommend: __getattr__ below)
+   "GaussianMixture", "NonFiniteModelOutput", "recommend", "sample", *_schedulers]
 
 
 def __getattr__(name: str):
-    """``fastsample.compute_ems``: imported on first use, so that ``import fastsample`` loads no app."""
+    """``fastsample.compute_ems`` and ``fastsample.recommend``: imported on first use, so that ``import
+    fastsample`` loads no app (and no pipeline class)."""
     if name == "compute_ems":
         from .ems.estimation import compute_ems
 
         return compute_ems
+    if name == "recommend":
+        from .pipelines.recommend import recommend
+
+        return recommend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

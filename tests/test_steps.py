@@ -241,6 +241,24 @@ def test_vp_file_runs_on_diffusers_dpmsolver_and_every_fastsample_scheduler(tmp_
         S3Scheduler(step_schedule_file=str(path), schedule_file=str(path))
 
 
+def test_runner_on_the_config_key_equals_the_runner_on_the_files_grid(tmp_path):
+    """``run_steps(n)`` (the scheduler's own grid, here from ``step_schedule_file``) gives the samples
+    ``run(grid)`` gives with the file's grid through ``timesteps=``, and the per-sample errors agree."""
+    from fastsample.steps.optimize import unit_errors
+
+    p = vp_problem(fine_steps=8, teacher_substeps=1, batch_size=8)
+    sched = StepSchedule(np.append(VP.t_of_timestep(np.array([999.0, 600, 250, 60])), 0.0), "t", 4)
+    sched.save(tmp_path / "vp.json")
+    by_key = SchedulerRunner(DEISScheduler(step_schedule_file=str(tmp_path / "vp.json")), p)
+    by_grid = SchedulerRunner(DEISScheduler(), p)
+    cond, x = p.conditions[0], p.noise(p.conditions[0], 0)
+    torch.testing.assert_close(by_key.run_steps(4, x, cond), by_grid.run(sched.values, x, cond), rtol=0, atol=0)
+    teachers = compute_teachers(p)
+    a = unit_errors(p, lambda x, c: by_key.run_steps(4, x, c), teachers, "heldout")
+    b = unit_errors(p, lambda x, c: by_grid.run(sched.values, x, c), teachers, "heldout")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) and a[k].shape == (8,) for k in a)
+
+
 def test_flow_file_through_the_config_key_shifts_once(flow_file):
     _, sched, path = flow_file
     s = RectifiedFlowScheduler(step_schedule_file=str(path), use_dynamic_shifting=True)
@@ -419,3 +437,38 @@ def test_command_searches_over_class_labels_and_reports_unseen_ones(tmp_path):
     cond = load(out).conditions
     assert [c["kwargs"]["class_labels"] for c in cond["conditions"]] == [[0], [1]]
     assert [c["kwargs"]["class_labels"] for c in cond["heldout_conditions"]] == [[2]]
+
+
+def test_command_searches_over_prompts_of_a_saved_sd3_pipeline(tmp_path, capsys):
+    """``--prompts FILE``: each line encoded by the pipeline's own text encoders (the file records the
+    embeddings' digests), searched together; ``--heldout-prompts`` for the report; bad use is one line."""
+    from tiny_pipelines import sd3_pipeline
+
+    from fastsample.cli import main
+    from fastsample.steps.optimize import _short
+
+    pipe = sd3_pipeline()
+    pipe.save_pretrained(tmp_path / "sd3")
+    (tmp_path / "prompts.txt").write_text("a cat\n\na red house\n")
+    (tmp_path / "heldout.txt").write_text("a blue boat\n")
+    out = tmp_path / "sd3.json"
+    args = ["steps", "--model", str(tmp_path / "sd3"), "--solver", "FlowMatchEulerDiscreteScheduler", "--nfe", "3"]
+    args += ["--seeds", "0", "--heldout-seeds", "1", "--batch-size", "1", "--fine-steps", "8", "--max-evals", "2"]
+    args += ["--prompts", str(tmp_path / "prompts.txt"), "--no-progress", "--out", str(out)]
+    assert main([*args, "--heldout-prompts", str(tmp_path / "heldout.txt")]) == 0
+    cond = load(out).conditions
+    assert [c["name"] for c in cond["conditions"]] == ["8x8 'a cat'", "8x8 'a red house'"]
+    assert [c["name"] for c in cond["heldout_conditions"]] == ["8x8 'a blue boat'"]
+    for c, prompt in zip(cond["conditions"] + cond["heldout_conditions"], ("a cat", "a red house", "a blue boat")):
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt, prompt, prompt, do_classifier_free_guidance=False)
+        assert c["kwargs"] == {"encoder_hidden_states": _short(embeds), "pooled_projections": _short(pooled)}
+    capsys.readouterr()
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    bad = [
+        (["--prompts", str(tmp_path / "empty.txt")], "has no prompts"),
+        (["--class-labels", "1"], "exclude each other"),
+    ]
+    for change, message in bad:
+        assert main([*args, "--force", *change]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fastsample steps:")]
+        assert len(err) == 1 and message in err[0], err

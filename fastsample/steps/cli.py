@@ -6,8 +6,11 @@
 ``--model``: ``demo-ddpm``, ``demo-flow`` or a local Diffusers pipeline folder (a ``unet`` or a
 ``transformer``). ``--solver``: a fastsample or Diffusers scheduler class, built from the pipeline's
 scheduler config with the ``--set KEY=VALUE`` overrides (JSON values). Conditions: ``--class-labels``
-for class-conditional UNets; ``--resolutions`` for flow models (Flux-style ``mu`` from each
-resolution's sequence length H * W when the scheduler uses dynamic shifting). Teacher trajectories and
+for class-conditional UNets; ``--prompts FILE`` (one prompt a line) for text-to-image pipelines with
+an ``encode_prompt`` (Stable Diffusion 1/2, SD3), encoded by the pipeline's own text encoders and
+searched without classifier-free guidance (guidance scale 1); ``--resolutions`` for flow models
+(Flux-style ``mu`` from each resolution's sequence length H * W when the scheduler uses dynamic
+shifting). Every prompt or label is combined with every resolution. Teacher trajectories and
 the cost matrix are checkpointed in ``--checkpoint`` (default ``OUT.ckpt``) and reused on a rerun;
 a checkpoint made for other inputs is refused. Under ``accelerate launch`` the teacher trajectories are
 split over the processes; the main process then optimises and writes the file.
@@ -72,11 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="samples per seed and condition (default 16)")
     p.add_argument("--class-labels", type=_ints, default=None, help="class labels searched over")
     p.add_argument("--heldout-class-labels", type=_ints, default=None, help="class labels for the held-out report")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="prompts searched over, one a line")
+    p.add_argument("--heldout-prompts", default=None, metavar="FILE", help="prompts for the held-out report")
     p.add_argument("--resolutions", type=_ints, default=None, help="flow models: sample sizes searched over")
     p.add_argument("--heldout-resolutions", type=_ints, default=None, help="sample sizes for the held-out report")
     p.add_argument("--fine-steps", type=int, default=64, help="steps of the fine teacher grid (default 64)")
     p.add_argument("--teacher-substeps", type=int, default=2, help="teacher steps per fine step (default 2)")
-    p.add_argument("--max-evals", type=int, default=40, help="refinement runs of the real solver (default 40)")
+    p.add_argument("--max-evals", type=int, default=60, help="refinement runs of the real solver (default 60)")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default OUT.ckpt)")
     p.add_argument("--out", required=True, help="the step schedule file to write")
     p.add_argument("--force", action="store_true", help="overwrite --out")
@@ -107,23 +112,53 @@ def _mu(config, seq_len: int) -> float:
     return float(a + (b - a) * (seq_len - lo) / (hi - lo))
 
 
-def _conditions(args, shape, scheduler, is_flow, labels, sizes) -> list[Condition]:
+def _read_prompts(path: str) -> list[str]:
+    """The non-empty lines of a prompts file (UTF-8)."""
+    with open(path, encoding="utf-8") as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts file {path} has no prompts (one a line)")
+    return prompts
+
+
+def _encode_prompt(pipe, prompt: str) -> dict:
+    """The network's text keyword arguments for one prompt, without classifier-free guidance (batch 1)."""
+    if type(pipe).__name__.startswith("StableDiffusion3"):
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt, prompt, prompt, do_classifier_free_guidance=False)
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+    if type(pipe).__name__.startswith("StableDiffusion") and hasattr(pipe, "encode_prompt"):
+        embeds, _ = pipe.encode_prompt(prompt, pipe.device, 1, False)
+        return {"encoder_hidden_states": embeds}
+    raise ValueError(
+        f"--prompts: {type(pipe).__name__} is not a Stable Diffusion 1/2 or SD3 pipeline; "
+        "pass conditions through the API (fastsample.steps.Condition)"
+    )
+
+
+def _conditions(pipe, shape, scheduler, is_flow, labels, sizes, prompts) -> list[Condition]:
+    """Every resolution with every class label or prompt (labels and prompts exclude each other)."""
     dynamic = bool(scheduler.config.get("use_dynamic_shifting", False))
     if sizes is not None and not is_flow:
         raise ValueError("--resolutions applies to flow models")
+    if labels is not None and prompts is not None:
+        raise ValueError("--class-labels and --prompts exclude each other")
+    texts = None if prompts is None else [(p, _encode_prompt(pipe, p)) for p in _read_prompts(prompts)]
     out = []
     for size in sizes or [None]:
         sh = shape if size is None else (shape[0], size, size)
         mu = _mu(scheduler.config, sh[1] * sh[2]) if dynamic else None
+        res = "x".join(map(str, sh[1:]))
+        if texts is not None:
+            out += [Condition(tuple(sh), mu, kw, f"{res} {text!r}") for text, kw in texts]
+            continue
         for label in labels or [None]:
             kw = {} if label is None else {"class_labels": torch.tensor([label])}
-            name = "x".join(map(str, sh[1:])) + ("" if label is None else f" label {label}")
-            out.append(Condition(tuple(sh), mu, kw, name))
+            out.append(Condition(tuple(sh), mu, kw, res + ("" if label is None else f" label {label}")))
     return out
 
 
 def _load(model: str):
-    """(``from_pipeline`` arguments, sample shape, scheduler config) for ``--model``."""
+    """(pipeline, ``from_pipeline`` arguments, sample shape, scheduler config) for ``--model``."""
     if model in ("demo-ddpm", "demo-flow"):
         from .. import demo as shipped
 
@@ -136,7 +171,8 @@ def _load(model: str):
         raise ValueError(f"--model {model!r} is neither demo-ddpm, demo-flow nor a pipeline folder")
     net = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     size = net.config.sample_size if net is not None else None
-    return from_pipeline(pipe, name=model), (net.config.in_channels, size, size), dict(pipe.scheduler.config)
+    shape = (net.config.in_channels, size, size) if net is not None else None
+    return pipe, from_pipeline(pipe, name=model), shape, dict(pipe.scheduler.config)
 
 
 def _run(args) -> int:
@@ -145,18 +181,19 @@ def _run(args) -> int:
     from accelerate import PartialState
 
     state = PartialState()
-    spec, shape, config = _load(args.model)
+    pipe, spec, shape, config = _load(args.model)
     scheduler = _scheduler(args.solver, config, args.settings)
     is_flow = spec["noise_schedule"].is_flow
     problem = StepProblem(
-        conditions=_conditions(args, shape, scheduler, is_flow, args.class_labels, args.resolutions),
+        conditions=_conditions(pipe, shape, scheduler, is_flow, args.class_labels, args.resolutions, args.prompts),
         heldout_conditions=_conditions(
-            args,
+            pipe,
             shape,
             scheduler,
             is_flow,
             args.heldout_class_labels or args.class_labels,
             args.heldout_resolutions or args.resolutions,
+            args.heldout_prompts or args.prompts,
         ),
         seeds=args.seeds,
         heldout_seeds=args.heldout_seeds,
@@ -182,7 +219,8 @@ def _run(args) -> int:
     sched.save(args.out)
     h = sched.report["heldout"]
     print(
-        f"wrote {args.out}: NFE {args.nfe}, held-out error {h['optimised']:.4g} vs {h['fixed'][h['best_fixed']]:.4g} "
+        f"wrote {args.out}: NFE {args.nfe}, held-out per-sample RMSE {h['optimised']:.4g} vs "
+        f"{h['fixed'][h['best_fixed']]:.4g} "
         f"on the best fixed grid ({h['best_fixed']}); {problem.model_fn.calls} model calls in this process"
     )
     return 0

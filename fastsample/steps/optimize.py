@@ -17,14 +17,15 @@ steps that minimise the final error against a high-accuracy teacher, over all th
    *Multistep history:* the cost is the first-order local error from the teacher state, which ignores the
    history a multistep (or multistage) solver carries; the true solver enters in steps 4 and 5.
 4. **Start.** The DP path and the solver's fixed grids (:func:`fixed_grids`) are run with the real
-   solver on the selection units; the one with the least final error (mean over conditions of the RMS
-   difference from the teacher's end state) is the start.
+   solver on the selection units; the one with the least selection error is the start. Error
+   (:func:`combine`): the per-sample RMSE of the final samples against the teacher's end states, averaged
+   over the samples and then over the conditions. (The RMS over all samples is reported alongside; a few
+   samples whose trajectory changes mode dominate it, so it is too noisy to search on.)
 5. **Refinement.** Nelder-Mead on the interior points' positions (in fine-grid steps, through a softmax so
-   every candidate is an ordered grid; VP points snapped to training timesteps), scored by the real
-   solver's final error as the *worst ratio, over the selection units, of a unit's squared error to the
-   start's*: a change must help every unit (condition, seed), not only the total, so that no single
-   unit's few samples carry it. The best grid evaluated is kept; its score is <= 1, so no unit, and
-   hence not the selection error, is worse than at the start.
+   every candidate is an ordered grid; VP points snapped to training timesteps) on the real solver's
+   selection error, restarted from the best grid with a fresh, narrower simplex while it improves (the
+   snapped objective has plateaus on which one run stops early). The start is evaluated first and the
+   best grid evaluated is kept, so the selection error is never worse than the start's.
 
 Flow models: grids are in *unshifted* time (diffusers' ``sigmas`` before ``shift`` / ``mu``); each
 condition's ``mu`` (Flux) or the static ``flow_shift`` (SD3) maps them to model time, so one schedule is
@@ -68,6 +69,8 @@ __all__ = [
     "optimize",
     "heldout_report",
     "optimize_steps",
+    "unit_errors",
+    "combine",
 ]
 
 AYS_TABLE = "StableDiffusionTimesteps"  # diffusers' AysSchedules (Sabour et al., arXiv 2404.14507)
@@ -302,21 +305,37 @@ class SchedulerRunner:
             )
         return nfe // self.stages
 
-    @torch.no_grad()
-    def run(self, grid, x: torch.Tensor, cond: Condition) -> torch.Tensor:
-        p, sch = self.problem, self.scheduler
-        kw = set_timesteps_kwargs(sch, np.asarray(grid, dtype=np.float64), p.is_flow)
+    def _mu_kwargs(self, cond: Condition) -> dict:
+        sch = self.scheduler
         if self.dynamic:
             if cond.mu is None:
                 raise ValueError(f"{type(sch).__name__} uses dynamic shifting; condition {cond.name!r} has no mu")
-            kw["mu"] = cond.mu
-        elif cond.mu is not None:
+            return {"mu": cond.mu}
+        if cond.mu is not None:
             raise ValueError(f"condition {cond.name!r} has mu but {type(sch).__name__} does not use dynamic shifting")
-        sch.set_timesteps(**kw)
+        return {}
+
+    @torch.no_grad()
+    def run(self, grid, x: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Sample from noise x on ``grid`` (file units), through ``set_timesteps(timesteps= / sigmas=)``."""
+        p, sch = self.problem, self.scheduler
+        kw = set_timesteps_kwargs(sch, np.asarray(grid, dtype=np.float64), p.is_flow)
+        sch.set_timesteps(**kw, **self._mu_kwargs(cond))
         first = float(p.model_time(grid[:1], cond)[0])
         got = float(p.noise_schedule.t_of_timestep(float(sch.timesteps[0])))
         if abs(got - first) > 1.5 / p.noise_schedule.num_train_timesteps:
             raise RuntimeError(f"{type(sch).__name__} starts at t = {got:.6f}, not at the grid's {first:.6f}")
+        return self._loop(x, cond)
+
+    @torch.no_grad()
+    def run_steps(self, num_inference_steps: int, x: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Sample from noise x with the scheduler's own grid: ``set_timesteps(num_inference_steps)``."""
+        self.scheduler.set_timesteps(num_inference_steps, **self._mu_kwargs(cond))
+        return self._loop(x, cond)
+
+    def _loop(self, x: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """A pipeline's denoising loop over the scheduler's timesteps (the model sees each label's time)."""
+        p, sch = self.problem, self.scheduler
         extra = cond.batch_kwargs(len(x))
         x = x * float(getattr(sch, "init_noise_sigma", 1.0))
         scale = getattr(sch, "scale_model_input", None)  # FlowMatch schedulers have none
@@ -513,8 +532,9 @@ def dp_path(cost: np.ndarray, n: int) -> np.ndarray:
 # --- selection error and refinement -------------------------------------------------------------------
 
 
-def _unit_sse(problem: StepProblem, runner: SchedulerRunner, grid, teachers: dict, split: str) -> dict:
-    """{(c, seed): (squared error sum, element count)} of the solver's end states against the teacher's."""
+def unit_errors(problem: StepProblem, sample_fn: Callable, teachers: dict, split: str) -> dict:
+    """{(c, seed): per-sample RMS errors (float64 (batch,))} of ``sample_fn(noise, condition)``'s end states
+    against the teacher's, on the selection or held-out units. A non-finite sample scores inf."""
     out = {}
     conds = problem.conditions if split == "selection" else problem.heldout_conditions
     seeds = problem.seeds if split == "selection" else problem.heldout_seeds
@@ -522,23 +542,29 @@ def _unit_sse(problem: StepProblem, runner: SchedulerRunner, grid, teachers: dic
         for seed in seeds:
             tr = teachers[(split, c, seed)]
             end = tr["states"][-1] if split == "selection" else tr["end"]
-            x = runner.run(grid, problem.noise(cond, seed), cond)
-            sse = float(((x.double() - end.double()) ** 2).sum()) if torch.isfinite(x).all() else math.inf
-            out[(c, seed)] = (sse, end.numel())
+            x = sample_fn(problem.noise(cond, seed), cond)
+            err = ((x.double() - end.double()) ** 2).flatten(1).mean(1).sqrt()
+            out[(c, seed)] = torch.where(torch.isfinite(err), err, torch.inf).numpy()
     return out
 
 
-def _combine(units: dict) -> float:
-    """Mean over conditions of the RMS error over that condition's seeds."""
+def combine(units: dict) -> dict:
+    """``{"mean": ..., "rms": ...}``: the mean over conditions of the mean (resp. RMS) of the per-sample
+    RMS errors over that condition's seeds. ``mean`` (the per-sample RMSE) is the error the search
+    minimises and reports; ``rms`` (the RMS over all samples) is dominated by the few samples whose
+    trajectory changes mode, so it is reported alongside."""
     per = {}
-    for (c, _), (sse, count) in units.items():
-        s0, n0 = per.get(c, (0.0, 0))
-        per[c] = (s0 + sse, n0 + count)
-    return float(np.mean([math.sqrt(sse / count) for sse, count in per.values()]))
+    for (c, _), err in units.items():
+        per.setdefault(c, []).append(err)
+    per = [np.concatenate(v) for v in per.values()]
+    return {
+        "mean": float(np.mean([e.mean() for e in per])),
+        "rms": float(np.mean([math.sqrt(float((e**2).mean())) for e in per])),
+    }
 
 
-def _error(problem: StepProblem, runner: SchedulerRunner, grid, teachers: dict, split: str) -> float:
-    return _combine(_unit_sse(problem, runner, grid, teachers, split))
+def _error(problem: StepProblem, runner: SchedulerRunner, grid, teachers: dict, split: str) -> dict:
+    return combine(unit_errors(problem, lambda x, cond: runner.run(grid, x, cond), teachers, split))
 
 
 def refine(problem: StepProblem, error: Callable, grid, max_evals: int, progress=None) -> tuple[np.ndarray, float, int]:
@@ -555,9 +581,6 @@ def refine(problem: StepProblem, error: Callable, grid, max_evals: int, progress
     m = len(fine) - 1
     idx = np.arange(m + 1, dtype=np.float64)
     start = np.asarray(grid, dtype=np.float64)
-    q = np.interp(start[::-1], fine[::-1], idx[::-1])[::-1]
-    q[0], q[-1] = 0.0, float(m)
-    gaps = np.maximum(np.diff(q), 1e-3)
     cache = {}
     state = {"best": start, "err": math.inf, "evals": 0}
 
@@ -585,17 +608,26 @@ def refine(problem: StepProblem, error: Callable, grid, max_evals: int, progress
                 progress(state["evals"], state["err"])
         return cache[key]
 
+    def z_of(g):
+        q = np.interp(g[::-1], fine[::-1], idx[::-1])[::-1]
+        q[0], q[-1] = 0.0, float(m)
+        return np.log(np.maximum(np.diff(q), 1e-3))
+
     cache[tuple(start)] = state["err"] = error(start)
     state["evals"] = 1
-    z0 = np.log(gaps)
-    if len(z0) > 1:
-        simplex = np.vstack([z0] + [z0 + 0.5 * np.eye(len(z0))[i] for i in range(len(z0))])
-        minimize(
-            objective,
-            z0,
-            method="Nelder-Mead",
-            options={"initial_simplex": simplex, "maxfev": 4 * max_evals, "xatol": 1e-3, "fatol": 0.0},
-        )
+    if len(start) > 2:
+        width, stalled = 0.5, 0
+        while state["evals"] < max_evals and stalled < 3:  # restarts from the best grid with a fresh simplex
+            before, z0 = state["err"], z_of(state["best"])
+            simplex = np.vstack([z0] + [z0 + width * np.eye(len(z0))[i] for i in range(len(z0))])
+            minimize(
+                objective,
+                z0,
+                method="Nelder-Mead",
+                options={"initial_simplex": simplex, "maxfev": 4 * max_evals, "xatol": 1e-3, "fatol": 0.0},
+            )
+            stalled = stalled + 1 if state["err"] >= before else 0
+            width = 0.5 if width < 0.1 else width / 2
     return state["best"], state["err"], state["evals"]
 
 
@@ -621,7 +653,7 @@ def optimize(
     nfe: int,
     teachers: dict | None = None,
     checkpoint=None,
-    max_evals: int = 40,
+    max_evals: int = 60,
     progress: bool = False,
 ) -> StepResult:
     """Steps 1-5 of the module docstring for one NFE; ``teachers`` from :func:`compute_teachers` (or computed)."""
@@ -635,16 +667,8 @@ def optimize(
     dp = fine[dp_path(cost, n)]
 
     starts = {"dp": dp, **fixed_grids(problem, n)}
-    start_units = {name: _unit_sse(problem, runner, g, teachers, "selection") for name, g in starts.items()}
-    start_errors = {name: _combine(u) for name, u in start_units.items()}
+    start_errors = {name: _error(problem, runner, g, teachers, "selection")["mean"] for name, g in starts.items()}
     start = min(start_errors, key=start_errors.get)
-    base = start_units[start]
-    combined = {}
-
-    def worst_ratio(g):
-        units = _unit_sse(problem, runner, g, teachers, "selection")
-        combined[tuple(g)] = _combine(units)
-        return max(units[k][0] / base[k][0] if base[k][0] > 0 else math.inf for k in units)
 
     bar = None
     if progress:
@@ -652,17 +676,20 @@ def optimize(
 
         bar = tqdm(total=max_evals, desc=f"refining NFE {nfe}", unit="run")
 
-    def tick(evals, ratio):
+    def tick(evals, err):
         bar.update(1)
-        bar.set_postfix(worst_unit_ratio=f"{ratio:.4g}")
+        bar.set_postfix(selection_error=f"{err:.4g}")
 
-    grid, _, evals = refine(problem, worst_ratio, starts[start], max_evals, tick if bar is not None else None)
+    def error(g):
+        return _error(problem, runner, g, teachers, "selection")["mean"]
+
+    grid, err, evals = refine(problem, error, starts[start], max_evals, tick if bar is not None else None)
     if bar is not None:
         bar.close()
     return StepResult(
         grid,
         nfe,
-        combined[tuple(grid)],
+        err,
         start,
         start_errors,
         dp,
@@ -674,14 +701,22 @@ def optimize(
 
 
 def heldout_report(problem: StepProblem, runner: SchedulerRunner, result: StepResult, teachers: dict) -> dict:
-    """Held-out errors (seeds and conditions not searched) of the optimised grid and of every fixed grid."""
+    """Held-out errors (seeds and conditions not searched) of the optimised grid and of every fixed grid:
+    the per-sample RMSE (:func:`combine`'s ``mean``) and, under ``rms``, the RMS over all samples."""
     n = runner.steps_for(result.nfe)
-    fixed = {name: _error(problem, runner, g, teachers, "heldout") for name, g in fixed_grids(problem, n).items()}
+    errs = {name: _error(problem, runner, g, teachers, "heldout") for name, g in fixed_grids(problem, n).items()}
     ours = _error(problem, runner, result.grid, teachers, "heldout")
+    fixed = {name: e["mean"] for name, e in errs.items()}
     best = min(fixed, key=fixed.get)
     return {
         "selection": {"optimised": result.selection_error, "starts": result.start_errors, "start": result.start},
-        "heldout": {"optimised": ours, "fixed": fixed, "best_fixed": best, "ratio_to_best_fixed": ours / fixed[best]},
+        "heldout": {
+            "optimised": ours["mean"],
+            "fixed": fixed,
+            "best_fixed": best,
+            "ratio_to_best_fixed": ours["mean"] / fixed[best],
+            "rms": {"optimised": ours["rms"], "fixed": {name: e["rms"] for name, e in errs.items()}},
+        },
     }
 
 
@@ -690,7 +725,7 @@ def optimize_steps(
     scheduler,
     nfe: int,
     checkpoint=None,
-    max_evals: int = 40,
+    max_evals: int = 60,
     progress: bool = False,
 ) -> StepSchedule:
     """The whole method for one scheduler and NFE: a :class:`StepSchedule` with its held-out report."""
@@ -705,8 +740,10 @@ def teacher_model_calls(problem: StepProblem, split: str = "selection") -> int:
     return len(problem.units(split)) * (len(problem.fine_grid()) - 1) * problem.teacher_substeps
 
 
-def to_schedule(problem: StepProblem, runner: SchedulerRunner, result: StepResult, teachers: dict) -> StepSchedule:
-    """The :class:`StepSchedule` of a result, with the held-out report (runs the held-out evaluations)."""
+def to_schedule(
+    problem: StepProblem, runner: SchedulerRunner, result: StepResult, teachers: dict, report: dict | None = None
+) -> StepSchedule:
+    """The :class:`StepSchedule` of a result, with its :func:`heldout_report` (computed unless given)."""
     model = {
         **problem.description,
         "noise_schedule": problem.noise_schedule.describe(),
@@ -735,5 +772,5 @@ def to_schedule(problem: StepProblem, runner: SchedulerRunner, result: StepResul
         model,
         method,
         problem.settings(),
-        heldout_report(problem, runner, result, teachers),
+        heldout_report(problem, runner, result, teachers) if report is None else report,
     )

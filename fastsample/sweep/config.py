@@ -60,6 +60,14 @@ def _is_file_key(key: str) -> bool:
     return key.endswith(("_path", "_file"))
 
 
+NFE_FIELD = "{nfe}"
+
+
+def _is_template(key: str, value) -> bool:
+    """A scheduler file key whose value names one file per NFE (``{nfe}`` in the path)."""
+    return _is_file_key(key) and isinstance(value, str) and NFE_FIELD in value
+
+
 def _scheduler_class(name: str):
     module, _, cls_name = name.rpartition(".")
     if module not in ("fastsample", "diffusers"):
@@ -78,9 +86,17 @@ class SchedulerSpec:
     label: str
     config: dict = field(default_factory=dict)
 
-    def build(self, base_config):
-        """The scheduler; every key of ``config`` must be one the class takes (``from_config`` drops others)."""
-        scheduler = _scheduler_class(self.name).from_config(base_config, **self.config)
+    def config_for(self, nfe: int) -> dict:
+        """``config`` with ``{nfe}`` in file keys replaced by ``nfe`` (one file per NFE, e.g. step schedules)."""
+        return {k: v.replace(NFE_FIELD, str(nfe)) if _is_template(k, v) else v for k, v in self.config.items()}
+
+    def build(self, base_config, nfe: int | None = None):
+        """The scheduler (for ``nfe`` when a file key holds ``{nfe}``); every key of ``config`` must be one the
+        class takes (``from_config`` drops others)."""
+        if nfe is None and any(_is_template(k, v) for k, v in self.config.items()):
+            raise ValueError(f"scheduler '{self.label}': its config names one file per NFE; build it for an NFE")
+        config = self.config if nfe is None else self.config_for(nfe)
+        scheduler = _scheduler_class(self.name).from_config(base_config, **config)
         known = sorted(k for k in scheduler.config if not k.startswith("_"))
         for k in self.config:
             if k not in scheduler.config:
@@ -255,12 +271,35 @@ def _read_raw(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {e}") from None
 
 
+def _file_value(key: str, value, label: str, nfe: list[int], base: Path, src):
+    """A scheduler config value: file keys resolved against the config's folder (they must exist); a
+    path with ``{nfe}`` must exist for every NFE of the sweep and stays a template (absolute)."""
+    if not _is_file_key(key) or value is None:
+        return value
+    if not _is_template(key, value):
+        return str(_existing(value, f"scheduler '{label}' config {key}", base, src))
+    missing = []
+    for n in nfe:
+        try:
+            _existing(value.replace(NFE_FIELD, str(n)), "", base, src)
+        except ConfigError:
+            missing.append(n)
+    if missing:
+        raise ConfigError(
+            f"{src}: scheduler '{label}' config {key} {value!r} has no file for NFE "
+            f"{', '.join(map(str, missing))} of the sweep (paths are relative to the config file)"
+        )
+    p = Path(value).expanduser()
+    return os.path.normpath(p if p.is_absolute() else base / p)
+
+
 def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConfig:
     """Read and validate a sweep config (everything that can be checked without the model; see the module doc).
 
     Relative paths (``sweep.output``, ``model.path``, ``metric.reference``, ``metric.weights`` and
     scheduler config keys ending in ``_path`` or ``_file``) are relative to the config file; files
-    must exist.
+    must exist. A scheduler file key may name one file per NFE with ``{nfe}`` in its path (e.g.
+    ``step_schedule_file = "steps_nfe{nfe}.json"``): each NFE of the sweep needs its file.
     """
     from .._args import device as device_arg
 
@@ -276,6 +315,10 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
     if not isinstance(scheds, list) or not scheds:
         raise ConfigError(f"{src}: [[schedulers]] is empty or not a list of tables")
 
+    nfe = _require(sweep, "nfe", "sweep")
+    if not isinstance(nfe, list) or not nfe or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in nfe):
+        raise ConfigError(f"{src}: nfe must be a non-empty list of positive integers, got {nfe!r}")
+
     specs, slugs = [], {}
     for i, s in enumerate(scheds):
         s = _table_of(s, "schedulers", src)
@@ -289,12 +332,7 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         config = s.get("config", {})
         if not isinstance(config, dict):
             raise ConfigError(f"{src}: scheduler '{label}': config must be a table, got {config!r}")
-        config = {
-            k: str(_existing(v, f"scheduler '{label}' config {k}", base, src))
-            if _is_file_key(k) and v is not None
-            else v
-            for k, v in config.items()
-        }
+        config = {k: _file_value(k, v, label, nfe, base, src) for k, v in config.items()}
         key = _slug(label).lower()
         if key in slugs:
             same = slugs[key] == label
@@ -307,9 +345,6 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         slugs[key] = label
         specs.append(SchedulerSpec(name=name, label=label, config=config))
 
-    nfe = _require(sweep, "nfe", "sweep")
-    if not isinstance(nfe, list) or not nfe or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in nfe):
-        raise ConfigError(f"{src}: nfe must be a non-empty list of positive integers, got {nfe!r}")
     guidance = sweep.get("guidance_scales", [1.0])
     if (
         not isinstance(guidance, list)

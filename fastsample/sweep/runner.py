@@ -103,20 +103,22 @@ def _table(cells: list[dict], cfg: SweepConfig) -> str:
 def _prepare(cfg: SweepConfig, base_config) -> list[tuple]:
     """Build every scheduler and find its steps for every NFE, before any sample is drawn.
 
-    Returns (spec, scheduler config after defaults, {nfe: num_inference_steps or None}) per scheduler.
+    Returns (spec, {nfe: scheduler config after defaults}, {nfe: num_inference_steps or None}) per scheduler
+    (the config differs between NFEs where a file key names one file per NFE).
     """
     out = []
     for spec in cfg.schedulers:
-        scheduler = spec.build(base_config)
-        steps = {}
+        configs, steps = {}, {}
         for nfe in cfg.nfe:
             try:
+                scheduler = spec.build(base_config, nfe)
                 steps[nfe] = steps_for_nfe(scheduler, nfe)
             except Exception as e:
                 raise ConfigError(f"scheduler '{spec.label}' at NFE {nfe}: set_timesteps fails: {e}") from e
+            configs[nfe] = dict(scheduler.config)
         if all(n is None for n in steps.values()):
             raise ConfigError(f"scheduler '{spec.label}' cannot make exactly {cfg.nfe} model calls (any of them)")
-        out.append((spec, dict(scheduler.config), steps))
+        out.append((spec, configs, steps))
     return out
 
 
@@ -130,6 +132,8 @@ def _cell_key(cfg: SweepConfig, model_digest: str, features, ref_digest: str, sp
         return {k: {"sha256": file_digest(v)} if _is_file_key(k) and isinstance(v, str) else v for k, v in d.items()}
 
     config = by_content(sched_config)
+    if "_use_default_values" in config:  # Diffusers fills it from a set: its order changes between processes
+        config["_use_default_values"] = sorted(config["_use_default_values"])
     return _plain(
         {
             "model": {
@@ -193,8 +197,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
         grid = [(p, n, g) for g in cfg.guidance_scales for n in cfg.nfe for p in prepared]
         cells = []
         bar = tqdm(grid, desc=cfg.name, disable=not (progress and state.is_main_process))
-        for (spec, sched_config, steps), nfe, g in bar:
-            key = _cell_key(cfg, source.digest, features, ref_digest, spec, sched_config, nfe, g)
+        for (spec, configs, steps), nfe, g in bar:
+            key = _cell_key(cfg, source.digest, features, ref_digest, spec, configs[nfe], nfe, g)
             if extra_key is not None:
                 key["metrics"] = extra_key
             path = cells_dir / f"{_slug(spec.label)}-nfe{nfe}-g{g:g}-{_hash(key)}.json"
@@ -215,7 +219,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
                 cell.update(fd=None, skipped=f"{spec.label} cannot make exactly {nfe} model calls")
             else:
                 t0 = time.perf_counter()
-                scheduler = spec.build(source.scheduler_config)
+                scheduler = spec.build(source.scheduler_config, nfe)
                 stats = FeatureStatistics()
                 sample = Reservoir(MAX_SAMPLES, cfg.seed)
                 encoded = encoders.start()

@@ -53,12 +53,13 @@ class UNetSource:
         if guidance != 1.0:
             raise ValueError("guidance scales other than 1 need a conditional pipeline model (kind = 'pipeline')")
         scheduler.set_timesteps(n_steps, device=self.device)
-        x = self.noise(indices) * scheduler.init_noise_sigma
+        x = self.noise(indices) * getattr(scheduler, "init_noise_sigma", 1.0)  # FlowMatch schedulers: none
+        scale = getattr(scheduler, "scale_model_input", None)
         labels = None
         if self.num_classes:
             labels = torch.as_tensor(class_labels(indices, self.num_classes, self.seed), device=self.device)
         for t in scheduler.timesteps:
-            x_in = scheduler.scale_model_input(x, t).to(self.unet.dtype)
+            x_in = (x if scale is None else scale(x, t)).to(self.unet.dtype)
             out = self.unet(x_in, t, class_labels=labels).sample.float()
             x = scheduler.step(out, t, x).prev_sample
         return (x.float().clamp(-1, 1) + 1) / 2
