@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from scipy.integrate import quad
+from scipy.linalg import sqrtm
 
 from fastsample.core.analytic import GaussianMixture
 from fastsample.core.grids import uniform_lambda, uniform_t
@@ -508,7 +509,19 @@ def test_fid_fitness_search():
         predictor="ridge",
         progress=False,
     )
-    assert res.schedule.metadata["provenance"]["fitness"]["metric"] == "fid" and res.fitness >= 0
+    # the reported fitness is the returned schedule's Frechet distance on the high-fidelity batch (32 samples of
+    # seed search_seed + 1 = 1001), recomputed here from the closed form |mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1 C2)^1/2)
+    x_hi, ref_hi = prob.batch(1001, 32)
+    a, b = prob.run(res.schedule, x_hi).double().numpy(), ref_hi.numpy()
+    ca, cb = np.cov(a.T), np.cov(b.T)
+    expected = float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * sqrtm(ca @ cb).real))
+    assert res.fitness == pytest.approx(expected, rel=1e-6) and expected > 1e-6  # NFE 3 is not exact
+    assert res.schedule.metadata["provenance"]["fitness"] == {
+        "metric": "fid",
+        "value": res.fitness,
+        "samples": 32,
+        "seed": 1001,
+    }
     with pytest.raises(ValueError, match="unknown fitness"):
         fitness_of(prob, ref, ref, "lpips")
 
