@@ -370,6 +370,7 @@ def test_s3_unknown_builtin():
 
 
 def test_tiny_search_checkpoint_resume(tmp_path):
+    from fastsample.search.baselines import BASELINE_GRIDS, baseline_solvers
     from fastsample.search.evolution import report, search
     from fastsample.search.problem import SearchProblem
 
@@ -396,7 +397,16 @@ def test_tiny_search_checkpoint_resume(tmp_path):
     with pytest.raises(ValueError, match="another search"):
         search(prob, 5, generations=3, checkpoint=ckpt, **kw)
     rep = report(prob, best, seeds=(7,), n=32)
-    assert rep["found"] > 0 and rep["best_baseline"]["fitness"] > 0 and len(rep["baselines"]) > 40
+    # held-out fitness: the RMS error of the found schedule against the mixture's exact ODE solution, seed 7
+    ns = prob.noise_schedule
+    x = torch.from_numpy(mix.prior_sample(32, ns, t_start=1.0, seed=7))
+    exact = mix.ode_solve(x.numpy(), ns, 1.0, 0.0)
+    rmse = float(np.sqrt(np.mean((sample(mix.model_fn(ns), x, ns, best).numpy() - exact) ** 2)))
+    assert rep["found"] == pytest.approx(rmse, rel=1e-9) and rmse > 1e-6  # NFE 4 is not exact
+    # every baseline solver on every standard grid, sorted best first
+    fits = [r["fitness"] for r in rep["baselines"]]
+    assert len(fits) == len(baseline_solvers()) * len(BASELINE_GRIDS) and fits == sorted(fits)
+    assert rep["best_baseline"] == rep["baselines"][0] and rep["ratio"] == pytest.approx(rmse / fits[0], rel=1e-9)
 
 
 def test_timestep_only_search_keeps_decisions():
