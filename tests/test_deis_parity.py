@@ -181,7 +181,9 @@ def test_ipndm_matches_diffusers_ipndm(n, mixture):
     """Our iPNDM (order 4) against diffusers' ``IPNDMScheduler``, a v-prediction model on the VP sigmas it is given.
 
     ``trained_betas`` is that scheduler's sigma per step (n + 1 values, alpha = sqrt(1 - sigma^2)); its update
-    alpha' ((x - sigma eps) / alpha) + sigma' eps with Adams-Bashforth eps weights 1; 3/2, -1/2; ... is ours in rho.
+    alpha' ((x - sigma eps) / alpha) + sigma' eps with Adams-Bashforth eps weights 1; 3/2, -1/2; ... is ours in rho
+    (``DEISScheduler`` with ``deis_variant="ipndm"``, ``solver_order=4``). Its default sigmas start at alpha = 0,
+    where it divides by max(alpha, 1e-8) and so drops x0-hat from the first step; ours starts there with DDIM.
     """
     from diffusers import IPNDMScheduler
 
@@ -207,7 +209,8 @@ def test_rhork_heun_matches_diffusers_heun(spacing, mixture):
 
     Diffusers integrates y = x / alpha in sigma_ve = rho with Heun's rule and takes the step into sigma = 0 as
     Euler; ours takes that one with the midpoint rule (no model call at t = 0), so the comparison stops before it.
-    The model is called at our t of diffusers' sigma, so both see the same noise levels.
+    The model is called at our t of diffusers' sigma, so both see the same noise levels. (``DEISScheduler`` with
+    ``deis_variant="rhork"``, ``solver_order=2``.)
     """
     from diffusers import HeunDiscreteScheduler
 
