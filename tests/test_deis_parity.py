@@ -1,4 +1,4 @@
-"""DEIS (Zhang & Chen, arXiv 2204.13902): degree 0 is DDIM, log-rho matches diffusers, plan invariants."""
+"""DEIS (Zhang & Chen, arXiv 2204.13902): degree 0 is DDIM; log-rho, iPNDM, rhoRK-Heun match diffusers; plans."""
 
 from __future__ import annotations
 
@@ -174,3 +174,60 @@ def test_flow_grid_from_t1(schedules, mixture):
         assert torch.isfinite(out).all()
     with pytest.raises(ValueError, match="alpha > 0"):
         DEISSolver("rhork", 2).prepare(schedule, grid)
+
+
+@pytest.mark.parametrize("n", [4, 10])
+def test_ipndm_matches_diffusers_ipndm(n, mixture):
+    """Our iPNDM (order 4) against diffusers' ``IPNDMScheduler``, a v-prediction model on the VP sigmas it is given.
+
+    ``trained_betas`` is that scheduler's sigma per step (n + 1 values, alpha = sqrt(1 - sigma^2)); its update
+    alpha' ((x - sigma eps) / alpha) + sigma' eps with Adams-Bashforth eps weights 1; 3/2, -1/2; ... is ours in rho
+    (``DEISScheduler`` with ``deis_variant="ipndm"``, ``solver_order=4``). Its default sigmas start at alpha = 0,
+    where it divides by max(alpha, 1e-8) and so drops x0-hat from the first step; ours starts there with DDIM.
+    """
+    from diffusers import IPNDMScheduler
+
+    schedule = LinearVP()
+    grid = uniform_t(schedule, n, t_start=0.6, t_end=0.05, final_zero=True)
+    scheduler = IPNDMScheduler(trained_betas=schedule.sigma(grid).tolist())
+    scheduler.set_timesteps(n)
+    model = mixture.model_fn(schedule, "v_prediction")
+    x = torch.from_numpy(mixture.prior_sample(4, schedule, t_start=grid[0], seed=0)).float()
+    y = x.clone()
+    for t, ts in zip(grid[:-1], scheduler.timesteps, strict=True):
+        y = scheduler.step(model(y, float(t)), ts, y).prev_sample
+    ours = sample(model, x.double(), schedule, DEISSolver("ipndm", 4), grid, "v_prediction")
+    exact = torch.from_numpy(mixture.ode_solve(x.double().numpy(), schedule, grid[0], 0.0))
+    assert _rel(ours, y) < 2e-6 and _rel(ours, exact) > 1e-3  # same update, and not merely both exact
+    third = sample(model, x.double(), schedule, DEISSolver("ipndm", 3), grid, "v_prediction")
+    assert _rel(third, y) > 1e-4  # the order-4 weights are what match
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_rhork_heun_matches_diffusers_heun(spacing, mixture):
+    """rhoRK-Heun against diffusers' ``HeunDiscreteScheduler`` (Karras et al., arXiv 2206.00364, Alg. 1 without churn).
+
+    Diffusers integrates y = x / alpha in sigma_ve = rho with Heun's rule and takes the step into sigma = 0 as
+    Euler; ours takes that one with the midpoint rule (no model call at t = 0), so the comparison stops before it.
+    The model is called at our t of diffusers' sigma, so both see the same noise levels. (``DEISScheduler`` with
+    ``deis_variant="rhork"``, ``solver_order=2``.)
+    """
+    from diffusers import HeunDiscreteScheduler
+
+    n = 8
+    scheduler = HeunDiscreteScheduler(beta_schedule="linear", timestep_spacing=spacing)
+    scheduler.set_timesteps(n)
+    schedule = DiscreteVP(scheduler.alphas_cumprod.double().numpy())
+    model = mixture.model_fn(schedule)
+    sigmas = scheduler.sigmas.double().numpy()[::2][:n]  # the n step starts (the sigmas are interleaved)
+    grid = schedule.t_of_sigma_ve(sigmas)
+    y0 = torch.from_numpy(mixture.prior_sample(4, schedule, t_start=grid[0], seed=0)).float() / schedule.alpha(grid[0])
+    y = y0.clone()
+    for ts in scheduler.timesteps[: 2 * (n - 1)]:
+        x_in = scheduler.scale_model_input(y, ts)  # x = y / sqrt(1 + sigma^2) = alpha y
+        sigma = float(scheduler.sigmas[scheduler.step_index])
+        y = scheduler.step(model(x_in, float(schedule.t_of_sigma_ve(sigma))), ts, y).prev_sample
+    x_start = (y0 * schedule.alpha(grid[0])).double()
+    ours = sample(model, x_start, schedule, DEISSolver("rhork", 2), grid) / schedule.alpha(grid[-1])
+    exact = torch.from_numpy(mixture.ode_solve(x_start.numpy(), schedule, grid[0], grid[-1])) / schedule.alpha(grid[-1])
+    assert _rel(ours, y) < 2e-6 and _rel(ours, exact) > 1e-4  # same update, and not merely both exact

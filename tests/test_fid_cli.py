@@ -1,7 +1,5 @@
 """The ``fastsample fid`` command line: folders, .npz files, --save-stats, mode checks, pytorch-fid parity."""
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -41,13 +39,6 @@ def test_cli_folders_and_stats(tmp_path, capsys):
     (tmp_path / "bad.npz").write_bytes(b"\x00" * 10)
     assert cli.main([str(tmp_path / "bad.npz"), str(tmp_path / "a.npz"), *common]) == 1
     assert "corrupt" in capsys.readouterr().err
-
-
-def test_add_subparser():
-    parser = argparse.ArgumentParser(prog="fastsample")
-    cli.add_subparser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["fid", "x", "y", "--dims", "64", "--resize", "clean-fid"])
-    assert args.func is cli.run and args.dims == 64 and args.resize == "clean-fid" and args.path == ["x", "y"]
 
 
 @pytest.mark.slow

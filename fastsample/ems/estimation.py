@@ -148,8 +148,8 @@ def compute_ems(
         shared_noise: common random numbers: sample j keeps its data point, noise and probe at every
             lambda, so the estimation error varies smoothly with lambda. Default False (fresh draws per
             point): the solver integrates l, s, b over each step, where independent errors average out
-            and smooth ones do not; on the 6-D benchmark mixture (16,384 samples) the best solver error
-            at NFE 8 / 10 was 0.92 / 0.79x the best baseline's with fresh draws, 0.99 / 0.91x shared.
+            and smooth ones do not (measured: benchmarks/results/dpmsolver_v3.md, "other statistics
+            settings").
         batch_size: samples per JVP; memory holds one batch of JVPs at a time.
         t_start, t_end: time range (default: the schedule's [t_max, t_min]).
         l: optional precomputed l (K, *shape): skips the first pass.

@@ -29,7 +29,7 @@ from .inception import BLOCK_DIMS, RESIZE_MODES, FIDInceptionV3, network_name
 from .stats import FeatureStatistics, fid_from_statistics
 from .suite import METRICS, MetricSuite, parse_metrics
 
-__all__ = ["IMAGE_EXTENSIONS", "add_subparser", "compute_statistics", "main"]
+__all__ = ["IMAGE_EXTENSIONS", "compute_statistics", "main"]
 
 IMAGE_EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}
 DESCRIPTION = "Frechet distance between two image folders or .npz statistics files (pytorch-fid compatible)."
@@ -71,14 +71,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-samples", type=int, default=10_000, help="features kept per side for kid, prdc, cmmd (seeded subsample)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the kid / prdc / cmmd subsamples (default 0)")
-
-
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Register ``fid`` on an ``argparse`` subparsers object; the handler is ``args.func(args)``."""
-    p = subparsers.add_parser("fid", help=DESCRIPTION, description=DESCRIPTION)
-    _add_arguments(p)
-    p.set_defaults(func=run)
-    return p
 
 
 def read_image(path: Path) -> torch.Tensor:

@@ -38,7 +38,7 @@ from .optimize import (
     to_schedule,
 )
 
-__all__ = ["main", "add_arguments"]
+__all__ = ["main"]
 
 
 def _ints(text: str) -> list[int]:
@@ -65,7 +65,7 @@ def _setting(text: str) -> tuple[str, object]:
         return key, value
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="demo-ddpm, demo-flow, or a local Diffusers pipeline folder")
     p.add_argument("--solver", required=True, help="scheduler class (fastsample or diffusers), e.g. DEISScheduler")
     p.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="KEY=VALUE")
@@ -86,12 +86,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the step schedule file to write")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.add_argument("--no-progress", action="store_true")
-
-
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("steps", help=__doc__.splitlines()[0])
-    add_arguments(p)
-    return p
 
 
 def _scheduler(name: str, config, settings) -> object:
@@ -228,7 +222,7 @@ def _run(args) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="fastsample steps", description=__doc__.splitlines()[0])
-    add_arguments(p)
+    _add_arguments(p)
     args = p.parse_args(argv)
     if args.no_progress:
         from diffusers.utils import logging
