@@ -22,7 +22,7 @@ from fastsample.formats.usf_pth import from_usf
 from fastsample.schedulers import S3Scheduler
 from fastsample.solvers.usf import builtins as S
 from fastsample.solvers.usf.builtins import from_diffusers
-from fastsample.solvers.usf.executor import USFSolver, sample
+from fastsample.solvers.usf.executor import USFSolver, run_schedule
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,8 +75,8 @@ def test_converted_schedule_matches_diffusers(cls, kw, n, mixture):
     vp, model, x, y = _diffusers_loop(scheduler, mixture, n)
     sch = from_diffusers(scheduler)
     assert sch.nfe == n and sch.grid_unit == "t"
-    ours = sample(model, x, vp, sch).double()
-    exact = sample(model, x.double(), vp, sch)
+    ours = run_schedule(model, x, vp, sch).double()
+    exact = run_schedule(model, x.double(), vp, sch)
     # float32 round-off, as measured: our own float32 run against float64 (large for noise prediction into small sigma)
     roundoff = float((ours - exact).abs().max())
     assert float((ours - y.double()).abs().max()) < 3e-6 * float(y.abs().max()) + 4 * roundoff
@@ -170,7 +170,7 @@ def test_executor_matches_stepwise_usf(afs, final_corrector, mixture):
     x = torch.from_numpy(mixture.prior_sample(6, ns, t_start=1.0, seed=3))
     model = mixture.model_fn(ns)
     ref = _usf_reference(model, x, ns, sch, grid)
-    ours = sample(model, x, ns, sch, grid)
+    ours = run_schedule(model, x, ns, sch, grid)
     assert float((ours - ref).abs().max()) < 1e-9 * float(ref.abs().max())
     plan = USFSolver(sch).plan(ns, grid)
     assert plan.nfe == sch.nfe == 7 - afs + final_corrector
@@ -183,9 +183,9 @@ def test_step_into_sigma_zero(mixture, schedules):
     x = torch.from_numpy(mixture.prior_sample(4, ns, seed=1))
     ok = SolverSchedule(S.deis_logrho(5, 3, lower_order_final=False).steps)
     ref = _usf_reference(mixture.model_fn(ns), x, ns, replace(ok, steps=ok.steps[:-1] + (Step("data", 1),)), grid)
-    out = sample(mixture.model_fn(ns), x, ns, replace(ok, steps=ok.steps[:-1] + (Step("data", 1),)), grid)
+    out = run_schedule(mixture.model_fn(ns), x, ns, replace(ok, steps=ok.steps[:-1] + (Step("data", 1),)), grid)
     assert float((out - ref).abs().max()) < 1e-9
-    out = sample(mixture.model_fn(ns), x, ns, ok, grid)  # noise prediction of order 3 into sigma = 0 is finite
+    out = run_schedule(mixture.model_fn(ns), x, ns, ok, grid)  # noise prediction of order 3 into sigma = 0 is finite
     assert torch.isfinite(out).all()
     bad = replace(ok, steps=ok.steps[:-1] + (Step("data", 2, (Derivative((1,)),)),))
     with pytest.raises(ScheduleError, match="sigma = 0"):
@@ -200,7 +200,7 @@ def test_flow_model_from_t1(mixture):
     errs = []
     for n in (12, 24, 48):
         sch = S.unipc(n, 2, first_usable=False)
-        out = sample(
+        out = run_schedule(
             mixture.model_fn(fl, "flow_prediction"), x, fl, sch, np.linspace(1.0, 0.0, n + 1), "flow_prediction"
         )
         errs.append(float(np.abs(out.numpy() - exact).max()))
@@ -340,7 +340,7 @@ def test_s3_scheduler_runs_schedule_file(tmp_path, mixture):
     model = mixture.model_fn(vp)
     x = torch.from_numpy(mixture.prior_sample(4, vp, seed=0)).float()
     ours = _loop(sched, model, vp, x)
-    ref = sample(model, x.double(), vp, sch)
+    ref = run_schedule(model, x.double(), vp, sch)
     assert float((ours.double() - ref).abs().max()) < 1e-5
     sched.save_pretrained(tmp_path / "cfg")
     again = S3Scheduler.from_pretrained(tmp_path / "cfg")  # the schedule travels inside the folder
@@ -357,7 +357,7 @@ def test_s3_builtin_matches_converter(name, mixture):
     for n in (3, 6):
         sched.set_timesteps(n)
         out = _loop(sched, model, vp, x)
-        ref = sample(model, x, vp, S.builtin(name, n), sched._grid)
+        ref = run_schedule(model, x, vp, S.builtin(name, n), sched._grid)
         assert float((out - ref).abs().max()) < 1e-5
 
 
@@ -401,7 +401,7 @@ def test_tiny_search_checkpoint_resume(tmp_path):
     ns = prob.noise_schedule
     x = torch.from_numpy(mix.prior_sample(32, ns, t_start=1.0, seed=7))
     exact = mix.ode_solve(x.numpy(), ns, 1.0, 0.0)
-    rmse = float(np.sqrt(np.mean((sample(mix.model_fn(ns), x, ns, best).numpy() - exact) ** 2)))
+    rmse = float(np.sqrt(np.mean((run_schedule(mix.model_fn(ns), x, ns, best).numpy() - exact) ** 2)))
     assert rep["found"] == pytest.approx(rmse, rel=1e-9) and rmse > 1e-6  # NFE 4 is not exact
     # every baseline solver on every standard grid, sorted best first
     fits = [r["fitness"] for r in rep["baselines"]]
@@ -472,8 +472,8 @@ def test_noise_prediction_step_from_alpha_zero(mixture):
     grid = np.linspace(1.0, 0.0, 5)
     x = torch.from_numpy(mixture.prior_sample(4, fl, t_start=1.0, seed=0))
     model = mixture.model_fn(fl, "flow_prediction")
-    a = sample(model, x, fl, S.ddim(4, "noise"), grid, prediction_type="flow_prediction")
-    b = sample(model, x, fl, S.ddim(4, "data"), grid, prediction_type="flow_prediction")
+    a = run_schedule(model, x, fl, S.ddim(4, "noise"), grid, prediction_type="flow_prediction")
+    b = run_schedule(model, x, fl, S.ddim(4, "data"), grid, prediction_type="flow_prediction")
     assert float((a - b).abs().max()) < 1e-12
 
 
@@ -493,7 +493,7 @@ def test_s3_file_schedule_img2img_restart(tmp_path, mixture):
         out = sched.step(model(out, float(vp.t_of_timestep(float(ts)))), ts, out).prev_sample
     tail = sch.tail(2)
     assert [s.order for s in tail.steps] == [1, 2, 2, 1] and tail.steps[0].corrector.order == 2
-    ref = sample(model, x, vp, tail, grid[2:])
+    ref = run_schedule(model, x, vp, tail, grid[2:])
     assert float((out - ref).abs().max()) < 1e-5
 
 

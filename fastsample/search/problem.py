@@ -13,7 +13,7 @@ import torch
 from ..core import grids
 from ..formats.solver_schedule import SolverSchedule
 from ..solvers.usf.builtins import builtin
-from ..solvers.usf.executor import sample as usf_sample
+from ..solvers.usf.executor import run_schedule
 
 # --- the problem: model, noise, reference -----------------------------------------------------------
 
@@ -99,7 +99,7 @@ class SearchProblem:
             ref_sched = builtin("unipc3-bh2", reference_steps).with_grid(ref_grid)
 
             def reference(x):
-                return usf_sample(model_fn, x, noise_schedule, ref_sched, prediction_type=prediction_type)
+                return run_schedule(model_fn, x, noise_schedule, ref_sched, prediction_type=prediction_type)
 
         return cls(
             model_fn,
@@ -123,7 +123,7 @@ class SearchProblem:
         return self._cache[key]
 
     def run(self, schedule: SolverSchedule, x: torch.Tensor, grid=None) -> torch.Tensor:
-        return usf_sample(self.model_fn, x, self.noise_schedule, schedule, grid, self.prediction_type)
+        return run_schedule(self.model_fn, x, self.noise_schedule, schedule, grid, self.prediction_type)
 
 
 def _rmse(a, b) -> float:

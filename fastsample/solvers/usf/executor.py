@@ -15,7 +15,7 @@ A corrector re-does the step from the same start with the same prediction, so th
 is the predicted one plus a combination of predictions: it is folded into the next step's weights
 and :class:`~fastsample.solvers.base.Plan` needs no extension. With the analytical first step
 (``afs="zero_x0"``) the first state is x_1 = (sigma_1 / sigma_0) x_T: the plan starts at t_1 and
-``plan.info["x_scale"]`` is that factor (use :func:`sample`, or ``S3Scheduler``, which apply it).
+``plan.info["x_scale"]`` is that factor (use :func:`run_schedule`, or ``S3Scheduler``, which apply it).
 
 All coefficients are float64 numpy, computed once per grid.
 """
@@ -33,7 +33,7 @@ from ...formats.solver_schedule import ScheduleError, SolverSchedule
 from ..base import Plan, Solver
 from ..sampling import sample as _sample
 
-__all__ = ["USFSolver", "sample", "phi", "taylor_coefficients"]
+__all__ = ["USFSolver", "run_schedule", "phi", "taylor_coefficients"]
 
 
 def phi(k: int, z: float) -> float:
@@ -273,7 +273,7 @@ class USFSolver(Solver):
 
 
 @torch.no_grad()
-def sample(
+def run_schedule(
     model_fn, x: torch.Tensor, noise_schedule, schedule: SolverSchedule, grid=None, prediction_type="epsilon", **kw
 ):
     """Run ``schedule`` from x = x(grid[0]) (with the AFS scaling) by :func:`fastsample.solvers.sampling.sample`."""
