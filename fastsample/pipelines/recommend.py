@@ -89,7 +89,7 @@ def recommend(pipeline_or_scheduler_config, nfe: int):
         gives the evidence: each choice's held-out error against Diffusers' best.
     """
     from .. import schedulers
-    from ..formats.ems_file import schedule_for_config
+    from ..core.schedules import schedule_for_config
 
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive integer (model calls per sample), got {nfe!r}")
