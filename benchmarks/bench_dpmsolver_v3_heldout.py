@@ -53,10 +53,11 @@ from bench_dpmsolver_v3 import (
 from fastsample import DPMSolverV3Scheduler
 from fastsample._io import atomic_write, file_lock
 from fastsample.core import grids
+from fastsample.core.schedules import schedule_for_config
 from fastsample.ems.estimation import compute_ems
 from fastsample.ems.models import analytic_model_fn
 from fastsample.ems.validation import FLOW_VALIDATION_GRIDS, VALIDATION_GRIDS, validate_ems
-from fastsample.formats.ems_file import EMS, schedule_for_config
+from fastsample.formats.ems_file import EMS
 from fastsample.solvers.dpmsolver_v3 import DPMSolverV3, preset
 from fastsample.solvers.sampling import sample
 
