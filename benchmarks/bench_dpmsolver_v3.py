@@ -376,6 +376,22 @@ def diagnose() -> dict:
 SELECTION_NOISE, HELDOUT_NOISE = (0,), (1, 2, 3)  # starting-noise seeds: choose configurations / report
 
 
+def never_worse_cells(mix, schedule, ems, full, noise_seeds=HELDOUT_NOISE):
+    """Per "grid NFE" cell (every grid, NFE 5-10): [mean, std] over ``noise_seeds`` of v3's error with the
+    validated statistics ``ems``, with all of them (``full``), and with none; cells where a run failed are left out."""
+    never = {}
+    for g in GRIDS:
+        for n in range(5, 11):
+            errs = {
+                name: [v3_error(mix, schedule, st, g, n, k) for k in noise_seeds]
+                for name, st in (("validated", ems), ("all statistics", full), ("none", None))
+            }
+            if any(isinstance(e, dict) for es in errs.values() for e in es):
+                continue
+            never[f"{g} {n}"] = {k: [float(np.mean(e)), float(np.std(e, ddof=1))] for k, e in errs.items()}
+    return never
+
+
 def heldout() -> dict:
     """The targets on mixtures not used for design (seeds 10, 11 of both setups), statistics as a user gets them
     (512 samples x 121 points, then ``validate_ems`` on its own held-out starts):
@@ -397,16 +413,7 @@ def heldout() -> dict:
             full = EMS(ems.lambdas, ems.l, ems.s, ems.b, dict(ems.metadata), errors=_errors(ems))
             v = validate_ems(ems, model, cfg, dtype=torch.float64)
             cost = time.time() - t0
-            never = {}
-            for g in GRIDS:
-                for n in range(5, 11):
-                    errs = {
-                        name: [v3_error(mix, schedule, st, g, n, k) for k in HELDOUT_NOISE]
-                        for name, st in (("validated", ems), ("all statistics", full), ("none", None))
-                    }
-                    if any(isinstance(e, dict) for es in errs.values() for e in es):
-                        continue
-                    never[f"{g} {n}"] = {k: [float(np.mean(e)), float(np.std(e, ddof=1))] for k, e in errs.items()}
+            never = never_worse_cells(mix, schedule, ems, full)
             best = {}
             for n in SMALL_NFES:
                 cands = [c for c in ours(cfg, schedule, n, ems) if c[0] != V3_NOEMS] + baselines(cfg, schedule, n)

@@ -43,11 +43,11 @@ from bench_dpmsolver_v3 import (
     _errors,
     _exact,
     baselines,
+    never_worse_cells,
     ours,
     run_scheduler,
     run_unet,
     setup,
-    v3_error,
 )
 
 from fastsample import DPMSolverV3Scheduler
@@ -101,16 +101,7 @@ def mixture(label: str, seed: int, best_grid: bool = True, starts: int = 1024) -
     t0 = time.time()
     v = validate_ems(ems, model, cfg, num_samples=starts, dtype=torch.float64)
     validation_seconds = time.time() - t0
-    never = {}
-    for g in GRIDS:
-        for n in range(5, 11):
-            errs = {
-                name: [v3_error(mix, schedule, st, g, n, k) for k in HELDOUT_NOISE]
-                for name, st in (("validated", ems), ("all statistics", full), ("none", None))
-            }
-            if any(isinstance(e, dict) for es in errs.values() for e in es):
-                continue
-            never[f"{g} {n}"] = {k: [float(np.mean(e)), float(np.std(e, ddof=1))] for k, e in errs.items()}
+    never = never_worse_cells(mix, schedule, ems, full, HELDOUT_NOISE)
     f = mix.model_fn(schedule)
 
     def err(s, k):
