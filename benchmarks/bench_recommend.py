@@ -36,6 +36,7 @@ from pathlib import Path
 
 import diffusers
 import torch
+from protocol import replace_readme_block
 
 import fastsample
 from fastsample import DEISScheduler, DPMSolverV3Scheduler, RectifiedFlowScheduler, S3Scheduler
@@ -355,16 +356,6 @@ def readme_table(res: dict, data: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(table: str) -> None:
-    """Replace the README's block between the recommend-table markers (both must be there)."""
-    path = ROOT / "README.md"
-    text = path.read_text()
-    a, b = text.find(README_BEGIN), text.find(README_END)
-    if a < 0 or b < a:
-        raise SystemExit(f"{path}: the markers {README_BEGIN!r} ... {README_END!r} are missing")
-    atomic_write(path, text[: a + len(README_BEGIN)] + "\n" + table + "\n" + text[b:])
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.parse_args(argv)
@@ -414,7 +405,7 @@ def main(argv=None):
                     }
     atomic_write(RESULTS / "recommend.json", json.dumps(res, indent=1, default=str) + "\n")
     atomic_write(RESULTS / "recommend.md", markdown(res))
-    write_readme(readme_table(res, data))
+    replace_readme_block(README_BEGIN, README_END, readme_table(res, data))
     print((RESULTS / "recommend.md").read_text())
 
 

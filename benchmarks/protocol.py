@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from diffusers import (
 )
 
 from fastsample import DEISScheduler
+from fastsample._io import atomic_write
 from fastsample.core import grids
 from fastsample.core.schedules import RectifiedFlow
 from fastsample.formats.step_schedule import set_timesteps_kwargs
@@ -462,11 +462,18 @@ def ratios(choices: Mapping[tuple[str, object], dict], columns: Sequence, a: str
 def write_results(name: str, data: dict, markdown: str) -> None:
     """benchmarks/results/<name>.json and <name>.md, each written atomically."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for path, text in ((RESULTS / f"{name}.json", json.dumps(data, indent=1, default=_jsonable) + "\n"),
-                       (RESULTS / f"{name}.md", markdown)):  # fmt: skip
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    atomic_write(RESULTS / f"{name}.json", json.dumps(data, indent=1, default=_jsonable) + "\n")
+    atomic_write(RESULTS / f"{name}.md", markdown)
+
+
+def replace_readme_block(begin: str, end: str, text: str) -> None:
+    """Replace README.md's lines between the markers ``begin`` and ``end`` (both must be there) with ``text``."""
+    path = RESULTS.parents[1] / "README.md"
+    readme = path.read_text()
+    a, b = readme.find(begin), readme.find(end)
+    if a < 0 or b < a:
+        raise SystemExit(f"{path}: the markers {begin!r} ... {end!r} are missing")
+    atomic_write(path, readme[: a + len(begin)] + "\n" + text + "\n" + readme[b:])
 
 
 def _jsonable(o):

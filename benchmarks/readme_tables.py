@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from fastsample._io import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
@@ -308,7 +310,7 @@ def main(argv=None) -> int:
             print("README.md's benchmark section differs from benchmarks/results; run benchmarks/readme_tables.py")
             return 1
         return 0
-    readme.write_text(new)
+    atomic_write(readme, new)
     return 0
 
 
