@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..core import grids
 from ..core.schedules import schedule_for_config
 from ..formats.ems_file import EMS
 
@@ -52,7 +53,8 @@ def summary(ems: EMS) -> str:
 
 
 VALIDATION_GRIDS = ("uniform_lambda", "uniform_t", "quadratic_t", "karras")
-FLOW_VALIDATION_GRIDS = ("uniform_t", "quadratic_t")  # log-SNR grids have no finite first point at a flow's t = 1
+# the grids a flow scheduler accepts (log-SNR and Karras grids have no finite first point at a flow's t = 1)
+FLOW_VALIDATION_GRIDS = tuple(n for n in VALIDATION_GRIDS if grids.GRIDS[n] in grids.FLOW_GRIDS)
 
 
 def validate_ems(
@@ -91,7 +93,6 @@ def validate_ems(
     (the most cautious decision: for files read by code without per-grid decisions), ``lambda_max``,
     ``reference``, ``num_samples``, ``seed``, ``rule``.
     """
-    from ..core import grids as grid_fns
     from ..solvers.dpmsolver_v3 import DPMSolverV3, StatisticsResolutionError, preset
     from ..solvers.sampling import sample
 
@@ -119,8 +120,8 @@ def validate_ems(
         return (a - b).pow(2).reshape(len(a), -1).mean(1).cpu().numpy()
 
     ref_solver = DPMSolverV3(order=3)
-    ref = solve(ref_solver, grid_fns.quadratic_t(schedule, reference_steps, t_start=t0, t_end=t1))
-    half = solve(ref_solver, grid_fns.quadratic_t(schedule, reference_steps // 2, t_start=t0, t_end=t1))
+    ref = solve(ref_solver, grids.quadratic_t(schedule, reference_steps, t_start=t0, t_end=t1))
+    half = solve(ref_solver, grids.quadratic_t(schedule, reference_steps // 2, t_start=t0, t_end=t1))
     lam = ems.lambdas
     off = float(lam[-1]) + 1.0
     starts = [float(lam[0]) + (float(lam[-1]) - float(lam[0])) * q for q in (0.0, 0.25, 0.5, 0.75)]
@@ -134,7 +135,7 @@ def validate_ems(
         for n in nfes:
             opts = preset(n)
             opts.pop("time_grid")
-            grid = grid_fns.make_grid(name, schedule, n, t_start=t0, t_end=t1)
+            grid = grids.make_grid(name, schedule, n, t_start=t0, t_end=t1)
             try:
                 runs = [sq_err(solve(DPMSolverV3(stats=_from_lambda(ems, a), **opts), grid), ref) for a in starts]
             except StatisticsResolutionError:  # a step finer than the statistics' grid: not checkable
