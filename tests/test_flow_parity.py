@@ -4,8 +4,9 @@
 - ``solver="multistep2"`` vs ``DPMSolverMultistepScheduler`` with flow sigmas (DPM-Solver++(2M), Lu et
   al., arXiv 2211.01095), at 15 and more steps, where Diffusers' ``lower_order_final`` rule leaves every
   step but the last (into sigma = 0, first order in both) alone. Not ``multistep3``: Diffusers' 3M
-  weights its second-derivative term differently (see :func:`fastsample.solvers.usf.builtins.dpmsolver_multistep`,
-  which reproduces it); ours is order 3 on the exact ODE (tests/test_solver_registry.py).
+  weights its second-derivative term by half its exact Taylor weight (the S3 builtin ``dpmsolver++3m``
+  reproduces it, tests/test_usf.py); ours uses the exact weight: ``test_multistep3_exact_weight_is_third_order``
+  fits both orders against the exact ODE solution.
 
 The model is the exact velocity of a Gaussian mixture (``GaussianMixture.model_fn``), float32 in and out.
 """
@@ -19,7 +20,12 @@ from diffusers import DPMSolverMultistepScheduler, FlowMatchHeunDiscreteSchedule
 
 from fastsample import RectifiedFlowScheduler
 from fastsample.core.analytic import GaussianMixture
-from fastsample.core.schedules import RectifiedFlow
+from fastsample.core.grids import karras, uniform_lambda
+from fastsample.core.schedules import LinearVP, RectifiedFlow
+from fastsample.solvers.multistep import ExpMultistepSolver
+from fastsample.solvers.sampling import sample
+from fastsample.solvers.usf.builtins import builtin, dpmsolver_multistep
+from fastsample.solvers.usf.executor import USFSolver
 
 MIX = GaussianMixture.random(dim=8, components=3, seed=4)
 VELOCITY = MIX.model_fn(RectifiedFlow(), "flow_prediction")
@@ -57,3 +63,40 @@ def test_multistep2_matches_dpmsolver_multistep_with_flow_sigmas(n):
     ours.set_timesteps(sigmas=ref.sigmas.numpy()[:-1])
     np.testing.assert_allclose(ours.sigmas.numpy(), ref.sigmas.numpy(), atol=1e-7)
     torch.testing.assert_close(_run(ours, _start()), _run(ref, _start()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("final_zero", [False, True])
+@pytest.mark.parametrize("schedule", [LinearVP(), RectifiedFlow()])
+def test_multistep_solver_is_the_dpmsolver_builtin(schedule, final_zero):
+    """One statement of DPM-Solver++(2M): the solver and the S3 builtin ``dpmsolver++2m`` (without Diffusers'
+    lower-order final steps) give identical tensors; 3M likewise with the exact third-order weight."""
+    grid = karras(schedule, 9, 0.99, 0.05, final_zero=final_zero)
+    x = torch.from_numpy(MIX.prior_sample(4, schedule, t_start=0.99, seed=1))
+    model = MIX.model_fn(schedule)
+    for order, sched in (
+        (2, builtin("dpmsolver++2m", 9, lower_order_final=False, final_zero=final_zero)),
+        (3, dpmsolver_multistep(9, 3, lower_order_final=False, final_zero=final_zero, exact_third_order=True)),
+    ):
+        ours = sample(model, x, schedule, ExpMultistepSolver(order), grid)
+        assert torch.equal(ours, sample(model, x, schedule, USFSolver(sched), grid))
+
+
+@pytest.mark.slow
+def test_multistep3_exact_weight_is_third_order():
+    """Fitted order against the exact ODE solution (linear VP, uniform lambda, 96-384 steps): the exact
+    second-derivative weight (ours) is third order; Diffusers' half weight falls toward second order."""
+    schedule, steps = LinearVP(), (96, 192, 384)
+    x = MIX.prior_sample(8, schedule, t_start=1.0, seed=0)
+    ref = MIX.ode_solve(x, schedule, 1.0, 0.03)
+
+    def slopes(exact):
+        errs = []
+        for n in steps:
+            sched = dpmsolver_multistep(n, 3, lower_order_final=False, final_zero=False, exact_third_order=exact)
+            grid = uniform_lambda(schedule, n, 1.0, 0.03)
+            y = sample(MIX.model_fn(schedule), torch.from_numpy(x), schedule, USFSolver(sched), grid)
+            errs.append(np.abs(y.numpy() - ref).max())
+        return -np.diff(np.log(errs)) / np.diff(np.log(steps))
+
+    assert np.all(slopes(True) > 2.9)
+    assert np.all(slopes(False) < 2.5)

@@ -103,8 +103,9 @@ for _opts in ({"use_corrector": True}, {"use_corrector": True, "corrector_pseudo
         _fixed(DPMSolverV3(order=2, lower_order_final=False, **_opts)), 2, "discrete_vp", t_range=(0.9, 0.05),
     )
 # Diffusers' UniPC lowers its last steps' order at every step count (order n - i): the final first-order
-# step caps UniPC-3's global order at 2.
-_USF_ORDERS = {"ddim": 1, "dpmsolver++2m": 2, "dpmsolver++3m": 3, "unipc-bh1": 2, "unipc-bh2": 2}
+# step caps UniPC-3's global order at 2. Diffusers' DPM-Solver++(3M) weights its second-derivative term by half
+# the exact weight: second order as the steps grow (tests/test_flow_parity.py fits it).
+_USF_ORDERS = {"ddim": 1, "dpmsolver++2m": 2, "dpmsolver++3m": 2, "unipc-bh1": 2, "unipc-bh2": 2}
 _USF_ORDERS |= {"unipc3-bh2": 2, "deis-logrho3": 3}
 for _name in BUILTINS:
     REGISTRY[f"usf_{_name}"] = Entry(
