@@ -1107,7 +1107,7 @@ def test_bad_input_names_the_argument(case, kind):
         (dict(timesteps=[5000, 500]), "timesteps.*must lie in"),
         (dict(timesteps=[500, 500]), "timesteps.*from noise to data"),
         (dict(timesteps=[400, 500]), "timesteps.*from noise to data"),
-        (dict(timesteps=[]), "timesteps.*non-empty"),
+        (dict(timesteps=[]), "timesteps.*at least 1 value"),
         (dict(num_inference_steps=2.5), "num_inference_steps.*positive integer"),
         (dict(num_inference_steps=0), "num_inference_steps.*positive integer"),
         (dict(num_inference_steps=True), "num_inference_steps.*positive integer"),

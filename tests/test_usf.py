@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -243,6 +244,18 @@ def test_bad_files(tmp_path):
         load(_write(tmp_path, {**good, "steps": steps}))
     with pytest.raises(ScheduleError, match="'nfe' is 5"):
         load(_write(tmp_path, {**good, "nfe": 5}))
+    for values, unit, fault in (
+        ([1.0, float("nan"), 0.5, 0.2, 0.0], "t", "a t grid must run from noise to data .*no NaN"),
+        ([1.0, 0.5, 0.6, 0.2, 0.0], "t", "a t grid .*strictly decreasing"),
+        ([999, 700, 400, 100, -2], "timestep", "a timestep grid .*>= -1"),
+        ([-3.0, -1.0, -2.0, 1.0, float("inf")], "lambda", "a lambda grid .*strictly increasing"),
+    ):
+        path = _write(tmp_path, {**good, "grid": {"unit": unit, "values": values}})
+        with pytest.raises(ScheduleError, match=f"^{re.escape(str(path))}: {fault}") as err:
+            load(path)
+        assert "\n" not in str(err.value)
+    lam = {**good, "grid": {"unit": "lambda", "values": [-float("inf"), -1.0, 0.0, 1.0, float("inf")]}}
+    assert load(_write(tmp_path, lam)).grid[-1] == float("inf")
     with pytest.raises(ScheduleError, match="unknown key"):
         load(_write(tmp_path, {**good, "extra": 1}))
     with pytest.raises(ScheduleError, match="needs 1 derivative"):

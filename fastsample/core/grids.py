@@ -51,12 +51,30 @@ def _finish(grid, final_zero: bool):
     return grid
 
 
-def check_grid(grid) -> np.ndarray:
-    """``grid`` as float64, or ValueError: a time grid is 1-D, finite, strictly decreasing and ends at t >= 0."""
-    grid = np.asarray(grid, dtype=np.float64)
-    if grid.ndim != 1 or len(grid) < 2 or not np.all(np.isfinite(grid)) or np.any(np.diff(grid) >= 0) or grid[-1] < 0:
-        raise ValueError(f"a time grid must be 1-D, finite, strictly decreasing and end at t >= 0, got {grid}")
-    return grid
+def check_grid(
+    grid, what: str = "a time grid", *, increasing: bool = False, least: float | None = 0.0, min_len: int = 2,
+    allow_inf: bool = False, shown=None, error: type[ValueError] = ValueError,
+) -> np.ndarray:
+    """``grid`` as float64 (n,), or ``error`` with one line naming ``what`` and the fault.
+
+    A grid runs from noise to data: 1-D with at least ``min_len`` values, no NaN (nor +-inf unless ``allow_inf``:
+    a lambda grid reaches +inf at t = 0), strictly decreasing (a time grid) or ``increasing`` (a lambda grid),
+    no value below ``least`` (None: no bound). The message shows ``shown`` (the user's values, when ``grid`` is
+    derived from them) or ``grid``.
+    """
+    g = np.asarray(grid, dtype=np.float64)
+    ok = g.ndim == 1 and len(g) >= min_len
+    if ok:
+        d = np.diff(g)
+        ok = not np.any(np.isnan(g)) and (allow_inf or bool(np.all(np.isfinite(g))))
+        ok = ok and bool(np.all(d > 0 if increasing else d < 0)) and (least is None or g.min() >= least)
+    if not ok:
+        rule = f"1-D, at least {min_len} value{'s' if min_len > 1 else ''}, no NaN{'' if allow_inf else ' or Inf'}"
+        rule += f", strictly {'increasing' if increasing else 'decreasing'}"
+        rule += "" if least is None else f", >= {least:g}"
+        values = np.asarray(g if shown is None else shown).tolist()
+        raise error(f"{what} must run from noise to data ({rule}), got {values}")
+    return g
 
 
 def _check_n(n):

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .._io import atomic_write
+from ..core.grids import check_grid
 
 FORMAT = "fastsample.solver_schedule"
 VERSION = 1
@@ -206,17 +207,13 @@ class SolverSchedule:
         if self.grid_unit not in GRID_UNITS:
             raise ScheduleError(f"unknown grid_unit {self.grid_unit!r}; allowed: {', '.join(GRID_UNITS)}")
         if self.grid is not None:
-            g = self.grid
-            if g.ndim != 1 or len(g) != n + 1:
-                raise ScheduleError(f"the grid must have {n + 1} values for {n} steps, got shape {g.shape}")
-            d = np.diff(g)
-            if self.grid_unit == "lambda":
-                if np.any(np.isnan(g)) or np.any(d <= 0):
-                    raise ScheduleError(f"a lambda grid must be strictly increasing, got {g.tolist()}")
-            elif not np.all(np.isfinite(g)) or np.any(d >= 0) or g[-1] < (-1 if self.grid_unit == "timestep" else 0):
-                raise ScheduleError(
-                    f"a {self.grid_unit} grid must be finite, strictly decreasing and >= 0, got {g.tolist()}"
-                )
+            if self.grid.ndim != 1 or len(self.grid) != n + 1:
+                raise ScheduleError(f"the grid must have {n + 1} values for {n} steps, got shape {self.grid.shape}")
+            lam = self.grid_unit == "lambda"
+            check_grid(
+                self.grid, f"a {self.grid_unit} grid", increasing=lam, allow_inf=lam,
+                least=None if lam else -1.0 if self.grid_unit == "timestep" else 0.0, error=ScheduleError,
+            )
         for i, step in enumerate(self.steps):
             where = f"steps[{i}]"
             if step.prediction not in PREDICTIONS:
@@ -348,7 +345,10 @@ def load(path) -> SolverSchedule:
             d = json.load(f)
         except json.JSONDecodeError as e:
             raise ScheduleError(f"{path}: not valid JSON ({e})") from e
-    return SolverSchedule.from_dict(d)
+    try:
+        return SolverSchedule.from_dict(d)
+    except ScheduleError as e:
+        raise ScheduleError(f"{path}: {e}") from e
 
 
 def _jsonable(x):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._io import atomic_write
+from ..core.grids import check_grid
 
 __all__ = [
     "FORMAT",
@@ -70,8 +71,7 @@ class StepSchedule:
         object.__setattr__(self, "values", v)
         if self.unit not in UNITS:
             raise StepScheduleError(f"unknown grid unit {self.unit!r}; allowed: {', '.join(UNITS)}")
-        if v.ndim != 1 or len(v) < 2 or not np.all(np.isfinite(v)) or np.any(np.diff(v) >= 0):
-            raise StepScheduleError(f"the grid must be 1-D, finite and strictly decreasing, got {v.tolist()}")
+        check_grid(v, "the grid", least=None, error=StepScheduleError)
         if v[-1] != 0 or v[0] > 1:
             raise StepScheduleError(f"the grid must lie in [0, 1] and end at 0, got {v.tolist()}")
         if int(self.nfe) < self.num_steps:

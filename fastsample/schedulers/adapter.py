@@ -374,19 +374,14 @@ class FastScheduler(SchedulerMixin, ConfigMixin):
         with one 0 (the data end).
         """
         a = np.asarray(values.detach().cpu() if torch.is_tensor(values) else values, dtype=np.float64)
-        if a.ndim != 1 or len(a) == 0:
-            raise ValueError(f"`{name}` must be a non-empty 1-D sequence, got shape {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"`{name}` contains NaN or Inf: {a.tolist()}")
-        body = a[:-1] if name == "sigmas" and a[-1] == 0 and len(a) > 1 else a
         s = self.schedule
-        if name == "timesteps":  # labels may run either way (rectified-flow labels grow as t falls)
-            t, lo, hi = s.t_of_timestep(body), s.timestep(s.t_min), s.timestep(s.t_max)
+        if name == "timesteps":  # labels may run either way (rectified-flow labels grow as t falls): check the times
+            grids.check_grid(s.t_of_timestep(a) if a.size else a, "`timesteps`", least=None, min_len=1, shown=a)
+            lo, hi = s.timestep(s.t_min), s.timestep(s.t_max)
         else:
-            t = body if s.is_flow else s.t_of_sigma_ve(body)
+            grids.check_grid(a, "`sigmas`", least=None, min_len=1)
             lo, hi = (0.0, 1.0) if s.is_flow else (s.sigma_ve(s.t_min), s.sigma_ve(s.t_max))
-        if np.any(np.diff(body if name == "sigmas" else t) >= 0):
-            raise ValueError(f"`{name}` must run from noise to data (strictly decreasing noise), got {a.tolist()}")
+        body = a[:-1] if name == "sigmas" and a[-1] == 0 and len(a) > 1 else a
         lo, hi = min(lo, hi), max(lo, hi)
         tol = 1e-4 * max(abs(hi), 1.0)
         if body.min() < lo - tol or body.max() > hi + tol or (name == "sigmas" and body[-1] <= 0):
