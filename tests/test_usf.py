@@ -558,3 +558,24 @@ def test_search_baselines_keep_diffusers_deis_beside_ours():
     assert b["deis-logrho3"] == ("schedule", "deis-logrho3")
     assert b["deis-logrho3 (fastsample)"][0] == "solver"
     assert len(b) == len(SCHEDULE_BASELINES) + 4 * 3
+
+
+def test_search_without_surrogate_picks_at_random_and_needs_no_sklearn(monkeypatch):
+    """``predictor="none"`` (the no-surrogate search, arXiv 2312.07243): runs with scikit-learn unimportable, where
+    the surrogate searches fail once they fit; an unknown predictor is one clear error."""
+    import sys
+
+    from fastsample.search.evolution import search
+    from fastsample.search.problem import SearchProblem
+
+    mix = GaussianMixture.random(dim=4, components=3, seed=0)
+    prob = SearchProblem.analytic(mix, DiscreteVP.from_betas(betas_for_schedule("linear")))
+    kw = dict(generations=2, offspring=20, evaluate_per_generation=4, promote=1, low_fidelity=8, high_fidelity=16)
+    for name in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")] + ["sklearn"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    res = search(prob, 3, predictor="none", progress=False, **kw)
+    assert res.schedule.nfe == 3 and res.schedule.metadata["provenance"]["predictor"] == "none"
+    with pytest.raises(ImportError):
+        search(prob, 3, predictor="ridge", progress=False, **kw)
+    with pytest.raises(ValueError, match="unknown predictor 'random'; allowed: mlp, ridge, none"):
+        search(prob, 3, predictor="random", progress=False, **kw)

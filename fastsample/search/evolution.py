@@ -116,6 +116,10 @@ class Evolution:
 EVOLUTION = Evolution()
 
 
+PREDICTORS = ("mlp", "ridge", "none")
+"""Surrogates of :func:`search`: an MLP or ridge regressor on schedule features, or none (random picks)."""
+
+
 class _Surrogate:
     """MLP (or ridge) regressor of log fitness on schedule features: ranks candidates before evaluation."""
 
@@ -123,12 +127,14 @@ class _Surrogate:
         self.kind, self.seed, self.model = kind, seed, None
 
     def fit(self, X, y):
+        if self.kind == "none":  # no surrogate: needs no scikit-learn
+            return
         from sklearn.linear_model import Ridge
         from sklearn.neural_network import MLPRegressor
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        if len(y) < 8 or self.kind == "none":
+        if len(y) < 8:
             self.model = None
             return
         if self.kind == "ridge":
@@ -172,19 +178,21 @@ def search(
     Low fidelity: ``low_fidelity`` samples from seed ``search_seed``; high fidelity: ``high_fidelity``
     samples from seed ``search_seed + 1``. Each generation makes ``offspring`` candidates by mutation and
     crossover of parents (the best at high fidelity, then at low fidelity; mutations grow while the best
-    stalls), the surrogate (``predictor``: ``"mlp"``, ``"ridge"``; ``"none"`` picks at random, an ablation)
-    picks ``evaluate_per_generation`` of them (plus two at random), and the ``promote`` best low-fidelity
-    schedules not yet checked are
-    evaluated at high fidelity. With ``checkpoint`` the state (archive, RNG, history) is written atomically
-    after each generation with a fingerprint of the problem's description and every setting but
-    ``generations`` and ``time_budget_s``; a later call with the same path resumes to the bit-identical
-    result, one with another fingerprint raises UserError, and a second search on the same checkpoint
-    at once is refused. ``out``: where the best schedule is written (JSON).
+    stalls), the surrogate (``predictor``: ``"mlp"``, ``"ridge"``, or ``"none"``: no surrogate, uniform random
+    picks, which measures what the surrogate of arXiv 2312.07243 buys, ``benchmarks/bench_s3.py --ablation``, and
+    needs no scikit-learn) picks ``evaluate_per_generation`` of them (plus two at random), and the ``promote``
+    best low-fidelity schedules not yet checked are evaluated at high fidelity. With ``checkpoint`` the state
+    (archive, RNG, history) is written atomically after each generation with a fingerprint of the problem's
+    description and every setting but ``generations`` and ``time_budget_s``; a later call with the same path
+    resumes to the bit-identical result, one with another fingerprint raises UserError, and a second search on
+    the same checkpoint at once is refused. ``out``: where the best schedule is written (JSON).
     """
     from tqdm.auto import tqdm
 
     from .. import __version__
 
+    if predictor not in PREDICTORS:
+        raise ValueError(f"unknown predictor {predictor!r}; allowed: {', '.join(PREDICTORS)}")
     ns, t0, t1 = problem.noise_schedule, problem.t_start, problem.t_end
     final_zero = t1 == 0
     t_end_pos = ns.t_min if final_zero else t1
