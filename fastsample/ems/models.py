@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..core.model import guide
 from ..core.schedules import DiscreteVP, schedule_for_config
 
 # --- model wrappers -------------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ def unet_model_fn(
             added_cond_kwargs=add_in,
         ).sample
         eu, ec = out.chunk(2)
-        return eu + guidance_scale * (ec - eu)
+        return guide(eu, ec, guidance_scale)
 
     return model_fn
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..core import grids
+from ..core.model import time_labels
 from ..core.schedules import schedule_for_config
 from ..formats.ems_file import EMS
 
@@ -104,7 +105,7 @@ def validate_ems(
     device = torch.device("cpu" if device is None else device)
 
     def fn(x, t):
-        return model_fn(x, torch.full((len(x),), float(schedule.timestep(t)), device=x.device, dtype=x.dtype))
+        return model_fn(x, time_labels(schedule, t, x, x.dtype))
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((num_samples, *ems.shape), generator=g, dtype=torch.float64).to(device, dtype)

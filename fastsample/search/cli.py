@@ -67,6 +67,7 @@ def _problem(args):
     import torch
 
     from .._io import tree_digest
+    from ..core.model import time_labels
     from ..demo import WEIGHTS_DIR, digits_split, load_classifier, load_ddpm_pipeline
 
     pipe, clf = load_ddpm_pipeline(), load_classifier()
@@ -74,8 +75,7 @@ def _problem(args):
 
     @torch.no_grad()
     def model_fn(x, t):
-        ts = torch.full((len(x),), float(vp.timestep(t)), dtype=torch.float32)
-        return pipe.unet(x.float(), ts).sample.to(x.dtype)
+        return pipe.unet(x.float(), time_labels(vp, t, x)).sample.to(x.dtype)
 
     @torch.no_grad()
     def features(x):

@@ -16,6 +16,7 @@ import inspect
 
 import torch
 
+from ..core.model import time_labels
 from ..core.schedules import schedule_for_config
 from ..formats.ems_file import model_fingerprint
 
@@ -36,8 +37,7 @@ def network_model_fn(network: torch.nn.Module, noise_schedule):
 
     @torch.no_grad()
     def f(x, t, **kwargs):
-        label = torch.full((len(x),), float(noise_schedule.timestep(t)), dtype=torch.float32, device=x.device)
-        out = network(**{key: x.to(network.dtype)}, timestep=label, **kwargs)
+        out = network(**{key: x.to(network.dtype)}, timestep=time_labels(noise_schedule, t, x), **kwargs)
         out = out.sample if hasattr(out, "sample") else out[0]
         return out.to(x.dtype)
 
