@@ -111,7 +111,7 @@ def _run(args) -> Path:
         pipe = DiffusionPipeline.from_pretrained(args.model).to(device)
         unet = pipe.unet.eval()
         if getattr(unet.config, "cross_attention_dim", None) is None:
-            data = _load_images(args.data)
+            data = None if args.ems else _load_images(args.data)
             fn = unet_model_fn(unet)
             guidance = 1.0
         else:
@@ -119,7 +119,9 @@ def _run(args) -> Path:
             pe, ne = pipe.encode_prompt(prompts, device, 1, args.guidance_scale > 1.0)[:2]
             fn = unet_model_fn(unet, pe, ne, args.guidance_scale)
             guidance = args.guidance_scale
-            if args.data == "self":
+            if args.ems:  # validating given statistics: no data needed
+                data = None
+            elif args.data == "self":
                 h = args.height or unet.config.sample_size * pipe.vae_scale_factor
                 data = pipe(prompts, height=h, width=h, output_type="latent", guidance_scale=guidance).images.cpu()
             else:
