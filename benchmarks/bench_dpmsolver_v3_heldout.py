@@ -56,7 +56,7 @@ from fastsample.core import grids
 from fastsample.core.schedules import schedule_for_config
 from fastsample.ems.estimation import compute_ems
 from fastsample.ems.models import analytic_model_fn
-from fastsample.ems.validation import FLOW_VALIDATION_GRIDS, VALIDATION_GRIDS, validate_ems
+from fastsample.ems.validation import FLOW_VALIDATION_GRIDS, VALIDATION_GRIDS, scheduler_grids, validate_ems
 from fastsample.formats.ems_file import EMS
 from fastsample.solvers.dpmsolver_v3 import DPMSolverV3, preset
 from fastsample.solvers.sampling import sample
@@ -164,6 +164,7 @@ def demo_model(kind: str, best_grid: bool = True) -> dict:
     unet, cfg = pipe.unet.eval(), pipe.scheduler.config
     schedule, ptype = schedule_for_config(cfg)
     t_end = 0.0 if schedule.is_flow else schedule.t_min
+    names = FLOW_VALIDATION_GRIDS if schedule.is_flow else VALIDATION_GRIDS
 
     def fn(x, t):
         with torch.no_grad():
@@ -192,19 +193,31 @@ def demo_model(kind: str, best_grid: bool = True) -> dict:
             return float("inf")
         return float((out - refs[k]).pow(2).mean().sqrt())
 
-    def v3(name, n, stats, k):
-        opts = preset(n)
-        opts.pop("time_grid")
-        lo = (1.0, 0.0) if schedule.is_flow else (float(ems.metadata["t_start"]), float(ems.metadata["t_end"]))
-        g = grids.make_grid(name, schedule, n, t_start=lo[0], t_end=lo[1])
+    def grid_ref(k, grid):  # the 500-step reference from the grid's first time to its last (leading: t < 1)
+        key = (k, float(grid[0]), float(grid[-1]))
+        if key not in refs:
+            ends = dict(t_start=key[1], t_end=key[2])
+            if key[2] == 0.0 and not schedule.is_flow:  # a VP grid's final step to t = 0
+                ends = dict(t_start=key[1], t_end=schedule.t_min, final_zero=True)
+            with torch.no_grad():
+                refs[key] = sample(
+                    fn, noise(k), schedule, DPMSolverV3(order=3), grids.quadratic_t(schedule, 500, **ends), ptype
+                )
+        return refs[key]
+
+    def v3(grid, opts, stats, k):
         with torch.no_grad():
-            out = sample(fn, noise(k), schedule, DPMSolverV3(stats=stats, **opts), g, ptype)
-        return float((out - refs[k]).pow(2).mean().sqrt())
+            out = sample(fn, noise(k), schedule, DPMSolverV3(stats=stats, **opts), grid, ptype)
+        return float((out - grid_ref(k, grid)).pow(2).mean().sqrt())
 
     never = {}
-    for name in FLOW_VALIDATION_GRIDS if schedule.is_flow else VALIDATION_GRIDS:
-        for n in range(5, 11):
-            e = {lab: [v3(name, n, st, k) for k in DEMO_HELDOUT] for lab, st in (("validated", ems), ("none", None))}
+    lo = (1.0, 0.0) if schedule.is_flow else (float(ems.metadata["t_start"]), float(ems.metadata["t_end"]))
+    for n in range(5, 11):
+        opts = preset(n)
+        opts.pop("time_grid")
+        named = {name: (grids.make_grid(name, schedule, n, t_start=lo[0], t_end=lo[1]), opts) for name in names}
+        for name, (g, o) in {**named, **scheduler_grids(ems, cfg, n)}.items():
+            e = {lab: [v3(g, o, st, k) for k in DEMO_HELDOUT] for lab, st in (("validated", ems), ("none", None))}
             never[f"{name} {n}"] = {lab: [float(np.mean(v)), float(np.std(v, ddof=1))] for lab, v in e.items()}
     rows = {}
     for n in SMALL_NFES if best_grid else ():
