@@ -35,7 +35,6 @@ from bench_dpmsolver_v3 import (
     GRIDS,
     HELDOUT_SEEDS,
     SETUPS,
-    SMALL_NFES,
     V3_BEST,
     V3_NOEMS,
     V3_OPTIONS,
@@ -66,6 +65,7 @@ NAME = "dpmsolver_v3_heldout"
 SELECTION_NOISE, HELDOUT_NOISE = (0,), (1, 2, 3)  # mixtures: starting-noise seeds to choose / to report
 DEMO_SELECTION, DEMO_HELDOUT = (0,), (1, 2)
 DIFFUSERS = ("DPM-Solver++ 2M", "DPM-Solver++ 3M", "UniPC")
+BEST_NFES = tuple(range(5, 11))  # the NFE 5-10
 
 
 def choose(cands, err, selection, heldout) -> dict:
@@ -110,7 +110,7 @@ def mixture(label: str, seed: int, best_grid: bool = True, starts: int = 1024) -
         return float(np.sqrt(np.mean((out.to(torch.float64).numpy() - _exact(mix, schedule, k)) ** 2)))
 
     best = {}
-    for n in SMALL_NFES if best_grid else ():
+    for n in BEST_NFES if best_grid else ():
         cands = [(c[0], c[1], (c[2], c[3])) for c in ours(cfg, schedule, n, ems) + baselines(cfg, schedule, n)]
         best[n] = choose(cands, err, SELECTION_NOISE, HELDOUT_NOISE)
         print("mixture", label, seed, n, {k: round(r["heldout"][0], 4) for k, r in best[n].items()}, flush=True)
@@ -220,7 +220,7 @@ def demo_model(kind: str, best_grid: bool = True) -> dict:
             e = {lab: [v3(g, o, st, k) for k in DEMO_HELDOUT] for lab, st in (("validated", ems), ("none", None))}
             never[f"{name} {n}"] = {lab: [float(np.mean(v)), float(np.std(v, ddof=1))] for lab, v in e.items()}
     rows = {}
-    for n in SMALL_NFES if best_grid else ():
+    for n in BEST_NFES if best_grid else ():
         cands = _demo_candidates(kind, cfg, schedule, n, ems)
         rows[n] = choose(cands, err, DEMO_SELECTION, DEMO_HELDOUT)
         print("demo", kind, n, {k: round(r["heldout"][0], 4) for k, r in rows[n].items()}, flush=True)
