@@ -2,20 +2,22 @@
 
 1. ``mixtures``: the 64-D (linear betas) and 48-D (scaled-linear betas) Gaussian mixtures of seeds 10, 11 (never
    used while designing the fix); statistics as a user gets them (512 samples x 121 lambda points), then
-   :func:`fastsample.ems.validate_ems` (its defaults: 1024 starts, NFE 5-10, four grids, the rule r + 2 se <= 0).
-   Never worse: per grid and NFE 5-10, the preset's options, RMS error against the exact ODE solution, mean over
-   held-out noise seeds 1-3 (64 samples each), with the validated statistics, with all statistics (shrunk and
-   bounded, no validation) and without; "worse" when the mean with exceeds the mean without by more than the
-   seed-to-seed spread (std over the seeds, without). Best grid: each family's grid and options chosen on noise
-   seed 0, its error on seeds 1-3 (the candidate lists of ``bench_dpmsolver_v3.ours`` / ``baselines``).
-2. ``demo``: the demo DDPM and flow model with their shipped statistics (recomputed with error bars and
-   validated, see the README): RMS error against a 500-step reference (statistics-free order-3 DPM-Solver-v3 on
-   a quadratic-t grid; its distance to 250 steps is reported), each family's configuration chosen on noise
-   seed 0 and reported on seeds 1-2 (64 samples each).
+   :func:`fastsample.ems.validate_ems` (its defaults: 1024 starts, NFE 5-10, the named grids and the scheduler's
+   own, the rule r + 2 se <= 0). Never worse: per named grid and NFE 5-10, the preset's options, RMS error against
+   the exact ODE solution, mean over held-out noise seeds 1-3 (64 samples each), with the validated statistics,
+   with all statistics (shrunk and bounded, no validation) and without; "worse" when the mean with exceeds the
+   mean without by more than the seed-to-seed spread (std over the seeds, without). Best grid (NFE 5-10): each
+   family's grid and options chosen on noise seed 0, its error on seeds 1-3 (the candidate lists of
+   ``bench_dpmsolver_v3.ours`` / ``baselines``: Diffusers' roster in every variant on every grid).
+2. ``demo``: the demo DDPM and flow model with their shipped statistics: RMS error against a 500-step reference
+   (statistics-free order-3 DPM-Solver-v3 on a quadratic-t grid from the same first to the same last time; its
+   distance to 250 steps is reported); never worse on every validated grid (the named ones and the grids the
+   scheduler runs from the model's config: its preset and Diffusers' spacings); each family's configuration
+   chosen on noise seed 0 and reported on seeds 1-2 (64 samples each).
 
 Run: ``PYTHONPATH=. python benchmarks/bench_dpmsolver_v3_heldout.py [--only mixtures demo] [--setups 64-D 48-D]``;
 several processes may run different parts at once: each updates benchmarks/results/dpmsolver_v3_heldout.{json,md}
-under a lock. CPU: about 5 minutes per mixture, 4 minutes per demo model (one thread).
+under a lock. CPU (one thread): about 10 minutes per mixture, 6 per demo model.
 """
 
 from __future__ import annotations
