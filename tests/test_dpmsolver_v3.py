@@ -339,6 +339,10 @@ def test_timestep_spacing_is_honoured(spacing):
             ref.set_timesteps(n)
             s.set_timesteps(n)
             assert s.timesteps.tolist() == ref.timesteps.tolist()
+    flow = DPMSolverV3Scheduler.from_config(CFG, use_flow_sigmas=True, prediction_type="flow_prediction")
+    flow.register_to_config(timestep_spacing=spacing)
+    with pytest.raises(ValueError, match="timestep_spacing=.* a flow model's grid"):  # no effect there: refused
+        flow.set_timesteps(5)
     preset_ts = DPMSolverV3Scheduler.from_config(CFG)
     preset_ts.set_timesteps(6)
     lam = preset_ts.schedule.lambda_(preset_ts.schedule.t_of_timestep(preset_ts.timesteps.numpy().astype(float)))

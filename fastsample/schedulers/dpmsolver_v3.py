@@ -156,6 +156,11 @@ class DPMSolverV3Scheduler(FastScheduler):
     def make_grid(self, num_inference_steps: int, sigmas=None, timesteps=None, mu=None) -> np.ndarray:
         """As the base class; with no grid option given, the preset grid (uniform lambda or uniform t)."""
         c, s = self.config, self.schedule
+        if s.is_flow and c.timestep_spacing is not None:
+            raise ValueError(
+                f"timestep_spacing={c.timestep_spacing!r} sets diffusers' integer timesteps of a diffusion schedule; "
+                "a flow model's grid is set by time_grid and the shift: leave timestep_spacing unset"
+            )
         explicit = sigmas is not None or timesteps is not None or c.time_grid or c.use_karras_sigmas or c.use_lambdas
         explicit = explicit or c.timestep_spacing is not None or c.step_schedule_file
         if explicit or s.is_flow:
