@@ -207,7 +207,7 @@ def dpmsolver_v3_heldout(r) -> list[str]:
         pairs, counts = _v3_vs_diffusers(d.get("rows") or {})
         lose = [n for n, x in pairs if x > 1]
         tail = f"; **v3 loses at NFE {', '.join(map(str, lose))}**" if lose else ""
-        what = f"{_fmt_ratios(pairs)} (chose from {counts} configurations)" if pairs else "not measured"
+        what = f"{_fmt_ratios(pairs)} (chose from {counts} configurations)" if pairs else "best grid not measured"
         lines.append(
             f"  demo {kind}: {what}; cells worse than without statistics beyond the seed spread:"
             f" {_never(d['never_worse'])}{tail};"
