@@ -294,18 +294,19 @@ def test_shipped_demo_statistics_match_the_demo_model():
 
 
 def _assert_cautious_off_validated_grids(scheduler, steps):
-    """Shipped statistics carry error bars and per-grid validation; a grid unlike every validated one (the demo
-    pipeline's config asks for diffusers' "leading" spacing) takes the most cautious decision of its step count."""
+    """Shipped statistics carry error bars and per-grid validation, also of the grid the demo pipeline's config asks
+    for (diffusers' "leading" spacing): the scheduler applies that grid's own decision."""
     from fastsample.solvers.dpmsolver_v3 import validated_start
 
     ems = scheduler.ems
     assert ems.se_l is not None and ems.metadata["format_version"] >= 2
     v = ems.metadata["validation"]
-    assert v["num_samples"] >= 256 and len(v["decisions"]) == 24
+    assert v["num_samples"] >= 256 and {d["grid"] for d in v["decisions"]} >= {"leading", "trailing", "linspace"}
     with np.errstate(divide="ignore"):
         lam = scheduler.schedule.lambda_(np.asarray(scheduler._grid))
-    cautious = max(d["use_from_lambda"] for d in v["decisions"] if d["steps"] == steps)
-    assert validated_start(ems, lam) == cautious
+    (own,) = [d for d in v["decisions"] if d["grid"] == "leading" and d["steps"] == steps]
+    assert np.array_equal(own["lambdas"], lam[np.isfinite(lam)])
+    assert validated_start(ems, lam) == own["use_from_lambda"]
 
 
 def test_shipped_flow_demo_statistics_drive_the_flow_pipeline():
@@ -338,6 +339,10 @@ def test_timestep_spacing_is_honoured(spacing):
             ref.set_timesteps(n)
             s.set_timesteps(n)
             assert s.timesteps.tolist() == ref.timesteps.tolist()
+    flow = DPMSolverV3Scheduler.from_config(CFG, use_flow_sigmas=True, prediction_type="flow_prediction")
+    flow.register_to_config(timestep_spacing=spacing)
+    with pytest.raises(ValueError, match="timestep_spacing=.* a flow model's grid"):  # no effect there: refused
+        flow.set_timesteps(5)
     preset_ts = DPMSolverV3Scheduler.from_config(CFG)
     preset_ts.set_timesteps(6)
     lam = preset_ts.schedule.lambda_(preset_ts.schedule.t_of_timestep(preset_ts.timesteps.numpy().astype(float)))
@@ -435,11 +440,12 @@ def test_validation_decides_per_grid_and_the_scheduler_applies_and_warns_once(em
     from fastsample.ems.validation import VALIDATION_GRIDS, _from_lambda, validate_ems, validation_text
     from fastsample.solvers.dpmsolver_v3 import validated_start
 
-    v = validate_ems(
-        ems, analytic_model_fn(MIX, CFG), CFG, nfes=(5, 8), num_samples=32, reference_steps=60, dtype=torch.float64
-    )
+    v = validate_ems(ems, analytic_model_fn(MIX, CFG), CFG, nfes=(5, 8), num_samples=32, dtype=torch.float64)
     assert v["reference"]["error"] < 1e-3
-    assert [(d["grid"], d["steps"]) for d in v["decisions"]] == [(g, n) for g in VALIDATION_GRIDS for n in (5, 8)]
+    # the named grids on the statistics' range (t in [0.05, 0.9]) and the scheduler's own grids inside it: its preset
+    # and diffusers' "leading" spacing (from timestep 830 at 5 steps, 888 at 8); trailing / linspace start at 999
+    expected = [(g, n) for g in (*VALIDATION_GRIDS, "preset", "leading") for n in (5, 8)]
+    assert [(d["grid"], d["steps"]) for d in v["decisions"]] == expected
     lam_max = v["lambda_max"]
     for d in v["decisions"]:
         a, b, c = v["rows"][d["grid"]][str(d["steps"])]
@@ -465,7 +471,8 @@ def test_validation_decides_per_grid_and_the_scheduler_applies_and_warns_once(em
     # one grid switched off, the others on from the first lambda: a warning once, only for that grid
     mixed = _with(ems)
     decisions = [dict(d, use_from_lambda=float(ems.lambdas[0])) for d in v["decisions"]]
-    decisions[0]["use_from_lambda"] = lam_max + 1.0  # uniform_lambda, 5 steps: off
+    preset5 = expected.index(("preset", 5))
+    decisions[preset5]["use_from_lambda"] = lam_max + 1.0  # the scheduler's own preset grid, 5 steps: off
     mixed.metadata["validation"] = dict(v, decisions=decisions, use_from_lambda=lam_max + 1.0)
     mixed.save(tmp_path / "mixed.safetensors")
     with caplog.at_level(logging.WARNING):
@@ -475,7 +482,40 @@ def test_validation_decides_per_grid_and_the_scheduler_applies_and_warns_once(em
                 s.set_timesteps(n)
     warned = [r.getMessage() for r in caplog.records if "are not used" in r.getMessage()]
     assert len(warned) == 1 and "5-step grid" in warned[0], warned
+    assert not [r for r in caplog.records if "not validated" in r.getMessage()]  # its own grid: an exact match
     # a grid like none validated takes the most cautious decision of its step count; older files the global one
     far = np.linspace(float(ems.lambdas[0]), float(ems.lambdas[0]) + 1.0, 6)
     assert validated_start(mixed, far) == lam_max + 1.0
     assert validated_start(_from_lambda(ems, -1.5), far) == -1.5
+
+
+def test_validation_covers_diffusers_spacings_and_warns_on_an_unvalidated_grid(tmp_path, caplog):
+    """Statistics over the whole range are validated on Diffusers' leading / trailing / linspace grids of the
+    config: a pipeline with such a spacing gets its own grid's decision; a grid the validation did not run (an
+    explicit Karras grid ends with a step to t = 0, the validated one at t_min) gets one warning saying so."""
+    import logging
+
+    from fastsample.ems.validation import validate_ems
+    from fastsample.solvers.dpmsolver_v3 import validated_start
+
+    x0 = torch.from_numpy(MIX.sample(512, seed=5))
+    full = compute_ems(analytic_model_fn(MIX, CFG), CFG, x0, grid_size=65, num_samples=256, batch_size=512,
+                       progress=False, dtype=torch.float64)  # fmt: skip
+    v = validate_ems(full, analytic_model_fn(MIX, CFG), CFG, nfes=(5,), num_samples=32, reference_steps=60,
+                     dtype=torch.float64)  # fmt: skip
+    assert {"leading", "trailing", "linspace", "preset"} <= {d["grid"] for d in v["decisions"]}
+    path = full.save(tmp_path / "full.safetensors")
+    with caplog.at_level(logging.WARNING):
+        for spacing in ("leading", "trailing", "linspace"):
+            s = DPMSolverV3Scheduler.from_config(CFG, timestep_spacing=spacing, ems_path=str(path))
+            s.set_timesteps(5)
+            with np.errstate(divide="ignore"):
+                lam = s.schedule.lambda_(np.asarray(s._grid))
+            (own,) = [d for d in v["decisions"] if d["grid"] == spacing]
+            assert np.array_equal(own["lambdas"], lam[np.isfinite(lam)]) and own["steps"] == 5
+            assert validated_start(s.ems, lam) == own["use_from_lambda"]
+        assert not [r for r in caplog.records if "not validated" in r.getMessage()]
+        for _ in range(2):
+            DPMSolverV3Scheduler.from_config(CFG, time_grid="karras", ems_path=str(path)).set_timesteps(5)
+    warned = [r.getMessage() for r in caplog.records if "not validated" in r.getMessage()]
+    assert len(warned) == 1 and "5-step grid" in warned[0] and "karras" in warned[0], warned

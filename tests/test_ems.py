@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from fastsample._io import UserError
 from fastsample.core.analytic import GaussianMixture
 from fastsample.core.schedules import schedule_for_config
 from fastsample.ems.estimation import compute_ems
@@ -328,6 +329,15 @@ def test_cli_demo_like_unet(tmp_path, monkeypatch, capsys):
     v = e.metadata["validation"]  # 3 lambda points: too coarse for 5-10 steps, nothing decided
     assert v["rows"] == {} and v["use_from_lambda"] is None and v["num_samples"] == 2
     e.check(model=DDPMPipeline.from_pretrained(tmp_path / "pipe").unet)
+
+    # --ems: validate existing statistics again (the same arrays, a new check); only with --validate
+    again = ["--model", str(tmp_path / "pipe"), "--ems", str(out), "--out", str(tmp_path / "e2.safetensors")]
+    with pytest.raises(UserError, match="--ems FILE is for --validate"):
+        main(again)
+    e2 = EMS.load(main(again + ["--validate", "--validate-samples", "3", "--no-progress"]))
+    assert e2.metadata["validation"]["num_samples"] == 3 and e2.metadata["num_samples"] == 4
+    for name in ("l", "s", "b", "se_l"):
+        assert torch.equal(torch.as_tensor(getattr(e2, name)), torch.as_tensor(getattr(e, name)))
 
 
 class _Rank:

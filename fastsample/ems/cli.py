@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._io import UserError, refuse_existing
-from ..formats.ems_file import model_fingerprint
+from ..formats.ems_file import EMS, model_fingerprint
 from .estimation import compute_ems
 from .models import unet_model_fn, vae_latents
 from .validation import summary, validate_ems, validation_text
@@ -43,6 +43,11 @@ def _add_arguments(p):
         help="then compare DPM-Solver-v3 with and without the statistics at NFE 5-10 (stored in the file)",
     )
     p.add_argument("--validate-samples", type=int, default=1024, help="held-out starts for --validate")
+    p.add_argument(
+        "--ems",
+        default=None,
+        help="validate these existing statistics of --model (with --validate) instead of computing new ones",
+    )
 
 
 def _load_images(path):
@@ -57,7 +62,17 @@ def _run(args) -> Path:
     refuse_existing(args.out, args.force)  # before the work, not after it
     if args.checkpoint and Path(args.checkpoint).resolve() == Path(args.out).resolve():
         raise UserError(f"--checkpoint {args.checkpoint} is also --out; give it its own name")
+    if args.ems and not args.validate:
+        raise UserError("--ems FILE is for --validate: give --validate, or leave out --ems to compute statistics")
     acc = Accelerator()
+
+    def existing(unet):  # --ems: the given statistics, checked against the model (and the config below)
+        if args.ems is None:
+            return None
+        ems = EMS.load(args.ems)
+        ems.check(model=unet)
+        return ems
+
     device = args.device or acc.device
     common = dict(
         grid_size=args.grid_size,
@@ -82,7 +97,7 @@ def _run(args) -> Path:
             common["t_start"] = 0.995 if args.t_start is None else args.t_start
             common["t_end"] = 0.005 if args.t_end is None else args.t_end
         fn = unet_model_fn(unet)
-        ems = compute_ems(
+        ems = existing(unet) or compute_ems(
             fn,
             pipe.scheduler.config,
             data,
@@ -96,7 +111,7 @@ def _run(args) -> Path:
         pipe = DiffusionPipeline.from_pretrained(args.model).to(device)
         unet = pipe.unet.eval()
         if getattr(unet.config, "cross_attention_dim", None) is None:
-            data = _load_images(args.data)
+            data = None if args.ems else _load_images(args.data)
             fn = unet_model_fn(unet)
             guidance = 1.0
         else:
@@ -104,12 +119,14 @@ def _run(args) -> Path:
             pe, ne = pipe.encode_prompt(prompts, device, 1, args.guidance_scale > 1.0)[:2]
             fn = unet_model_fn(unet, pe, ne, args.guidance_scale)
             guidance = args.guidance_scale
-            if args.data == "self":
+            if args.ems:  # validating given statistics: no data needed
+                data = None
+            elif args.data == "self":
                 h = args.height or unet.config.sample_size * pipe.vae_scale_factor
                 data = pipe(prompts, height=h, width=h, output_type="latent", guidance_scale=guidance).images.cpu()
             else:
                 data = vae_latents(pipe.vae, _load_images(args.data))
-        ems = compute_ems(
+        ems = existing(unet) or compute_ems(
             fn,
             pipe.scheduler.config,
             data,

@@ -56,6 +56,36 @@ def summary(ems: EMS) -> str:
 VALIDATION_GRIDS = ("uniform_lambda", "uniform_t", "quadratic_t", "karras")
 # the grids a flow scheduler accepts (log-SNR and Karras grids have no finite first point at a flow's t = 1)
 FLOW_VALIDATION_GRIDS = tuple(n for n in VALIDATION_GRIDS if grids.GRIDS[n] in grids.FLOW_GRIDS)
+SPACINGS = ("leading", "trailing", "linspace")
+"""Diffusers' ``timestep_spacing`` values: a pipeline's scheduler config states one (DDPM and SD: "leading")."""
+
+
+def scheduler_grids(ems: EMS, scheduler_config, n: int) -> dict:
+    """{setting: grid} - the time grids ``DPMSolverV3Scheduler.from_config(scheduler_config)`` with these statistics
+    runs for ``n`` steps, exactly (snapped to integer timesteps, final step to t = 0 as its config says): "preset"
+    (no grid option: the paper's grid on the statistics' range) and, for diffusion models, each of Diffusers'
+    :data:`SPACINGS` with the config's ``steps_offset``; only grids within the statistics' lambda range (the
+    scheduler refuses the others). Values: (grid, the scheduler's solver options for it)."""
+    from ..schedulers.dpmsolver_v3 import DPMSolverV3Scheduler
+
+    plain = dict(time_grid=None, timestep_spacing=None, use_karras_sigmas=False, use_lambdas=False)
+    plain["guidance_scale"] = None if ems.guidance_scale == 1.0 else ems.guidance_scale
+    settings = {"preset": {}}
+    if not schedule_for_config(scheduler_config)[0].is_flow:
+        settings.update({sp: {"timestep_spacing": sp} for sp in SPACINGS})
+    lo, hi = float(ems.lambdas[0]), float(ems.lambdas[-1])
+    out = {}
+    for label, kw in settings.items():
+        s = DPMSolverV3Scheduler.from_config(scheduler_config, **{**plain, **kw}).use_ems(ems)
+        grid = np.asarray(s.make_grid(n), dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            lam = np.asarray(s.schedule.lambda_(grid), dtype=np.float64)
+        lam = lam[np.isfinite(lam)]
+        if lam.min() >= lo - 1e-6 * max(1.0, hi - lo) and lam.max() <= hi + 1e-6 * max(1.0, hi - lo):
+            opts = s.solver_options(n)
+            opts.pop("time_grid")
+            out[label] = (grid, opts)
+    return out
 
 
 def validate_ems(
@@ -76,23 +106,26 @@ def validate_ems(
     ``ems.metadata["validation"]`` (the solver applies it, :func:`~fastsample.solvers.dpmsolver_v3.validated_start`)
     and returns it.
 
-    From ``num_samples`` standard-normal starts (seeded by ``seed``, not the statistics' seed) at the statistics'
-    t_start, solve to t_end with the paper's preset options for each NFE on each grid of :data:`VALIDATION_GRIDS`
-    (flows: from t = 1 to 0, as their scheduler runs, on :data:`FLOW_VALIDATION_GRIDS`) against a reference: the
-    statistics-free order-3 solver with ``reference_steps`` steps on a quadratic-t grid (its distance to half as
-    many steps is stored as its error). Candidates: the statistics from the grid's first lambda, from each of its
-    quartiles (below them l = 1, s = b = 0), not at all. Rule, per (grid, NFE): r = log of the RMS error ratio
-    with / without, paired over the same starts, se its standard error (delta method); a candidate qualifies when
-    r + 2 se <= 0 (better with ~98% one-sided confidence), the qualifying one with the lowest r is used, and with
-    none the statistics are off on that grid. Cost: ``len(nfes)`` x 4 grids x 5 solves of ``num_samples`` starts
-    (for NFE 5-10: 900 batched model calls) plus 300 for the reference.
+    Grids, for each NFE: each of :data:`VALIDATION_GRIDS` from the statistics' t_start to t_end (flows: from t = 1
+    to 0, as their scheduler runs, on :data:`FLOW_VALIDATION_GRIDS`) with the paper's preset options, and the
+    grids the scheduler itself runs from ``scheduler_config`` (:func:`scheduler_grids`: its preset and Diffusers'
+    spacings, exactly, with its options), each distinct grid once. From ``num_samples`` standard-normal starts
+    (seeded by ``seed``, not the statistics' seed) at the grid's first time, solve to its last against a
+    reference from the same time to the same end: the statistics-free order-3 solver with ``reference_steps``
+    steps on a quadratic-t grid (the largest distance of a reference to half as many steps is stored as its
+    error). Candidates: the statistics from the statistics' first lambda, from each of its quartiles (below them
+    l = 1, s = b = 0), not at all. Rule, per (grid, NFE): r = log of the RMS error ratio with / without, paired
+    over the same starts, se its standard error (delta method); a candidate qualifies when r + 2 se <= 0 (better
+    with ~98% one-sided confidence), the qualifying one with the lowest r is used, and with none the statistics
+    are off on that grid. Cost per grid and NFE: 5 solves of ``num_samples`` starts; per distinct (first, last)
+    time: 1.5 ``reference_steps`` model calls (Diffusers' "leading" spacing starts at another time per NFE).
     ``model_fn`` as for :func:`compute_ems`.
 
-    Result: ``decisions`` [{grid, steps, lambdas (the grid's), use_from_lambda, log_ratio, upper}], ``rows``
-    {grid: {nfe: [RMS with all statistics, without, with the decision]}}, ``hurt`` [[grid, nfe, with, without]]
-    where all statistics raised the error, ``off`` [[grid, nfe]] where they are not used, ``use_from_lambda``
-    (the most cautious decision: for files read by code without per-grid decisions), ``lambda_max``,
-    ``reference``, ``num_samples``, ``seed``, ``rule``.
+    Result: ``decisions`` [{grid, steps, lambdas (the grid's finite ones), use_from_lambda, log_ratio, upper}],
+    ``rows`` {grid: {nfe: [RMS with all statistics, without, with the decision]}}, ``hurt`` [[grid, nfe, with,
+    without]] where all statistics raised the error, ``off`` [[grid, nfe]] where they are not used,
+    ``use_from_lambda`` (the most cautious decision: for files read by code without per-grid decisions),
+    ``lambda_max``, ``reference``, ``num_samples``, ``seed``, ``rule``.
     """
     from ..solvers.dpmsolver_v3 import DPMSolverV3, StatisticsResolutionError, preset
     from ..solvers.sampling import sample
@@ -120,9 +153,19 @@ def validate_ems(
     def sq_err(a, b):  # per-sample mean squared error (num_samples,)
         return (a - b).pow(2).reshape(len(a), -1).mean(1).cpu().numpy()
 
-    ref_solver = DPMSolverV3(order=3)
-    ref = solve(ref_solver, grids.quadratic_t(schedule, reference_steps, t_start=t0, t_end=t1))
-    half = solve(ref_solver, grids.quadratic_t(schedule, reference_steps // 2, t_start=t0, t_end=t1))
+    ref_solver, refs, ref_errors = DPMSolverV3(order=3), {}, []
+
+    def reference(grid):  # the high-accuracy solution from the grid's first time to its last, per (first, last)
+        key = (float(grid[0]), float(grid[-1]))
+        if key not in refs:
+            ends = dict(t_start=key[0], t_end=key[1])
+            if key[1] == 0.0 and not schedule.is_flow:  # a VP schedule's t = 0: the final step of the grid
+                ends = dict(t_start=key[0], t_end=schedule.t_min, final_zero=True)
+            refs[key] = solve(ref_solver, grids.quadratic_t(schedule, reference_steps, **ends))
+            half = solve(ref_solver, grids.quadratic_t(schedule, reference_steps // 2, **ends))
+            ref_errors.append(math.sqrt(float(sq_err(half, refs[key]).mean())))
+        return refs[key]
+
     lam = ems.lambdas
     off = float(lam[-1]) + 1.0
     starts = [float(lam[0]) + (float(lam[-1]) - float(lam[0])) * q for q in (0.0, 0.25, 0.5, 0.75)]
@@ -131,45 +174,55 @@ def validate_ems(
         r = 0.5 * math.log(a.mean() / c.mean())
         return r, 0.5 * float(np.std(a / a.mean() - c / c.mean(), ddof=1)) / math.sqrt(len(a))
 
+    cases = []  # (label, nfe, grid, solver options), each distinct grid once
+    for n in nfes:
+        opts = preset(n)
+        opts.pop("time_grid")
+        named = [(name, grids.make_grid(name, schedule, n, t_start=t0, t_end=t1), opts) for name in names]
+        for label, grid, o in named + [(k, *v) for k, v in scheduler_grids(ems, scheduler_config, n).items()]:
+            if not any(c[1] == n and len(c[2]) == len(grid) and np.array_equal(c[2], grid) for c in cases):
+                cases.append((label, n, grid, o))
     decisions, rows, hurt, off_cells = [], {}, [], []
-    for name in names:
-        for n in nfes:
-            opts = preset(n)
-            opts.pop("time_grid")
-            grid = grids.make_grid(name, schedule, n, t_start=t0, t_end=t1)
-            try:
-                runs = [sq_err(solve(DPMSolverV3(stats=_from_lambda(ems, a), **opts), grid), ref) for a in starts]
-            except StatisticsResolutionError:  # a step finer than the statistics' grid: not checkable
-                continue
-            without = sq_err(solve(DPMSolverV3(**opts), grid), ref)
-            tests = [log_ratio(e, without) for e in runs]
-            ok = [j for j, (r, se) in enumerate(tests) if r + 2 * se <= 0]
-            j = min(ok, key=lambda i: tests[i][0]) if ok else None
-            with np.errstate(divide="ignore"):
-                grid_lam = np.asarray(schedule.lambda_(grid), dtype=np.float64)
-            decisions.append(
-                {
-                    "grid": name,
-                    "steps": len(grid) - 1,
-                    "lambdas": [float(v) for v in grid_lam[np.isfinite(grid_lam)]],
-                    "use_from_lambda": off if j is None else starts[j],
-                    "log_ratio": 0.0 if j is None else tests[j][0],
-                    "upper": 0.0 if j is None else tests[j][0] + 2 * tests[j][1],
-                }
-            )
-            a, c = math.sqrt(float(runs[0].mean())), math.sqrt(float(without.mean()))
-            chosen = c if j is None else math.sqrt(float(runs[j].mean()))
-            rows.setdefault(name, {})[str(n)] = [a, c, chosen]
-            if a > c:
-                hurt.append([name, int(n), a, c])
-            if j is None:
-                off_cells.append([name, int(n)])
+    for name, n, grid, opts in sorted(cases, key=lambda c: [*names, "preset", *SPACINGS].index(c[0])):
+        try:
+            runs = [
+                sq_err(solve(DPMSolverV3(stats=_from_lambda(ems, a), **opts), grid), reference(grid)) for a in starts
+            ]
+        except StatisticsResolutionError:  # a step finer than the statistics' grid: not checkable
+            continue
+        without = sq_err(solve(DPMSolverV3(**opts), grid), reference(grid))
+        tests = [log_ratio(e, without) for e in runs]
+        ok = [j for j, (r, se) in enumerate(tests) if r + 2 * se <= 0]
+        j = min(ok, key=lambda i: tests[i][0]) if ok else None
+        with np.errstate(divide="ignore"):
+            grid_lam = np.asarray(schedule.lambda_(grid), dtype=np.float64)
+        decisions.append(
+            {
+                "grid": name,
+                "steps": len(grid) - 1,
+                "lambdas": [float(v) for v in grid_lam[np.isfinite(grid_lam)]],
+                "use_from_lambda": off if j is None else starts[j],
+                "log_ratio": 0.0 if j is None else tests[j][0],
+                "upper": 0.0 if j is None else tests[j][0] + 2 * tests[j][1],
+            }
+        )
+        a, c = math.sqrt(float(runs[0].mean())), math.sqrt(float(without.mean()))
+        chosen = c if j is None else math.sqrt(float(runs[j].mean()))
+        rows.setdefault(name, {})[str(n)] = [a, c, chosen]
+        if a > c:
+            hurt.append([name, int(n), a, c])
+        if j is None:
+            off_cells.append([name, int(n)])
     result = {
         "num_samples": num_samples,
         "seed": seed,
         "rule": "per grid and NFE: statistics from the start with the lowest log RMS ratio r among those with "
         "r + 2 se <= 0 (paired over the starts), else off",
-        "reference": {"solver": "no statistics, order 3, quadratic t", "steps": reference_steps, "error": 0.0},
+        "reference": {
+            "solver": "no statistics, order 3, quadratic t",
+            "steps": reference_steps,
+            "error": max(ref_errors, default=0.0),
+        },
         "decisions": decisions,
         "rows": rows,
         "hurt": hurt,
@@ -177,7 +230,6 @@ def validate_ems(
         "use_from_lambda": max(d["use_from_lambda"] for d in decisions) if decisions else None,
         "lambda_max": float(lam[-1]),
     }
-    result["reference"]["error"] = float(math.sqrt(float(sq_err(half, ref).mean())))
     ems.metadata["validation"] = result
     return result
 

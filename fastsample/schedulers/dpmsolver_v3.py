@@ -27,23 +27,36 @@ from ..solvers.dpmsolver_v3 import DPMSolverV3, preset, validated_start
 from .adapter import FastScheduler
 
 logger = logging.get_logger(__name__)
-_WARNED: set = set()  # (statistics, validated grid) pairs whose switch-off was already reported
+_WARNED: set = set()  # (statistics, steps, grid or decision) already reported: each warning once
 
 
 def _warn_off(ems: EMS, lam) -> None:
-    """Warn once per statistics and grid when their stored validation (:func:`~fastsample.ems.validate_ems`)
-    switched them off for the grid with lambdas ``lam`` (:func:`~fastsample.solvers.dpmsolver_v3.validated_start`)."""
+    """Warn once per statistics and grid (lambdas ``lam``) when the grid is not one their stored validation
+    (:func:`~fastsample.ems.validate_ems`) checked, so another grid's decision applies
+    (:func:`~fastsample.solvers.dpmsolver_v3.validated_start`), and when that decision switched them off."""
     v = ems.metadata.get("validation") or {}
     start = validated_start(ems, lam)
-    if start is None or start <= v.get("lambda_max", np.inf):
-        return
-    key = (ems.metadata.get("sha256") or id(ems), len(lam) - 1, start)
-    if key in _WARNED:
-        return
-    _WARNED.add(key)
     where = str(ems.path) if ems.path else "in memory"
+    steps, fin = len(lam) - 1, np.asarray(lam, dtype=np.float64)[np.isfinite(lam)]
+    exact = any(
+        d["steps"] == steps and len(d["lambdas"]) == len(fin) and np.allclose(d["lambdas"], fin, rtol=0, atol=1e-9)
+        for d in v.get("decisions") or ()
+    )
+    key = (ems.metadata.get("sha256") or id(ems), steps)
+    if v.get("decisions") and not exact and key + tuple(np.round(fin, 9)) not in _WARNED:
+        _WARNED.add(key + tuple(np.round(fin, 9)))
+        grid_names = sorted({d["grid"] for d in v["decisions"] if d["steps"] == steps})
+        logger.warning(
+            f"DPM-Solver-v3 statistics ({where}) were not validated on this {steps}-step grid (validated at "
+            f"{steps} steps: {', '.join(grid_names) or 'none'}); the decision of the closest validated grid is "
+            "used if it is within a fifth of a step, else the most cautious one (run fastsample ems --validate with "
+            "this scheduler config to check this grid)."
+        )
+    if start is None or start <= v.get("lambda_max", np.inf) or key + (start,) in _WARNED:
+        return
+    _WARNED.add(key + (start,))
     logger.warning(
-        f"DPM-Solver-v3 statistics ({where}) are not used on this {len(lam) - 1}-step grid: on their validation "
+        f"DPM-Solver-v3 statistics ({where}) are not used on this {steps}-step grid: on their validation "
         "check they did not lower the error of the statistics-free solver there with confidence, so it runs as "
         "DPM-Solver++ (fastsample ems --validate prints the check)."
     )
@@ -116,7 +129,8 @@ class DPMSolverV3Scheduler(FastScheduler):
         g = self.config.guidance_scale
         return g is not None and g > 1.0
 
-    def _options(self, nfe: int) -> dict:
+    def solver_options(self, nfe: int) -> dict:
+        """Solver options and preset ``time_grid`` for ``nfe`` steps: the preset's, with the ones the config gives."""
         c = self.config
         p = preset(nfe, self._guided(), c.guidance_scale or 1.0)
         given = {
@@ -131,7 +145,7 @@ class DPMSolverV3Scheduler(FastScheduler):
         return p
 
     def make_solver(self, nfe: int = 10):
-        opts = self._options(nfe)
+        opts = self.solver_options(nfe)
         opts.pop("time_grid")
         return DPMSolverV3(stats=self.ems, **opts)
 
@@ -142,11 +156,16 @@ class DPMSolverV3Scheduler(FastScheduler):
     def make_grid(self, num_inference_steps: int, sigmas=None, timesteps=None, mu=None) -> np.ndarray:
         """As the base class; with no grid option given, the preset grid (uniform lambda or uniform t)."""
         c, s = self.config, self.schedule
+        if s.is_flow and c.timestep_spacing is not None:
+            raise ValueError(
+                f"timestep_spacing={c.timestep_spacing!r} sets diffusers' integer timesteps of a diffusion schedule; "
+                "a flow model's grid is set by time_grid and the shift: leave timestep_spacing unset"
+            )
         explicit = sigmas is not None or timesteps is not None or c.time_grid or c.use_karras_sigmas or c.use_lambdas
         explicit = explicit or c.timestep_spacing is not None or c.step_schedule_file
         if explicit or s.is_flow:
             return super().make_grid(num_inference_steps, sigmas=sigmas, timesteps=timesteps, mu=mu)
-        name = self._options(num_inference_steps)["time_grid"]
+        name = self.solver_options(num_inference_steps)["time_grid"]
         ems = self.ems
         kw = {} if ems is None else {"t_start": ems.metadata["t_start"], "t_end": ems.metadata["t_end"]}
         grid = grids.make_grid(name, s, num_inference_steps, final_zero=c.final_sigmas_type == "zero", **kw)
