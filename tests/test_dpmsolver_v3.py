@@ -294,19 +294,19 @@ def test_shipped_demo_statistics_match_the_demo_model():
 
 
 def _assert_cautious_off_validated_grids(scheduler, steps):
-    """Shipped statistics carry error bars and per-grid validation, also of the grid the demo pipeline's config asks
-    for (diffusers' "leading" spacing): the scheduler applies that grid's own decision."""
+    """Shipped statistics carry error bars and per-grid validation; the shipped file predates the validation of
+    Diffusers' spacings, so the grid the demo pipeline's config asks for (diffusers' "leading" spacing) is unlike
+    every validated one and takes the most cautious decision of its step count."""
     from fastsample.solvers.dpmsolver_v3 import validated_start
 
     ems = scheduler.ems
     assert ems.se_l is not None and ems.metadata["format_version"] >= 2
     v = ems.metadata["validation"]
-    assert v["num_samples"] >= 256 and {d["grid"] for d in v["decisions"]} >= {"leading", "trailing", "linspace"}
+    assert v["num_samples"] >= 256 and len(v["decisions"]) == 24
     with np.errstate(divide="ignore"):
         lam = scheduler.schedule.lambda_(np.asarray(scheduler._grid))
-    (own,) = [d for d in v["decisions"] if d["grid"] == "leading" and d["steps"] == steps]
-    assert np.array_equal(own["lambdas"], lam[np.isfinite(lam)])
-    assert validated_start(ems, lam) == own["use_from_lambda"]
+    cautious = max(d["use_from_lambda"] for d in v["decisions"] if d["steps"] == steps)
+    assert validated_start(ems, lam) == cautious
 
 
 def test_shipped_flow_demo_statistics_drive_the_flow_pipeline():

@@ -165,4 +165,3 @@ def main(argv=None) -> Path:
 
 if __name__ == "__main__":
     main()
-
