@@ -14,9 +14,13 @@ Contestants (every grid is given to every scheduler that takes it, ours and Diff
   ``sigmas=`` where its ``set_timesteps`` takes them (in this Diffusers only DPM-Solver++ for VP models).
 - Ours, general (no model-specific file): UniPC-bh2 and DPM-Solver++2M (``S3Scheduler``), DEIS tAB3, iPNDM3
   and iPNDM4, each at its default grid and the config grids (trailing, Karras, log-SNR, quadratic); flow:
-  our Euler, multistep2, multistep3, UniPC-bh2 and DEIS tAB3 at the default (shifted uniform) grid.
+  our Euler, multistep2, multistep3, UniPC-bh2 and DEIS tAB3 at the default (shifted uniform) grid and on
+  every fixed grid the Diffusers flow schedulers get (through ``sigmas=``; a choice on a fixed grid is
+  shipped as a step schedule file holding that grid).
 - Ours, model-specific: UniPC-bh2 / flow multistep2 with the shipped optimised step schedule
-  (eval/schedules/steps_demo_*), DPM-Solver-v3 with the shipped statistics, the S^3 searched NFE-5 schedule.
+  (eval/schedules/steps_demo_*), DPM-Solver-v3 with the shipped statistics, and the S^3 schedule searched
+  for each NFE (eval/schedules/demo_{ddpm,flow}_s3_nfe{n}.json: ``fastsample search --metric sample_rmse``
+  on its own seeds, disjoint from the selection and held-out seeds here; the cost is in each file).
 
 Writes benchmarks/results/recommend.{json,md} and the package data that ``fastsample.recommend`` reads
 (fastsample/pipelines/recommendations/: recommendations.json and the step schedule files it names).
@@ -27,14 +31,17 @@ Writes benchmarks/results/recommend.{json,md} and the package data that ``fastsa
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import diffusers
+import numpy as np
 import torch
 from protocol import replace_readme_block
 
@@ -42,6 +49,7 @@ import fastsample
 from fastsample import DEISScheduler, DPMSolverV3Scheduler, RectifiedFlowScheduler, S3Scheduler
 from fastsample._io import atomic_write, file_digest
 from fastsample.formats.ems_file import model_fingerprint
+from fastsample.formats.step_schedule import StepSchedule
 from fastsample.pipelines.recommend import DATA_DIR, FORMAT, VERSION, network_config_digest
 from fastsample.steps import Condition, SchedulerRunner, StepProblem, StepScheduleError, compute_teachers, fixed_grids
 from fastsample.steps.models import demo
@@ -52,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SCHEDULES = ROOT / "eval" / "schedules"
 PACKAGE = Path(fastsample.__file__).resolve().parent
+SOURCE = "benchmarks/bench_recommend.py"
 NFES = (4, 5, 6, 8, 10)
 TARGET = {4: 0.7, 5: 0.7, 6: 0.7, 8: 0.85, 10: 0.85}  # ours / Diffusers' best (issue 14)
 PROBLEM = dict(seeds=range(2), heldout_seeds=range(100, 104), batch_size=64, fine_steps=40, teacher_substeps=2)
@@ -133,30 +142,29 @@ def contestants(which: str, cfg: dict) -> list[dict]:
             )
             for n in NFES
         ]
-        out.append(
-            c(
-                "ours-model",
-                "S3 searched (ours)",
-                S3Scheduler,
-                {5},
-                schedule_file=str(SCHEDULES / "demo_ddpm_nfe5.json"),
-            )
-        )
         return out
     ems = PACKAGE / "demo" / "weights" / "flow" / "ems.safetensors"
-    uni = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=cfg.get("shift", 1.0))
+    uni = flow_config(cfg)
     out = [
         c("diffusers", "FlowMatch Euler (diffusers)", d.FlowMatchEulerDiscreteScheduler, grids=True),
         c("diffusers", "FlowMatch Heun (diffusers)", d.FlowMatchHeunDiscreteScheduler, grids=True),
         c("diffusers", "UniPC bh2 flow (diffusers)", d.UniPCMultistepScheduler, grids=True, **uni),
     ]
     out += [
-        c("ours-general", f"{s} (ours)", RectifiedFlowScheduler, solver=s)
+        c("ours-general", f"{s} (ours)", RectifiedFlowScheduler, grids=True, solver=s)
         for s in ("euler", "multistep2", "multistep3")
     ]
     out += [
-        c("ours-general", "UniPC-bh2 flow (ours)", S3Scheduler, builtin_schedule="unipc-bh2", **uni),
-        c("ours-general", "DEIS tAB3 flow (ours)", DEISScheduler, solver_order=3, deis_variant="tab", **uni),
+        c("ours-general", "UniPC-bh2 flow (ours)", S3Scheduler, grids=True, builtin_schedule="unipc-bh2", **uni),
+        c(
+            "ours-general",
+            "DEIS tAB3 flow (ours)",
+            DEISScheduler,
+            grids=True,
+            solver_order=3,
+            deis_variant="tab",
+            **uni,
+        ),
     ]
     out.append(c("ours-model", "DPM-Solver-v3 + statistics (ours)", DPMSolverV3Scheduler, ems_path=str(ems)))
     out += [
@@ -173,6 +181,27 @@ def contestants(which: str, cfg: dict) -> list[dict]:
     return out
 
 
+def flow_config(cfg: dict) -> dict:
+    """The config keys that run our (and Diffusers' UniPC) VP-form schedulers on the flow model's sigmas."""
+    return dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=cfg.get("shift", 1.0))
+
+
+def s3_searched(which: str, cfg: dict):
+    """The S^3 schedules searched for the demo model at each NFE (eval/schedules/demo_{which}_s3_nfe{n}.json;
+    searched on their own seeds, none of the selection or held-out seeds here). A generator: each file is
+    copied into the package data when its contestant is evaluated (after the others)."""
+    for n in NFES:
+        config = {} if which == "ddpm" else flow_config(cfg)
+        yield {
+            "family": "ours-model",
+            "label": "S3 searched (ours)",
+            "cls": S3Scheduler,
+            "config": {**config, "schedule_file": snapshot(f"demo_{which}_s3_nfe{n}.json")},
+            "grids": False,
+            "nfes": {n},
+        }
+
+
 def evaluate(which: str) -> dict:
     """Selection errors of every contestant x mode x NFE; held-out errors of every family's and label's best."""
     from fastsample import demo as shipped
@@ -186,15 +215,21 @@ def evaluate(which: str) -> dict:
     teacher_cpu = time.process_time() - t0
     cond = problem.conditions[0]
     rows = []
-    everyone = [v for con in contestants(which, cfg) for v in (with_config_grids(con, cfg) if con["grids"] else [con])]
-    for con in everyone:
-        sched = con["cls"].from_config(cfg, **con["config"])
+    # Diffusers' own grid options as config variants; ours take every fixed grid through sigmas= / timesteps=
+    # (our flow schedulers have the same config keys but do not honour all of them in flow mode)
+    everyone = [
+        v
+        for con in contestants(which, cfg)
+        for v in (with_config_grids(con, cfg) if con["grids"] and con["family"] == "diffusers" else [con])
+    ]
+    for con in itertools.chain(everyone, s3_searched(which, cfg)):
+        sched = con["scheduler"] = con["cls"].from_config(cfg, **con["config"])
         con["digests"] = {k: file_digest(v) for k, v in con["config"].items() if k.endswith(("_file", "_path"))}
         runner = SchedulerRunner(sched, problem)
         for nfe in NFES:
             if con["nfes"] is not None and nfe not in con["nfes"]:
                 continue
-            modes = {}
+            modes, grid_of = {}, {}
             steps = steps_for_nfe(sched, nfe)
             if con["family"] != "diffusers" and steps != nfe:  # recommend() promises num_inference_steps = nfe
                 continue
@@ -203,6 +238,7 @@ def evaluate(which: str) -> dict:
             if con["grids"] and nfe % runner.stages == 0:
                 for g, grid in fixed_grids(problem, runner.steps_for(nfe)).items():
                     modes[g] = lambda x, k, grid=grid, r=runner: r.run(grid, x, k)
+                    grid_of[g] = grid
             for mode, fn in modes.items():
                 calls = problem.model_fn.calls
                 try:
@@ -220,7 +256,8 @@ def evaluate(which: str) -> dict:
                         "selection": err,
                         "_fn": fn,
                         "_con": con,
-                        "num_inference_steps": steps if mode == "default" else None,
+                        "num_inference_steps": steps if mode == "default" else runner.steps_for(nfe),
+                        "grid": grid_of[mode].tolist() if mode in grid_of else None,
                     }
                 )
         print(which, con["label"], "done", flush=True)
@@ -237,11 +274,13 @@ def evaluate(which: str) -> dict:
         for key in ("diffusers", "ours-general", "ours"):
             cand = [r for r in here if r["family"] == key or (key == "ours" and r["family"].startswith("ours"))]
             chosen[key] = min(cand, key=lambda r: r["selection"])
-        held = {}
+        held, timesteps = {}, {}
         for r in chosen.values():
             ident = (r["label"], r["mode"])
             if ident not in held:
                 held[ident] = combine(unit_errors(problem, r["_fn"], teachers, "heldout"))
+                # what the scheduler ran (recommend()'s scheduler must run the same; tests/test_recommend.py)
+                timesteps[ident] = [float(v) for v in r["_con"]["scheduler"].timesteps]
         entry = {"nfe": nfe, "selection": [{k: r[k] for k in ("family", "label", "mode", "selection")} for r in here]}
         for key, r in chosen.items():
             h = held[(r["label"], r["mode"])]
@@ -256,6 +295,8 @@ def evaluate(which: str) -> dict:
                 "config": r["_con"]["config"],
                 "digests": r["_con"]["digests"],
                 "num_inference_steps": r["num_inference_steps"],
+                "grid": r["grid"],
+                "timesteps": timesteps[(r["label"], r["mode"])],
             }
         entry["ratio"] = entry["ours"]["heldout"] / entry["diffusers"]["heldout"]
         entry["general_ratio"] = entry["ours-general"]["heldout"] / entry["diffusers"]["heldout"]
@@ -267,10 +308,27 @@ def evaluate(which: str) -> dict:
     return out
 
 
-def package_choice(choice: dict) -> dict:
+def package_choice(choice: dict, which: str, nfe: int) -> dict:
     """A choice as recommend() builds it; file keys relative to the fastsample package (schedule files
-    outside the package are copied next to the data)."""
+    outside the package are copied next to the data). A choice made on a fixed grid (not its scheduler's
+    default) carries that grid as a step schedule file, written next to the data."""
     config = {}
+    if choice["grid"] is not None:
+        flow = which == "flow"
+        slug = re.sub(r"[^a-z0-9]+", "-", choice["label"].lower()).strip("-")
+        dest = DATA_DIR / f"grid_demo_{which}_{slug}_{choice['mode']}_nfe{nfe}.json"
+        StepSchedule(
+            np.asarray(choice["grid"]),
+            "flow_sigma" if flow else "t",
+            nfe,
+            solver={"class": choice["class"], "config": choice["config"]},
+            method={"name": f"fixed grid {choice['mode']!r} (fastsample.steps.fixed_grids)", "source": SOURCE},
+            report={"heldout_error": choice["heldout"], "selection_error": choice["selection"]},
+        ).save(dest)
+        config["step_schedule_file"] = {
+            "package_file": dest.relative_to(PACKAGE).as_posix(),
+            "sha256": file_digest(dest),
+        }
     for k, v in choice["config"].items():
         if k.endswith(("_file", "_path")):
             p = Path(v)
@@ -289,6 +347,7 @@ def package_choice(choice: dict) -> dict:
         "class": choice["class"],
         "config": config,
         "num_inference_steps": choice["num_inference_steps"],
+        "mode": choice["mode"],
         "heldout_error": choice["heldout"],
     }
 
@@ -373,17 +432,17 @@ def main(argv=None):
     data = {
         "format": FORMAT,
         "version": VERSION,
-        "source": "benchmarks/bench_recommend.py",
+        "source": SOURCE,
         "models": {},
         "general": {},
     }
     for which, r in res["models"].items():
         kind = "vp" if which == "ddpm" else "flow"
         model, general = {}, {}
-        for e in r["rows"]:  # every "ours" row runs its own default grid: a configured scheduler carries it
+        for e in r["rows"]:  # a configured scheduler carries each "ours" choice (a fixed grid: as a step file)
             for src, dst in ((e["ours"], model), (e["ours-general"], general)):
                 dst[str(e["nfe"])] = {
-                    **package_choice(src),
+                    **package_choice(src, which, e["nfe"]),
                     "diffusers_best": f"{e['diffusers']['label']}, {e['diffusers']['mode']}",
                     "diffusers_best_heldout_error": e["diffusers"]["heldout"],
                 }
@@ -395,6 +454,10 @@ def main(argv=None):
         }
         data["general"][kind] = general
     atomic_write(DATA_DIR / "recommendations.json", json.dumps(data, indent=1) + "\n")
+    named = {Path(v).name for v in re.findall(r'"package_file": "([^"]+)"', json.dumps(data))}
+    for f in DATA_DIR.glob("*.json"):  # copies of files no choice names any more (package data of this script)
+        if f.name != "recommendations.json" and f.name not in named:
+            f.unlink()
     for r in res["models"].values():
         for e in r["rows"]:
             for v in e.values():

@@ -1001,7 +1001,7 @@ def test_saved_folder_with_scheduler_files_moves(which, tmp_path):
     else:
         src = tmp_path / "mine" / "s3.json"
         src.parent.mkdir()
-        shutil.copy(REPO / "eval" / "schedules" / "demo_ddpm_nfe5.json", src)
+        shutil.copy(REPO / "eval" / "schedules" / "demo_ddpm_s3_nfe5.json", src)
         pipe.scheduler = public.S3Scheduler.from_config(cfg, schedule_file=str(src))
         key = "schedule_file"
     before = _demo_sample(pipe).images

@@ -172,7 +172,7 @@ def test_edited_input_file_is_not_served_from_a_stale_cell(tmp_path, edit):
     """Why: a schedule file, the model weights or the reference statistics edited in place gave the old FD."""
     folder = tmp_path / "cfg"
     folder.mkdir()
-    shutil.copy(ROOT / "eval" / "schedules" / "demo_ddpm_nfe5.json", folder / "sched.json")
+    shutil.copy(ROOT / "eval" / "schedules" / "demo_ddpm_s3_nfe5.json", folder / "sched.json")
     shutil.copytree(demo.WEIGHTS_DIR / "ddpm", folder / "model")
     net = sources.FeatureNet({"features": "demo-classifier"}, "cpu")
     sources.reference_statistics({"reference": "demo-heldout"}, net, tmp_path)  # caches the held-out digits'
@@ -190,7 +190,7 @@ def test_edited_input_file_is_not_served_from_a_stale_cell(tmp_path, edit):
 
 def test_each_input_file_is_hashed_once_per_run(tmp_path, monkeypatch):
     """Large files are hashed once per run, not once per cell."""
-    shutil.copy(ROOT / "eval" / "schedules" / "demo_ddpm_nfe5.json", tmp_path / "sched.json")
+    shutil.copy(ROOT / "eval" / "schedules" / "demo_ddpm_s3_nfe5.json", tmp_path / "sched.json")
     s3 = '[[schedulers]]\nname = "fastsample.S3Scheduler"\nlabel = "{}"\nconfig = {{ schedule_file = "sched.json" }}\n'
     path = _config(tmp_path, nfe="[5]", schedulers=s3.format("S3 a") + s3.format("S3 b"))
     hashed = []

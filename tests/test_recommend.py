@@ -56,6 +56,21 @@ def test_demo_models_get_the_results_files_heldout_winner_and_it_runs_in_the_pip
     assert count["n"] == nfe and images.shape[0] == 2 and torch.isfinite(torch.as_tensor(images)).all()
 
 
+@pytest.mark.parametrize("which", ["ddpm", "flow"])
+def test_the_recommended_scheduler_runs_the_timesteps_the_benchmark_measured(which):
+    """Each choice (the demo model's and the general default), as recommend() builds it, takes the steps the
+    benchmark ran with num_inference_steps = nfe (a choice on a fixed grid: through its step schedule file)."""
+    results = json.loads(RESULTS.read_text())["models"][which]
+    pipe = PIPES[which]()
+    for row in results["rows"]:
+        for key, obj in (("ours", pipe), ("ours-general", dict(pipe.scheduler.config))):
+            choice, nfe = row[key], row["nfe"]
+            scheduler = recommend(obj, nfe)
+            scheduler.set_timesteps(nfe)
+            assert choice["num_inference_steps"] == nfe
+            assert [float(v) for v in scheduler.timesteps] == pytest.approx(choice["timesteps"], abs=1e-6), (key, nfe)
+
+
 def test_a_model_is_recognised_by_its_weights_not_its_config_or_name():
     pipe = demo.load_ddpm_pipeline()
     general = DATA["general"]["vp"]["5"]

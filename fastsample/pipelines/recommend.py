@@ -5,8 +5,9 @@ by ``benchmarks/bench_recommend.py``, never typed): per benchmarked NFE (4, 5, 6
 our schedulers on the shipped demo models (chosen on selection seeds; error = per-sample RMSE against a
 reference solution of the same noise; the file holds each choice's held-out error and Diffusers' best
 for comparison, and benchmarks/results/recommend.md the table), with their model-specific files
-(optimised step schedules, DPM-Solver-v3 statistics), and per model kind (VP or flow) the best choice
-without a model-specific file, the general default for any other model.
+(optimised step schedules, DPM-Solver-v3 statistics, searched S^3 schedules), and per model kind (VP or
+flow) the best choice without a model-specific file, the general default for any other model (a choice
+made on a fixed grid carries it as a step schedule file holding only that grid).
 
 A demo model is recognised by its network's weights (the config digest, then
 :func:`~fastsample.formats.ems_file.model_fingerprint`), never by a name or path.

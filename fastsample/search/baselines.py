@@ -16,12 +16,20 @@ from .problem import SearchProblem, fitness_of
 
 
 def _grid_for(name, ns, n, t_start, t_end):
-    """A baseline grid by its name in :data:`fastsample.core.grids.GRIDS`, from t_start to t_end (0: data)."""
-    end = {"final_zero": True} if t_end == 0 else {"t_end": t_end}
+    """A baseline grid by its name in :data:`fastsample.core.grids.GRIDS`, from t_start to t_end (0: data;
+    a VP grid then steps from its last trained time to 0, a flow grid spaces its points down to 0)."""
+    end = {"final_zero": True} if t_end == 0 and not ns.is_flow else {"t_end": t_end}
     return grids.make_grid(name, ns, n, t_start=t_start, **end)
 
 
 BASELINE_GRIDS = ("time_uniform", "time_quadratic", "logSNR", "karras")
+
+
+def baseline_grids(ns) -> tuple:
+    """The names in :data:`BASELINE_GRIDS` defined for the noise schedule (flows: :data:`grids.FLOW_GRIDS`)."""
+    return tuple(g for g in BASELINE_GRIDS if not ns.is_flow or grids.GRIDS[g] in grids.FLOW_GRIDS)
+
+
 SCHEDULE_BASELINES = ("ddim", "dpmsolver++2m", "dpmsolver++3m", "unipc-bh1", "unipc-bh2", "unipc3-bh2", "deis-logrho3")
 
 
@@ -47,14 +55,15 @@ def evaluate_baselines(
     for name, (kind, obj) in baseline_solvers().items():
         if solvers is not None and name not in solvers:
             continue
-        for gname in BASELINE_GRIDS if grid_names is None else grid_names:
+        for gname in baseline_grids(problem.noise_schedule) if grid_names is None else grid_names:
             grid = _grid_for(gname, problem.noise_schedule, nfe, problem.t_start, problem.t_end)
             vals = []
             for seed in seeds:
                 x, ref = problem.batch(seed, n)
                 try:
                     if kind == "schedule":
-                        out = problem.run(builtin(obj, nfe).with_grid(grid), x)
+                        first_usable = bool(problem.noise_schedule.alpha(grid[0]) > 0)
+                        out = problem.run(builtin(obj, nfe, first_usable=first_usable).with_grid(grid), x)
                     else:
                         out = generic_sample(
                             problem.model_fn,
@@ -70,4 +79,3 @@ def evaluate_baselines(
                     vals.append(math.inf)
             rows.append({"solver": name, "grid": gname, "fitness": float(np.mean(vals))})
     return sorted(rows, key=lambda r: r["fitness"])
-

@@ -1,8 +1,9 @@
 """``fastsample search``: find an S^3 solver schedule (Liu et al., arXiv 2312.07243) for a model and NFE.
 
-Models: ``gmm`` (an analytic Gaussian mixture; fitness against the exact ODE solution) and
-``demo-ddpm`` (the shipped digits DDPM; fitness ``fid`` = Frechet distance of the demo classifier's
-features to the digits data, or ``rmse`` against a high-NFE reference). Writes the schedule (JSON,
+Models: ``gmm`` (an analytic Gaussian mixture; fitness against the exact ODE solution), ``demo-ddpm``
+and ``demo-flow`` (the shipped digits DDPM and flow model; fitness ``fid`` = Frechet distance of the demo
+classifier's features to the digits training data, or ``rmse`` / ``sample_rmse`` against a reference
+solution of the same noise, UniPC-3 with 100 steps; see :func:`.problem.fitness_of`). Writes the schedule (JSON,
 with provenance) to ``--out`` and, with ``--report``, the held-out comparison with every fixed solver.
 
     fastsample search --model gmm --nfe 5 --out eval/schedules/gmm_nfe5.json --report
@@ -21,10 +22,12 @@ __all__ = ["main", "build_parser"]
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=("gmm", "demo-ddpm"), default="gmm")
+    p.add_argument("--model", choices=("gmm", "demo-ddpm", "demo-flow"), default="gmm")
     p.add_argument("--nfe", type=positive_int, required=True, help="model evaluations of the schedule")
     p.add_argument("--out", required=True, help="where to write the found schedule (JSON)")
-    p.add_argument("--metric", choices=("rmse", "fid"), default=None, help="default: rmse (gmm), fid (demo-ddpm)")
+    p.add_argument(
+        "--metric", choices=("rmse", "sample_rmse", "fid"), default=None, help="default: rmse (gmm), fid (demo models)"
+    )
     p.add_argument("--generations", type=positive_int, default=30)
     p.add_argument(
         "--offspring", type=positive_int, default=200, help="candidates per generation ranked by the surrogate"
@@ -35,7 +38,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictor", choices=("mlp", "ridge", "none"), default="mlp")
     p.add_argument("--timestep-only", action="store_true", help="search the grid only (AutoDiffusion)")
     p.add_argument("--base", default="unipc-bh2", help="base solver for --timestep-only")
-    p.add_argument("--no-afs", action="store_true", help="do not consider the analytical first step")
+    p.add_argument(
+        "--no-afs", action="store_true", help="do not consider the analytical first step (never on flow models)"
+    )
     p.add_argument("--checkpoint", default=None, help="checkpoint file (resumed when present)")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=0)
@@ -68,14 +73,19 @@ def _problem(args):
 
     from .._io import tree_digest
     from ..core.model import time_labels
-    from ..demo import WEIGHTS_DIR, digits_split, load_classifier, load_ddpm_pipeline
+    from ..core.schedules import schedule_for_config
+    from ..demo import WEIGHTS_DIR, digits_split, load_classifier, load_ddpm_pipeline, load_flow_pipeline
 
-    pipe, clf = load_ddpm_pipeline(), load_classifier()
-    vp = DiscreteVP.from_config(pipe.scheduler.config)
+    which = args.model.removeprefix("demo-")
+    pipe = load_ddpm_pipeline() if which == "ddpm" else load_flow_pipeline()
+    clf = load_classifier()
+    ns, ptype = schedule_for_config(pipe.scheduler.config)
+    if ns.is_flow and float(pipe.scheduler.config.get("shift", 1.0)) != 1.0:
+        raise UserError("the search's flow grids are in model time: a shifted flow model is not supported")
 
     @torch.no_grad()
     def model_fn(x, t):
-        return pipe.unet(x.float(), time_labels(vp, t, x)).sample.to(x.dtype)
+        return pipe.unet(x.float(), time_labels(ns, t, x)).sample.to(x.dtype)
 
     @torch.no_grad()
     def features(x):
@@ -85,14 +95,18 @@ def _problem(args):
     metric = args.metric or "fid"
     prob = SearchProblem.from_model(
         model_fn,
-        vp,
+        ns,
         tuple(data.shape[1:]),
+        prediction_type=ptype,
         features=features,
         reference_steps=None if metric == "fid" else 100,
+        # a flow starts where Diffusers' flow UniPC / DPM-Solver++ do, at the largest trained t below 1: there
+        # lambda is finite, so the first point gives derivatives
+        t_start=1.0 - 1.0 / ns.num_train_timesteps if ns.is_flow else None,
         description={
-            "name": "fastsample demo digits DDPM (16x16)",
-            "noise_schedule": vp.describe(),
-            "sha256": tree_digest(WEIGHTS_DIR / "ddpm"),
+            "name": f"fastsample demo digits {'DDPM' if which == 'ddpm' else 'flow model'} (16x16)",
+            "noise_schedule": ns.describe(),
+            "sha256": tree_digest(WEIGHTS_DIR / which),
             "classifier_sha256": tree_digest(WEIGHTS_DIR / "classifier"),
         },
     )
@@ -128,7 +142,7 @@ def _run(args) -> int:
         predictor=args.predictor,
         timestep_only=args.timestep_only,
         base=args.base,
-        allow_afs=not args.no_afs,
+        allow_afs=not (args.no_afs or problem.noise_schedule.is_flow),
         checkpoint=args.checkpoint,
         out=args.out,
         seed=args.seed,

@@ -32,7 +32,7 @@ import numpy as np
 from .._io import UserError, atomic_write, file_lock
 from ..formats.solver_schedule import ScheduleError, SolverSchedule, Step
 from ..solvers.usf.builtins import builtin
-from .baselines import BASELINE_GRIDS, SCHEDULE_BASELINES, _grid_for, evaluate_baselines
+from .baselines import SCHEDULE_BASELINES, _grid_for, baseline_grids, evaluate_baselines
 from .genotype import _features, _key, _make_step, _step_genes, _t_of_u, _u_of_t
 from .problem import SearchProblem, fitness_of
 
@@ -198,6 +198,9 @@ def search(
     t_end_pos = ns.t_min if final_zero else t1
     if final_zero and t_end_pos <= 0:
         t_end_pos = float(ns.t_of_lambda(np.array([12.0]))[0])
+    if allow_afs and ns.is_flow:
+        raise ValueError("the analytical first step applies to VP models only; search flows with allow_afs=False")
+    first_usable = bool(ns.alpha(t0) > 0)  # a flow's t = 1 point gives no derivative (lambda = -inf)
     rng = np.random.default_rng(seed)
     archive: dict[str, dict] = {}
     start_gen, elapsed0 = 0, 0.0
@@ -259,9 +262,9 @@ def search(
             pop = []
             names = [base] if timestep_only else list(SCHEDULE_BASELINES)
             for name in names:
-                for gname in BASELINE_GRIDS:
+                for gname in baseline_grids(ns):
                     grid = _grid_for(gname, ns, nfe, t0, t1)
-                    pop.append(builtin(name, nfe).with_grid(grid))
+                    pop.append(builtin(name, nfe, first_usable=first_usable).with_grid(grid))
                     if allow_afs and not timestep_only:
                         grid = _grid_for(gname, ns, nfe + 1, t0, t1)
                         b = builtin(name, nfe + 1)
@@ -312,7 +315,7 @@ def search(
                 if rng.random() < p:
                     g[4] = not g[4]
                 if g != old:
-                    steps[i] = _make_step(i, n, *g, final_zero)
+                    steps[i] = _make_step(i, n, *g, final_zero, first_usable)
             return SolverSchedule(tuple(steps), grid, "t", s.afs)
 
         def crossover(a: SolverSchedule, b: SolverSchedule) -> SolverSchedule:
@@ -465,4 +468,3 @@ def report(
         "improvement": 1.0 - found / best["fitness"] if best["fitness"] > 0 else 0.0,
         "baselines": base,
     }
-

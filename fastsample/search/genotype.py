@@ -15,21 +15,28 @@ MAX_ORDER = 3
 
 
 def _u_of_t(ns, t, t_start, t_end_pos):
-    """Karras (rho = 7) coordinate in [0, 1] of time t between t_start and the last positive time."""
+    """Coordinate in [0, 1] of time t between t_start and the last positive time: Karras (rho = 7) for VP
+    models; linear in t for flows (their sigma_ve is infinite at t = 1)."""
+    if ns.is_flow:
+        return (t_start - np.asarray(t, dtype=np.float64)) / (t_start - t_end_pos)
     rho = 7.0
     a, b = float(ns.sigma_ve(t_start)) ** (1 / rho), float(ns.sigma_ve(t_end_pos)) ** (1 / rho)
     return (np.asarray(ns.sigma_ve(t)) ** (1 / rho) - a) / (b - a)
 
 
 def _t_of_u(ns, u, t_start, t_end_pos):
+    if ns.is_flow:
+        return np.asarray(t_start - np.asarray(u, dtype=np.float64) * (t_start - t_end_pos), dtype=np.float64)
     rho = 7.0
     a, b = float(ns.sigma_ve(t_start)) ** (1 / rho), float(ns.sigma_ve(t_end_pos)) ** (1 / rho)
     return np.asarray(ns.t_of_sigma_ve((a + np.asarray(u) * (b - a)) ** rho), dtype=np.float64)
 
 
-def _make_step(i, n, prediction, order, npts, coef, corrector, final_zero):
-    """A step with valid decisions: order capped by history, data order 1 into sigma = 0."""
-    order = max(1, min(order, i + 1, MAX_ORDER))
+def _make_step(i, n, prediction, order, npts, coef, corrector, final_zero, first_usable=True):
+    """A step with valid decisions: order capped by history (without the first point where it gives no
+    derivative: a flow's t = 1), no corrector there either, data order 1 into sigma = 0."""
+    history = i + 1 if first_usable else i
+    order = max(1, min(order, history, MAX_ORDER))
     last = i == n - 1
     if last and final_zero and prediction == "data":
         order = 1
@@ -43,7 +50,7 @@ def _make_step(i, n, prediction, order, npts, coef, corrector, final_zero):
         else:
             ders.append(Derivative(tuple(range(1, order))))
     corr = None
-    if corrector and not last:
+    if corrector and not last and (first_usable or i > 0):
         cpts = (-1,) + tuple(range(1, order))
         corr = Corrector(order + 1, tuple(Derivative(cpts) for _ in range(order)))
     return Step(prediction, order, tuple(ders), 0, corr)
@@ -72,4 +79,3 @@ def _features(s: SolverSchedule, nfe: int, ns, t_start, t_end_pos) -> np.ndarray
 
 def _key(s: SolverSchedule) -> str:
     return json.dumps({"g": [round(float(v), 6) for v in s.grid], "s": [x.to_dict() for x in s.steps], "a": s.afs})
-
