@@ -510,8 +510,9 @@ def main(argv=None):
         results["s3"] = s3
     if limits is not None:  # merged by case: cases not rerun keep their rows
         results["analysis"] = [a for a in results.get("analysis", []) if a["model"] not in cases] + limits
-    if parts:
+    if {"ddpm", "flow"} & set(parts):  # the load the demo cost rows were measured under
         results["load_average"] = [round(v, 1) for v in os.getloadavg()]
+    if rerun or s3 is not None:  # the analysis rows carry their own evaluation counts
         results["settings"] = {"max_evals": args.max_evals, "demo_max_evals": args.demo_max_evals}
         results["demo_batch_size"] = DEMO["batch_size"]
         results["environment"] = {
