@@ -34,6 +34,7 @@ from fastsample.steps import (
     optimize,
     optimize_steps,
 )
+from fastsample.steps.optimize import combine, refine, unit_errors
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -150,6 +151,32 @@ def test_one_flow_schedule_serves_two_resolutions_with_their_mu():
     for mu in MUS.values():
         sch.set_timesteps(sigmas=res.grid[:-1].tolist(), mu=mu)
         np.testing.assert_allclose(sch.sigmas.numpy(), shift_sigmas(res.grid, mu=mu), atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["euler", "multistep2"])
+def test_refinement_reaches_what_random_start_searches_find(solver):
+    """Exact oracle (flow mixture, NFE 4): the optimiser (DP or fixed-grid start + Nelder-Mead) ends within 1%
+    of the best of three Nelder-Mead searches from random grids on its own selection error, so the gap to the
+    0.7x target that remains for these solvers (benchmarks/results/steps.md, analysis) is not a stuck search."""
+    p = StepProblem(
+        FLOW_MIX[8].model_fn(RF, "flow_prediction"), RF, "flow_prediction", [Condition((8,))],
+        seeds=[0, 1], heldout_seeds=[10], batch_size=48, dtype=torch.float64, fine_steps=40,
+    )  # fmt: skip
+    runner = SchedulerRunner(RectifiedFlowScheduler(solver=solver), p)
+    teachers = compute_teachers(p)
+    res = optimize(p, runner, 4, teachers, max_evals=80)
+    assert res.selection_error <= min(res.start_errors.values())
+
+    def error(g):
+        return combine(unit_errors(p, lambda x, c: runner.run(g, x, c), teachers, "selection"))["mean"]
+
+    rng = np.random.default_rng(0)
+    fine = p.fine_grid()
+    found = []
+    for _ in range(3):
+        q = np.concatenate([[0.0], np.cumsum(rng.dirichlet(3 * np.ones(4)))]) * (len(fine) - 1)
+        found.append(refine(p, error, np.interp(q, np.arange(len(fine)), fine), 80)[1])
+    assert res.selection_error <= 1.01 * min(found), (res.selection_error, found)
 
 
 @pytest.fixture(scope="module")
