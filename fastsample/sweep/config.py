@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._io import UserError
-from .metrics import check_encoders, sweep_metrics
+from .metrics import MAX_SAMPLES, check_encoders, sweep_metrics
 
 FORMAT_VERSION = 2
 
@@ -33,6 +33,7 @@ KEYS = {
         "dinov2",
         "clip",
         "download",
+        "reference_solver",
     },
     "schedulers": {"name", "label", "config"},
 }
@@ -302,6 +303,7 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
     ``step_schedule_file = "steps_nfe{nfe}.json"``): each NFE of the sweep needs its file.
     """
     from .._args import device as device_arg
+    from .reference import reference_spec
 
     path = Path(path)
     if not path.is_file():
@@ -400,6 +402,10 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         check_encoders(metric, sweep_metrics(metric), base)
     except ValueError as e:
         raise ConfigError(f"{src}: {e}") from None
+    if "reference_solver" in metric:
+        if "rmse" not in metric.get("metrics", []):
+            raise ConfigError(f"{src}: metric.reference_solver applies to metric 'rmse', which [metric] metrics omits")
+        metric["reference_solver"] = reference_spec(metric["reference_solver"], src)
 
     out = Path(output or sweep.get("output", f"out/{name}"))
     if not out.is_absolute() and output is None:
@@ -409,6 +415,11 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         raise ConfigError(f"{src}: save_images must be true, false or a folder, got {save_images!r}")
     if save_images is not False:
         save_images = out / "images" if save_images is True else (base / save_images).expanduser().resolve()
+    num_samples = _int(sweep.get("num_samples", 1000), "num_samples", src, 2)
+    if "fd_ci" in metric.get("metrics", []) and num_samples > MAX_SAMPLES:
+        raise ConfigError(
+            f"{src}: metric 'fd_ci' keeps every sample's features: at most {MAX_SAMPLES} samples, got {num_samples}"
+        )
     cfg = SweepConfig(
         name=name,
         output=out,
@@ -417,11 +428,10 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         schedulers=specs,
         nfe=list(nfe),
         guidance_scales=[float(g) for g in guidance],
-        num_samples=_int(sweep.get("num_samples", 1000), "num_samples", src, 2),
+        num_samples=num_samples,
         batch_size=_int(sweep.get("batch_size", 250), "batch_size", src, 1),
         seed=_int(sweep.get("seed", 0), "seed", src, 0),
         device=str(device),
         save_images=save_images or None,
     )
     return cfg
-
