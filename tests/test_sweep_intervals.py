@@ -34,7 +34,9 @@ label = "DDIM"
 config = {{ timestep_spacing = "trailing", set_alpha_to_one = true }}
 """
 
-SOLVER = 'reference_solver = { name = "diffusers.DDIMScheduler", config = { timestep_spacing = "trailing" }, steps = 8 }'
+SOLVER = (
+    'reference_solver = { name = "diffusers.DDIMScheduler", config = { timestep_spacing = "trailing" }, steps = 8 }'
+)
 
 
 def _cfg(tmp_path, metrics='["fd", "rmse", "fd_ci"]', extra=SOLVER, out="out"):
@@ -123,10 +125,30 @@ def test_bad_reference_solver(tmp_path, metrics, extra, match):
 
 def test_fd_ci_refuses_more_samples_than_it_keeps(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text(CONFIG.format(metrics='["fd", "fd_ci"]', extra="").replace("num_samples = 8", "num_samples = 20000"))
+    text = CONFIG.format(metrics='["fd", "fd_ci"]', extra="")
+    path.write_text(text.replace("num_samples = 8", "num_samples = 20000"))
     with pytest.raises(ConfigError, match="at most 10000 samples"):
         sweep.load_config(path)
 
 
 def test_per_sample_rmse_and_interval():
     np.testing.assert_allclose(per_sample_rmse(torch.zeros(2, 3), torch.full((2, 3), 2.0)), [2.0, 2.0])
+
+
+def test_demo_tables_mark_values_whose_interval_overlaps_the_best():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from demo_tables import marked_table
+
+    cells = [
+        {"scheduler": "A", "nfe": 4, "fd": 10.0, "fd_ci95": [9.0, 11.0]},
+        {"scheduler": "B", "nfe": 4, "fd": 10.5, "fd_ci95": [10.9, 12.0]},  # overlaps A's interval
+        {"scheduler": "C", "nfe": 4, "fd": 14.0, "fd_ci95": [12.0, 16.0]},  # does not
+        {"scheduler": "C", "nfe": 6, "fd": 5.0, "fd_ci95": [4.0, 6.0]},
+    ]
+    rows = {line.split(" | ")[0].strip("| "): line for line in marked_table(cells, "fd", "t").splitlines()[4:]}
+    assert "**10.000 [9.000, 11.000]**" in rows["A"] and rows["A"].endswith("| - |")
+    assert "10.500 [10.900, 12.000] *" in rows["B"]
+    assert "14.000 [12.000, 16.000] |" in rows["C"] and "**5.000 [4.000, 6.000]**" in rows["C"]
