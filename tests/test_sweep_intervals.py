@@ -152,3 +152,29 @@ def test_demo_tables_mark_values_whose_interval_overlaps_the_best():
     assert "**10.000 [9.000, 11.000]**" in rows["A"] and rows["A"].endswith("| - |")
     assert "10.500 [10.900, 12.000] *" in rows["B"]
     assert "14.000 [12.000, 16.000] |" in rows["C"] and "**5.000 [4.000, 6.000]**" in rows["C"]
+
+
+def _grid_cfg(tmp_path, name, grid):
+    path = tmp_path / "g.toml"
+    text = CONFIG.format(metrics='["fd"]', extra="").replace("nfe = [3]", "nfe = [4]")
+    text = text.replace('name = "diffusers.DDIMScheduler"', f'name = "diffusers.{name}"\ngrid = "{grid}"', 1)
+    path.write_text(text.replace('config = { timestep_spacing = "trailing", set_alpha_to_one = true }', ""))
+    return sweep.load_config(path, output=str(tmp_path / "out"))
+
+
+def test_a_diffusers_scheduler_runs_our_grid_and_a_class_without_the_argument_is_refused(tmp_path):
+    from fastsample import DEISScheduler
+    from fastsample.sweep.sources import build_source
+
+    cfg = _grid_cfg(tmp_path, "DPMSolverMultistepScheduler", "quadratic_t")
+    base = build_source(cfg.model, 0, torch.device("cpu")).scheduler_config
+    theirs = cfg.schedulers[0].build(base, 4)
+    theirs.set_timesteps(4)
+    ours = DEISScheduler.from_config(base, time_grid="quadratic_t")
+    ours.set_timesteps(4)
+    assert theirs.timesteps.tolist() == ours.timesteps.tolist()
+    refused = _grid_cfg(tmp_path, "UniPCMultistepScheduler", "quadratic_t")  # VP UniPC takes no timesteps=
+    with pytest.raises(ConfigError, match="grid 'quadratic_t': UniPCMultistepScheduler.set_timesteps takes no"):
+        refused.schedulers[0].build(base, 4)
+    with pytest.raises(ConfigError, match="grid 'nope' unknown"):
+        _grid_cfg(tmp_path, "DPMSolverMultistepScheduler", "nope")

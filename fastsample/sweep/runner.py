@@ -179,7 +179,7 @@ def _cell_key(cfg: SweepConfig, model_digest: str, features, ref_digest: str, sp
             },
             "features": {**features.identity, "sha256": features.digest},
             "reference": ref_digest,
-            "scheduler": {"class": spec.name, "config": config},
+            "scheduler": {"class": spec.name, "config": config, **({"grid": spec.grid} if spec.grid else {})},
             "nfe": nfe,
             "guidance": g,
             "num_samples": cfg.num_samples,
