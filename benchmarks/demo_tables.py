@@ -3,7 +3,9 @@
 Runs eval/configs/demo.toml (the demo DDPM) and eval/configs/demo_flow.toml (the demo flow model) with
 ``fastsample.sweep`` (finished cells are reused), then writes benchmarks/results/demo.md (each sweep's
 ``results.md``: the Frechet-distance table with the train/held-out floor, and the cells' sampling time) and
-replaces the README's block between the demo-table markers with it.
+replaces the README's block between the demo-table markers with it. Each table (Frechet distance and the
+per-sample RMSE against the reference solution, with their bootstrap 95% intervals) marks the best value per
+NFE in bold and with `*` every value whose interval overlaps the best's: those differences are inside the noise.
 
     nice -n 10 python benchmarks/demo_tables.py
 """
@@ -26,18 +28,72 @@ BEGIN = "<!-- demo tables: begin (benchmarks/demo_tables.py) -->"
 END = "<!-- demo tables: end -->"
 
 
+TABLES = {
+    "fd": ("Frechet distance", "fd_ci95", 3),
+    "rmse": ("Per-sample RMSE against the reference solution", "rmse_ci95", 4),
+}
+
+
+def marked_table(cells: list[dict], value: str, title: str) -> str:
+    """Markdown: one row per scheduler, one column per NFE, "value [lo, hi]"; the best per NFE bold, `*` where the
+    interval overlaps the best's."""
+    _, ci, digits = TABLES[value]
+    labels = list(dict.fromkeys(c["scheduler"] for c in cells))
+    nfes = sorted({c["nfe"] for c in cells})
+    at = {(c["scheduler"], c["nfe"]): c for c in cells if c.get(value) is not None}
+    lines = [f"#### {title}", "", "| scheduler | " + " | ".join(f"NFE {n}" for n in nfes) + " |"]
+    lines.append("|---" * (len(nfes) + 1) + "|")
+    best = {}
+    for n in nfes:
+        here = [c for (lab, m), c in at.items() if m == n]
+        if here:
+            best[n] = min(here, key=lambda c: c[value])
+    for lab in labels:
+        row = []
+        for n in nfes:
+            c = at.get((lab, n))
+            if c is None:
+                row.append("-")
+                continue
+            text = f"{c[value]:.{digits}f}"
+            if c.get(ci) is not None:
+                text += f" [{c[ci][0]:.{digits}f}, {c[ci][1]:.{digits}f}]"
+            b = best[n]
+            if c is b:
+                text = f"**{text}**"
+            elif c.get(ci) is not None and b.get(ci) is not None and c[ci][0] <= b[ci][1]:
+                text += " *"
+            row.append(text)
+        lines.append(f"| {lab} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parts = []
     for config in CONFIGS:
         cfg = load_config(config)
         run_sweep(cfg, progress=sys.stderr.isatty())
-        table = (cfg.output / "results.md").read_text().strip()
-        table = table.replace(f"# {cfg.name}", f"### {cfg.name} (`{config.relative_to(ROOT)}`)", 1)
-        cells = json.loads((cfg.output / "results.json").read_text())["cells"]
+        results = json.loads((cfg.output / "results.json").read_text())
+        cells = results["cells"]
+        head = [f"### {cfg.name} (`{config.relative_to(ROOT)}`)", ""]
+        floor = results.get("floor")
+        if floor is not None:
+            head += [f"Floor (real images outside the reference, {floor['count']} of them): {floor['fd']:.3f}", ""]
+        ref = results.get("reference_solution")
+        if ref is not None:
+            head += [
+                f"Reference solution: {ref['solver']} {ref['config']}, {ref['steps']} steps (it moves "
+                f"{ref['converged']:.4f} from {ref['steps'] // 2} steps); {cfg.num_samples} samples.",
+                "",
+            ]
+        tables = [marked_table(cells, v, f"{t}, {cfg.num_samples} samples") for v, (t, _, _) in TABLES.items()
+                  if any(c.get(v) is not None for c in cells)]  # fmt: skip
+        table = "\n".join(head) + "\n\n".join(tables)
         seconds = sum(c["seconds"] or 0 for c in cells)
         parts.append(
             f"{table}\n\nSampling time of the cells (wall, when they were computed): {seconds:.0f} s for "
-            f"{sum(c['fd'] is not None for c in cells)} cells."
+            f"{sum(c['fd'] is not None for c in cells)} cells. Bold: the best per NFE; `*`: its 95% interval "
+            "overlaps the best's (a difference inside the noise)."
         )
     text = "\n\n".join(parts)
     atomic_write(

@@ -43,6 +43,7 @@ from fastsample import DEISScheduler
 from fastsample._io import atomic_write
 from fastsample.core import grids
 from fastsample.core.schedules import RectifiedFlow
+from fastsample.fid.bootstrap import bootstrap_ci, fd_bootstrap, per_sample_rmse  # noqa: F401 (re-exported)
 from fastsample.formats.step_schedule import set_timesteps_kwargs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -509,13 +510,8 @@ def interleaved_timing(contestants: Mapping[str, Callable[[], object]], repeats:
     return out
 
 
-# --- (e) error against a reference, confidence intervals ------------------------------------------------
-
-
-def per_sample_rmse(x, ref) -> np.ndarray:
-    """Root mean square over all but the first (sample) axis: (B, ...) -> (B,) float64."""
-    d = torch.as_tensor(x, dtype=torch.float64) - torch.as_tensor(ref, dtype=torch.float64)
-    return d.reshape(len(d), -1).square().mean(1).sqrt().numpy()
+# --- (e) error against a reference, confidence intervals (per_sample_rmse, bootstrap_ci and fd_bootstrap:
+# fastsample.fid.bootstrap, shared with `fastsample sweep`) ---------------------------------------------
 
 
 def converged_reference(solve: Callable[[int], torch.Tensor], steps: tuple[int, int]) -> tuple[torch.Tensor, dict]:
@@ -524,36 +520,3 @@ def converged_reference(solve: Callable[[int], torch.Tensor], steps: tuple[int, 
     a, b = solve(steps[0]), solve(steps[1])
     change = float(per_sample_rmse(a, b).mean())
     return b, {"steps": list(steps), "mean_rmse_between": change}
-
-
-def bootstrap_ci(
-    values, stat: Callable[[np.ndarray], float] = np.mean, n_boot: int = 2000, level: float = 0.95, seed: int = 0
-):
-    """Percentile bootstrap interval of ``stat`` over the samples in ``values`` (resampled with replacement)."""
-    v = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(v), size=(n_boot, len(v)))
-    s = np.array([stat(v[i]) for i in idx])
-    a = (1 - level) / 2
-    return float(np.quantile(s, a)), float(np.quantile(s, 1 - a))
-
-
-def fd_bootstrap(features, reference_features, n_boot: int = 200, level: float = 0.95, seed: int = 0) -> dict:
-    """Frechet distance of ``features`` (n, D) to ``reference_features`` and a bootstrap interval over the
-    generated samples (the reference set fixed).
-
-    A resample repeats samples, which shrinks its covariance and biases its distance upwards (strongly when n is
-    not much larger than D), so the percentile interval of the resampled distances is shifted by that bias
-    (their median minus the distance): the interval keeps the resampling spread around the distance itself.
-    """
-    from fastsample.fid.distance import ReferenceStatistics
-
-    ref = ReferenceStatistics.from_features(torch.as_tensor(reference_features, dtype=torch.float64))
-    f = torch.as_tensor(features, dtype=torch.float64)
-    fd = float(ref.distance_tensor_features(f))
-    rng = np.random.default_rng(seed)
-    boot = np.array([float(ref.distance_tensor_features(f[rng.integers(0, len(f), len(f))])) for _ in range(n_boot)])
-    bias = float(np.median(boot)) - fd
-    a = (1 - level) / 2
-    lo, hi = float(np.quantile(boot, a)) - bias, float(np.quantile(boot, 1 - a)) - bias
-    return {"fd": fd, "ci95": [lo, hi], "resampling_bias": bias, "n": len(f), "n_boot": n_boot}

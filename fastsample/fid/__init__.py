@@ -5,6 +5,7 @@
 - :mod:`.stats`: :class:`FeatureStatistics` (float64 sums, merge, all-reduce, ``.npz`` files).
 - :mod:`.kid`: kernel inception distance, Inception Score and CMMD's RBF MMD.
 - :mod:`.manifold`: precision/recall, density/coverage and the seeded feature subsample they use.
+- :mod:`.bootstrap`: per-sample error against a reference solution and bootstrap intervals (FD included).
 - :mod:`.encoders`: DINOv2 (FD-DINOv2) and CLIP (CMMD) encoders loaded with ``from_pretrained``.
 - :mod:`.suite`: several metrics in one pass, each encoder run once per batch.
 - :mod:`.metric`: torchmetrics metrics (imported on first use: torchmetrics is slow to import).

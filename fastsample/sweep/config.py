@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import hashlib
 import importlib
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._io import UserError
-from .metrics import check_encoders, sweep_metrics
+from .metrics import MAX_SAMPLES, check_encoders, sweep_metrics
 
 FORMAT_VERSION = 2
 
@@ -33,8 +34,9 @@ KEYS = {
         "dinov2",
         "clip",
         "download",
+        "reference_solver",
     },
-    "schedulers": {"name", "label", "config"},
+    "schedulers": {"name", "label", "config", "grid"},
 }
 MODEL_KINDS = ("demo-ddpm", "demo-flow", "unet", "pipeline")
 FEATURES = ("demo-classifier", "inception")
@@ -78,13 +80,47 @@ def _scheduler_class(name: str):
     return cls
 
 
+def grid_values(base_config, name: str, n: int):
+    """The time grid ``name`` (:data:`fastsample.core.grids.GRIDS`) for ``n`` steps in step-schedule file units
+    (float64 t, n + 1 points to the data end; flow: unshifted), as a fastsample scheduler builds it."""
+    from ..core.schedules import is_flow_config
+    from ..schedulers import S3Scheduler
+
+    flow = {"flow_shift": 1.0, "use_dynamic_shifting": False} if is_flow_config(dict(base_config)) else {}
+    s = S3Scheduler.from_config(base_config, time_grid=name, **flow)
+    s.set_timesteps(n)
+    return s._grid
+
+
+def _with_grid(scheduler, name: str, base_config):
+    """``scheduler`` whose ``set_timesteps(n)`` runs the grid ``name`` (its ``sigmas=`` / ``timesteps=`` argument)."""
+    from ..core.schedules import is_flow_config
+    from ..formats.step_schedule import set_timesteps_kwargs
+
+    original, flow = scheduler.set_timesteps, is_flow_config(dict(base_config))
+    unpatched = copy.copy(scheduler)  # what set_timesteps_kwargs inspects: the class's own set_timesteps
+
+    def set_timesteps(num_inference_steps=None, device=None, **kwargs):
+        if kwargs.pop("sigmas", None) is not None or kwargs.pop("timesteps", None) is not None:
+            raise ValueError(f"this sweep entry runs the grid {name!r}; it takes no other sigmas / timesteps")
+        values = grid_values(base_config, name, int(num_inference_steps))
+        return original(device=device, **set_timesteps_kwargs(unpatched, values, flow), **kwargs)
+
+    set_timesteps_kwargs(unpatched, grid_values(base_config, name, 2), flow)  # refuses a class without the argument
+    scheduler.set_timesteps = set_timesteps
+    return scheduler
+
+
 @dataclass
 class SchedulerSpec:
-    """One scheduler column: ``name`` is 'fastsample.X' or 'diffusers.X'; ``config`` overrides keys."""
+    """One scheduler column: ``name`` is 'fastsample.X' or 'diffusers.X'; ``config`` overrides keys; ``grid``
+    (a Diffusers scheduler): the name of one of our time grids, passed as ``sigmas=`` (flow) or
+    ``timesteps=`` (VP) to ``set_timesteps``, so it runs the grid a fastsample scheduler gets."""
 
     name: str
     label: str
     config: dict = field(default_factory=dict)
+    grid: str | None = None
 
     def config_for(self, nfe: int) -> dict:
         """``config`` with ``{nfe}`` in file keys replaced by ``nfe`` (one file per NFE, e.g. step schedules)."""
@@ -101,6 +137,11 @@ class SchedulerSpec:
         for k in self.config:
             if k not in scheduler.config:
                 raise ConfigError(f"scheduler '{self.label}': {self.name} has no config key '{k}'{_suggest(k, known)}")
+        if self.grid is not None:
+            try:
+                scheduler = _with_grid(scheduler, self.grid, base_config)
+            except ValueError as e:  # StepScheduleError / an unknown or unfit grid name
+                raise ConfigError(f"scheduler '{self.label}': grid {self.grid!r}: {e}") from None
         return scheduler
 
 
@@ -302,6 +343,7 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
     ``step_schedule_file = "steps_nfe{nfe}.json"``): each NFE of the sweep needs its file.
     """
     from .._args import device as device_arg
+    from .reference import reference_spec
 
     path = Path(path)
     if not path.is_file():
@@ -343,7 +385,15 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
                 f"cell file name {_slug(label)!r}"
             )
         slugs[key] = label
-        specs.append(SchedulerSpec(name=name, label=label, config=config))
+        grid = s.get("grid")
+        if grid is not None:
+            from ..core.grids import GRIDS
+
+            if not name.startswith("diffusers."):
+                raise ConfigError(f"{src}: scheduler '{label}': grid is for Diffusers' classes (ours: time_grid)")
+            if grid not in GRIDS:
+                raise ConfigError(f"{src}: scheduler '{label}': grid {grid!r} unknown; allowed: {', '.join(GRIDS)}")
+        specs.append(SchedulerSpec(name=name, label=label, config=config, grid=grid))
 
     guidance = sweep.get("guidance_scales", [1.0])
     if (
@@ -400,6 +450,10 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         check_encoders(metric, sweep_metrics(metric), base)
     except ValueError as e:
         raise ConfigError(f"{src}: {e}") from None
+    if "reference_solver" in metric:
+        if "rmse" not in metric.get("metrics", []):
+            raise ConfigError(f"{src}: metric.reference_solver applies to metric 'rmse', which [metric] metrics omits")
+        metric["reference_solver"] = reference_spec(metric["reference_solver"], src)
 
     out = Path(output or sweep.get("output", f"out/{name}"))
     if not out.is_absolute() and output is None:
@@ -409,6 +463,11 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         raise ConfigError(f"{src}: save_images must be true, false or a folder, got {save_images!r}")
     if save_images is not False:
         save_images = out / "images" if save_images is True else (base / save_images).expanduser().resolve()
+    num_samples = _int(sweep.get("num_samples", 1000), "num_samples", src, 2)
+    if "fd_ci" in metric.get("metrics", []) and num_samples > MAX_SAMPLES:
+        raise ConfigError(
+            f"{src}: metric 'fd_ci' keeps every sample's features: at most {MAX_SAMPLES} samples, got {num_samples}"
+        )
     cfg = SweepConfig(
         name=name,
         output=out,
@@ -417,11 +476,10 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         schedulers=specs,
         nfe=list(nfe),
         guidance_scales=[float(g) for g in guidance],
-        num_samples=_int(sweep.get("num_samples", 1000), "num_samples", src, 2),
+        num_samples=num_samples,
         batch_size=_int(sweep.get("batch_size", 250), "batch_size", src, 1),
         seed=_int(sweep.get("seed", 0), "seed", src, 0),
         device=str(device),
         save_images=save_images or None,
     )
     return cfg
-

@@ -9,6 +9,10 @@
 - ``fd_dinov2``: Frechet distance of DINOv2 features (dgm-eval's conventions,
   :class:`~fastsample.fid.encoders.DINOv2Encoder`) of every generated image against the reference images'
   (float64 streaming sums).
+- ``rmse``: per-sample RMSE of the images against a reference solution of the same noise, mean and bootstrap
+  95% interval (:mod:`.reference`; ``[metric] reference_solver`` names the solver).
+- ``fd_ci``: a bootstrap 95% interval of the Frechet distance over the cell's samples
+  (:func:`fastsample.fid.bootstrap.fd_bootstrap`; every sample's features are kept, so at most ``MAX_SAMPLES``).
 - ``cmmd``: CMMD (arXiv 2401.09603: unit CLIP embeddings, Gaussian RBF sigma 10, x1000, unbiased;
   :class:`~fastsample.fid.encoders.CLIPEncoder`) on a seeded subsample of at most ``MAX_SAMPLES`` per cell
   against the reference images'.
@@ -34,7 +38,7 @@ import torch
 
 __all__ = ["MAX_SAMPLES", "METRICS", "SETTINGS", "EncoderMetrics", "check_encoders", "metrics_key", "sweep_metrics"]
 
-METRICS = ("fd", "kid", "prdc", "fd_dinov2", "cmmd")
+METRICS = ("fd", "kid", "prdc", "fd_dinov2", "cmmd", "rmse", "fd_ci")
 ENCODERS = {"fd_dinov2": "dinov2", "cmmd": "clip"}  # metric -> [metric] key naming its encoder
 DEFAULT_ENCODERS = {"dinov2": "facebook/dinov2-large", "clip": "openai/clip-vit-large-patch14-336"}
 MAX_SAMPLES = 10_000
@@ -43,6 +47,7 @@ SETTINGS = {
     "kid": {"subsets": 100, "subset_size": 1000, "degree": 3},
     "prdc": {"k": 5},
     "cmmd": {"sigma": 10.0, "scale": 1000.0, "unbiased": True},
+    "bootstrap": {"n_boot_fd": 200, "n_boot_rmse": 2000, "level": 0.95},
 }
 
 

@@ -18,6 +18,7 @@ from . import report as sweep_report
 from .config import FORMAT_VERSION, ConfigError, SweepConfig, _hash, _is_file_key, _slug
 from .images import ImageFolder
 from .metrics import MAX_SAMPLES, EncoderMetrics, metrics_key, reference_features, sampled_metrics, sweep_metrics
+from .reference import ReferenceSolution
 from .report import SHEET_SAMPLES
 from .sources import FeatureNet, _device, build_source, reference_statistics
 
@@ -29,8 +30,8 @@ def _plain(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def _check_cell(path: Path, key: dict, label: str, nfe: int, guidance: float, num_samples: int):
-    """(cell, None) if ``path`` holds a valid result for ``key``, else (None, why not)."""
+def _check_cell(path: Path, key: dict, label: str, nfe: int, guidance: float, num_samples: int, fields=()):
+    """(cell, None) if ``path`` holds a valid result for ``key`` with every one of ``fields``, else (None, why not)."""
     try:
         cell = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -59,6 +60,9 @@ def _check_cell(path: Path, key: dict, label: str, nfe: int, guidance: float, nu
         )
     if not ok:
         return None, f"has malformed values (fd {fd!r}, num_inference_steps {cell.get('num_inference_steps')!r})"
+    missing = [f for f in fields if fd is not None and f not in cell]
+    if missing:
+        return None, f"lacks {', '.join(missing)}, which the config's metrics ask for"
     return cell, None
 
 
@@ -80,23 +84,51 @@ def steps_for_nfe(scheduler, nfe: int) -> int | None:
     return None
 
 
-def _table(cells: list[dict], cfg: SweepConfig) -> str:
+def _cell_text(c: dict | None, value: str, ci: str) -> str:
+    """A cell's value (3 decimals, 4 for errors) and its 95% interval where it has one; "-" where none."""
+    if c is None or c.get(value) is None:
+        return "-"
+    digits = 4 if value == "rmse" else 3
+    text = f"{c[value]:.{digits}f}"
+    if c.get(ci) is not None:
+        text += f" [{c[ci][0]:.{digits}f}, {c[ci][1]:.{digits}f}]"
+    return text
+
+
+TABLES = {
+    "fd": ("Frechet distance", "fd_ci95"),
+    "rmse": ("Per-sample RMSE against the reference solution (images in [0, 1])", "rmse_ci95"),
+}
+
+
+def _table(cells: list[dict], cfg: SweepConfig, reference_info: dict | None = None) -> str:
+    """Markdown: per guidance scale, the FD table and (with "rmse") the error table, 95% intervals in brackets."""
     lines = []
     for g in cfg.guidance_scales:
-        title = f"Frechet distance, {cfg.num_samples} samples" + (
-            f", guidance {g}" if len(cfg.guidance_scales) > 1 else ""
-        )
-        lines += [f"### {title}", "", "| scheduler | " + " | ".join(f"NFE {n}" for n in cfg.nfe) + " |"]
-        lines.append("|---" * (len(cfg.nfe) + 1) + "|")
-        for spec in cfg.schedulers:
-            row = []
-            for n in cfg.nfe:
-                c = next(
-                    (c for c in cells if c["scheduler"] == spec.label and c["nfe"] == n and c["guidance"] == g), None
-                )
-                row.append("-" if c is None or c["fd"] is None else f"{c['fd']:.3f}")
-            lines.append(f"| {spec.label} | " + " | ".join(row) + " |")
-        lines.append("")
+        for value, (what, ci) in TABLES.items():
+            if value != "fd" and not any(value in c for c in cells):
+                continue
+            title = f"{what}, {cfg.num_samples} samples" + (f", guidance {g}" if len(cfg.guidance_scales) > 1 else "")
+            lines += [f"### {title}", ""]
+            if value == "rmse" and reference_info is not None:
+                r = reference_info
+                lines += [
+                    f"Reference: {r['solver']} {r['config']}, {r['steps']} steps; it moves {r['converged']:.4f} "
+                    f"(mean per-sample RMSE) from {r['steps'] // 2} steps.",
+                    "",
+                ]
+            lines += ["| scheduler | " + " | ".join(f"NFE {n}" for n in cfg.nfe) + " |"]
+            lines.append("|---" * (len(cfg.nfe) + 1) + "|")
+            for spec in cfg.schedulers:
+                row = []
+                for n in cfg.nfe:
+                    c = next(
+                        (c for c in cells if c["scheduler"] == spec.label and c["nfe"] == n and c["guidance"] == g),
+                        None,
+                    )
+                    row.append(_cell_text(c, value, ci))
+                lines.append(f"| {spec.label} | " + " | ".join(row) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -122,11 +154,16 @@ def _prepare(cfg: SweepConfig, base_config) -> list[tuple]:
     return out
 
 
-def _cell_key(cfg: SweepConfig, model_digest: str, features, ref_digest: str, spec, sched_config: dict, nfe, g):
-    """Everything a cell's value depends on, with files as content hashes (see the module docstring)."""
+def _versions() -> dict:
     import diffusers
 
     from .. import __version__
+
+    return {"fastsample": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
+
+
+def _cell_key(cfg: SweepConfig, model_digest: str, features, ref_digest: str, spec, sched_config: dict, nfe, g):
+    """Everything a cell's value depends on, with files as content hashes (see the module docstring)."""
 
     def by_content(d: dict) -> dict:
         return {k: {"sha256": file_digest(v)} if _is_file_key(k) and isinstance(v, str) else v for k, v in d.items()}
@@ -142,17 +179,12 @@ def _cell_key(cfg: SweepConfig, model_digest: str, features, ref_digest: str, sp
             },
             "features": {**features.identity, "sha256": features.digest},
             "reference": ref_digest,
-            "scheduler": {"class": spec.name, "config": config},
+            "scheduler": {"class": spec.name, "config": config, **({"grid": spec.grid} if spec.grid else {})},
             "nfe": nfe,
             "guidance": g,
             "num_samples": cfg.num_samples,
             "seed": cfg.seed,
-            "versions": {
-                "fastsample": __version__,
-                "diffusers": diffusers.__version__,
-                "torch": torch.__version__,
-                "format": FORMAT_VERSION,
-            },
+            "versions": {**_versions(), "format": FORMAT_VERSION},
         }
     )
 
@@ -168,6 +200,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
     from tqdm.auto import tqdm
 
     from ..fid import FeatureStatistics
+    from ..fid.bootstrap import per_sample_rmse
     from ..fid.manifold import Reservoir
 
     state = PartialState()
@@ -193,6 +226,14 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
         extra_key = metrics_key(names, ref_features, encoders)
         floor_info = sweep_report.floor(cfg.metric, features, reference, cfg.num_samples)
         my_indices = list(range(state.process_index, cfg.num_samples, state.num_processes))
+        fields = [f for m in names for f in CELL_FIELDS.get(m, ())]
+        solutions = {}
+        if "rmse" in names:
+            base = {"model": source.digest, "seed": cfg.seed, "num_samples": cfg.num_samples, "versions": _versions()}
+            for g in cfg.guidance_scales:
+                solutions[g] = ReferenceSolution(
+                    cfg.metric.get("reference_solver"), source, base, my_indices, g, cfg.batch_size, cfg.output
+                )
 
         grid = [(p, n, g) for g in cfg.guidance_scales for n in cfg.nfe for p in prepared]
         cells = []
@@ -201,10 +242,12 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
             key = _cell_key(cfg, source.digest, features, ref_digest, spec, configs[nfe], nfe, g)
             if extra_key is not None:
                 key["metrics"] = extra_key
+            if g in solutions:
+                key["reference_solution"] = _hash(solutions[g].key)
             path = cells_dir / f"{_slug(spec.label)}-nfe{nfe}-g{g:g}-{_hash(key)}.json"
             bar.set_postfix_str(f"{spec.label} NFE {nfe}")
             if path.is_file():
-                cell, why = _check_cell(path, key, spec.label, nfe, g, cfg.num_samples)
+                cell, why = _check_cell(path, key, spec.label, nfe, g, cfg.num_samples, fields)
                 images_missing = saved is not None and not saved.complete(path.stem, cfg.num_samples)
                 if cell is not None and cell["fd"] is not None and images_missing:
                     cell, why = None, "has no complete folder of saved images"
@@ -223,6 +266,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
                 stats = FeatureStatistics()
                 sample = Reservoir(MAX_SAMPLES, cfg.seed)
                 encoded = encoders.start()
+                rows, errors = [], []
                 inner = tqdm(
                     total=len(my_indices), desc=f"{spec.label} NFE {nfe}", unit="img", leave=False, disable=bar.disable
                 )
@@ -233,6 +277,10 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
                     stats.update(feats)
                     if ref_features is not None:
                         sample.add(feats)
+                    if "fd_ci" in names:
+                        rows.append(feats.cpu())
+                    if g in solutions:
+                        errors.append(per_sample_rmse(images.cpu(), solutions[g].images[i : i + len(indices)]))
                     encoders.add(encoded, images)
                     if saved is not None:
                         saved.write(path.stem, indices, images)
@@ -249,6 +297,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
                 if ref_features is not None:
                     cell.update(sampled_metrics(names, sample.rows, ref_features, cfg.seed))
                 cell.update(encoders.finish(encoded))
+                cell.update(_interval_metrics(names, rows, errors, reference, solutions.get(g), cfg.seed))
                 if saved is not None and state.is_main_process:  # after the all-reduce: every image is written
                     saved.finish(path.stem, cfg.num_samples)
                 if not math.isfinite(fd):
@@ -258,19 +307,59 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
             cells.append(cell)
         state.wait_for_everyone()
         if state.is_main_process:
-            write_results(cells, cfg, floor_info)
+            info = next(iter(solutions.values())).info if solutions else None
+            write_results(cells, cfg, floor_info, info)
     return cells
 
 
-EXTRA_COLUMNS = ("fd_dinov2", "cmmd", "kid", "kid_std", "precision", "recall", "density", "coverage")
+CELL_FIELDS = {"rmse": ("rmse", "rmse_ci95"), "fd_ci": ("fd_ci95",)}  # what each metric adds to a computed cell
 
 
-def write_results(cells: list[dict], cfg: SweepConfig, floor_info: dict | None = None) -> None:
+def _interval_metrics(names, rows, errors, reference, solution, seed: int) -> dict:
+    """``fd_ci95`` (bootstrap over the cell's gathered features) and ``rmse`` / ``rmse_ci95`` (against the
+    reference solution), as the metrics ask."""
+    import numpy as np
+
+    from ..fid.bootstrap import bootstrap_ci, fd_bootstrap
+    from .metrics import SETTINGS, gather
+
+    boot, out = SETTINGS["bootstrap"], {}
+    if "fd_ci" in names:
+        r = fd_bootstrap(gather(torch.cat(rows)), reference, boot["n_boot_fd"], boot["level"], seed)
+        out["fd_ci95"] = r["ci95"]
+    if solution is not None:
+        e = gather(torch.from_numpy(np.concatenate(errors))).numpy()
+        out["rmse"] = float(e.mean())
+        out["rmse_ci95"] = list(bootstrap_ci(e, n_boot=boot["n_boot_rmse"], level=boot["level"], seed=seed))
+        out["reference_converged"] = solution.info["converged"]
+    return out
+
+
+EXTRA_COLUMNS = (
+    "fd_ci95",
+    "rmse",
+    "rmse_ci95",
+    "fd_dinov2",
+    "cmmd",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+)
+
+
+def write_results(
+    cells: list[dict], cfg: SweepConfig, floor_info: dict | None = None, reference_info: dict | None = None
+) -> None:
     out = cfg.output
     extra = [k for k in EXTRA_COLUMNS if any(k in c for c in cells)]
     columns = ("scheduler", "nfe", "guidance", "fd", *extra, "num_inference_steps", "seconds")
     rows = [{k: c.get(k) for k in columns} for c in cells]
     summary = {"name": cfg.name, "num_samples": cfg.num_samples, "floor": floor_info, "cells": rows}
+    if reference_info is not None:
+        summary["reference_solution"] = reference_info
     atomic_write(out / "results.json", json.dumps(summary, indent=1))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -283,7 +372,7 @@ def write_results(cells: list[dict], cfg: SweepConfig, floor_info: dict | None =
             f"Floor (real images outside the reference, {floor_info['count']} of them, {floor_info['source']}): "
             f"{floor_info['fd']:.3f}\n\n"
         )
-    atomic_write(out / "results.md", f"# {cfg.name}\n\n" + floor_line + _table(cells, cfg))
+    atomic_write(out / "results.md", f"# {cfg.name}\n\n" + floor_line + _table(cells, cfg, reference_info))
     for name, png in sweep_report.metric_plots(cells, cfg, floor_info).items():
         atomic_write(out / name, png)
     cells_dir = out / "cells"
@@ -298,4 +387,3 @@ def write_results(cells: list[dict], cfg: SweepConfig, floor_info: dict | None =
                 suffix = f"_g{g:g}" if len(cfg.guidance_scales) > 1 else ""
                 title = f"{cfg.name}: NFE {n}, samples 0-{SHEET_SAMPLES - 1} (same seeds in every row)"
                 atomic_write(out / f"samples_nfe{n}{suffix}.png", sweep_report.sample_sheet(strips, title))
-
