@@ -199,7 +199,7 @@ def test_flow_model_from_t1(mixture):
     x = torch.from_numpy(mixture.prior_sample(8, fl, t_start=1.0, seed=0))
     exact = mixture.ode_solve(x.numpy(), fl, 1.0, 0.0)
     errs = []
-    for n in (12, 24, 48):
+    for n in (24, 48, 96):
         sch = S.unipc(n, 2, first_usable=False)
         out = run_schedule(
             mixture.model_fn(fl, "flow_prediction"), x, fl, sch, np.linspace(1.0, 0.0, n + 1), "flow_prediction"

@@ -111,13 +111,16 @@ def unipc(
         raise ValueError("UniPC: variant 'bh1' or 'bh2', order 1-4")
     n, steps = num_steps, []
     for i in range(n):
-        p = min(order, n - i) if lower_order_final else order
-        p = min(p, _warmup(i, first_usable) + 1)
-        pred = _taylor_step(prediction, p, variant if p == 2 else "none")
+        q = min(order, n - i, i + 1) if lower_order_final else min(order, i + 1)  # diffusers' order at step i
+        p = min(q, _warmup(i, first_usable) + 1)
+        # B(h) enters only at diffusers' orders 2 (predictor) and 1 (corrector); where an unusable first point
+        # (a flow's t = 1, lambda = -inf) lowers our order below q, diffusers' weights tend to the exact ones
+        pred = _taylor_step(prediction, p, variant if q == 2 else "none")
         corr = None
-        if i < n - 1 and i not in disable_corrector and (first_usable or i > 0):
+        # from the unusable point itself only bh2's corrector has a finite limit (diffusers' at sigma = 1)
+        if i < n - 1 and i not in disable_corrector and (first_usable or i > 0 or variant == "bh2"):
             pts = (-1,) + _lags(p - 1)
-            scaling = variant if p == 1 else "none"
+            scaling = variant if q == 1 else "none"
             corr = Corrector(p + 1, tuple(Derivative(pts, scaling if k == 0 else "none") for k in range(p)))
         steps.append(replace(pred, corrector=corr))
     return SolverSchedule(tuple(steps), grid, unit, metadata=_meta(f"unipc-{variant}", order=order))

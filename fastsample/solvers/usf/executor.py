@@ -174,14 +174,21 @@ class USFSolver(Solver):
                     raise ScheduleError(
                         f"{where}: grid point {q} (t={grid[q]:.6g}) has infinite lambda: no derivative estimate"
                     )
-            if ders and alpha[s] == 0:
+            # From alpha = 0 (lambda = -inf) the only finite derivative term is the h -> inf limit of a
+            # first derivative from the new point scaled by h / 2 (bh2 / midpoint): UniC's trapezoid at sigma = 1
+            limit = len(ders) == 1 and ders[0].scaling in ("bh2", "midpoint") and tuple(ders[0].points) == (-1,)
+            if ders and alpha[s] == 0 and not limit:
                 raise ScheduleError(
-                    f"{where}: a step from alpha = 0 (t = 1 of a flow) must have order 1 and no corrector"
+                    f"{where}: a step from alpha = 0 (t = 1 of a flow) must have order 1 and no corrector other "
+                    "than the bh2 / midpoint one from the new point"
                 )
             h = lam[target] - lam[s]
             a, C = taylor_coefficients(step.prediction, order, h, alpha[s], sigma[s], alpha[target], sigma[target])
             out = _Form().add(pred(kind, s), C[0])
             for k, der in enumerate(ders, start=1):
+                if alpha[s] == 0:  # C[1] * (h C[0] / (2 C[1])) * (f_t - f_s) / h
+                    out.add(pred(kind, target), 0.5 * der.factor * C[0]).add(pred(kind, s), -0.5 * der.factor * C[0])
+                    continue
                 w = C[k] * _scale(der, data, h, C)
                 g = _derivative_weights(lam, s, [i - j for j in der.points], k)
                 for gj, j in zip(g, der.points):
