@@ -156,7 +156,9 @@ class DPMSolverV3Scheduler(FastScheduler):
     def make_grid(self, num_inference_steps: int, sigmas=None, timesteps=None, mu=None) -> np.ndarray:
         """As the base class; with no grid option given, the preset grid (uniform lambda or uniform t)."""
         c, s = self.config, self.schedule
-        if s.is_flow and c.timestep_spacing is not None:
+        # released flow configs carry diffusers' default "linspace" (their sigmas are uniform, as ours); leading and
+        # trailing would have no effect on a flow grid, so they are refused
+        if s.is_flow and c.timestep_spacing not in (None, "linspace"):
             raise ValueError(
                 f"timestep_spacing={c.timestep_spacing!r} sets diffusers' integer timesteps of a diffusion schedule; "
                 "a flow model's grid is set by time_grid and the shift: leave timestep_spacing unset"
