@@ -110,6 +110,14 @@ def contestants(which: str, cfg: dict) -> list[dict]:
     def c(family, label, cls, nfes=None, grids=False, **config):
         return {"family": family, "label": label, "cls": cls, "config": config, "grids": grids, "nfes": nfes}
 
+    def optimised_steps(name, cls, stem, **config):
+        """One contestant per NFE on its shipped step schedule (eval/schedules/steps_demo_{stem}_nfe{n}.json)."""
+        return [
+            c("ours-model", f"{name} + optimised steps (ours)", cls, nfes={n}, **config,
+              step_schedule_file=snapshot(f"steps_demo_{stem}_nfe{n}.json"))
+            for n in NFES
+        ]  # fmt: skip
+
     d = diffusers
     if which == "ddpm":
         ems = PACKAGE / "demo" / "weights" / "ddpm" / "ems.safetensors"
@@ -131,18 +139,7 @@ def contestants(which: str, cfg: dict) -> list[dict]:
             out.append(c("ours-general", label, cls, **kw))
             out += [c("ours-general", f"{label} {g}", cls, **kw, **extra) for g, extra in CONFIG_GRIDS.items()]
         out.append(c("ours-model", "DPM-Solver-v3 + statistics (ours)", DPMSolverV3Scheduler, ems_path=str(ems)))
-        out += [
-            c(
-                "ours-model",
-                "UniPC-bh2 + optimised steps (ours)",
-                S3Scheduler,
-                nfes={n},
-                builtin_schedule="unipc-bh2",
-                step_schedule_file=snapshot(f"steps_demo_ddpm_unipc-bh2_nfe{n}.json"),
-            )
-            for n in NFES
-        ]
-        return out
+        return out + optimised_steps("UniPC-bh2", S3Scheduler, "ddpm_unipc-bh2", builtin_schedule="unipc-bh2")
     ems = PACKAGE / "demo" / "weights" / "flow" / "ems.safetensors"
     uni = flow_config(cfg)
     out = [
@@ -167,18 +164,7 @@ def contestants(which: str, cfg: dict) -> list[dict]:
         ),
     ]
     out.append(c("ours-model", "DPM-Solver-v3 + statistics (ours)", DPMSolverV3Scheduler, ems_path=str(ems)))
-    out += [
-        c(
-            "ours-model",
-            "multistep2 + optimised steps (ours)",
-            RectifiedFlowScheduler,
-            nfes={n},
-            solver="multistep2",
-            step_schedule_file=snapshot(f"steps_demo_flow_multistep2_nfe{n}.json"),
-        )
-        for n in NFES
-    ]
-    return out
+    return out + optimised_steps("multistep2", RectifiedFlowScheduler, "flow_multistep2", solver="multistep2")
 
 
 def flow_config(cfg: dict) -> dict:
