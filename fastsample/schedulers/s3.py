@@ -18,7 +18,7 @@ from diffusers.utils import logging
 
 from ..formats.solver_schedule import ScheduleError, SolverSchedule, load
 from ..solvers.base import Solver
-from ..solvers.usf.builtins import builtin
+from ..solvers.usf.builtins import builtin, first_point_usable
 from ..solvers.usf.executor import USFSolver
 from .adapter import FastScheduler
 
@@ -39,7 +39,7 @@ class _ScheduleSolver(Solver):
     def plan(self, schedule, grid):
         """A builtin is made for the grid's length (img2img restarts it afresh); a file's schedule is truncated."""
         if self.builtin_name is not None:
-            sch = builtin(self.builtin_name, len(grid) - 1, first_usable=bool(schedule.alpha(grid[0]) > 0))
+            sch = builtin(self.builtin_name, len(grid) - 1, first_usable=first_point_usable(schedule, grid[0]))
             return USFSolver(sch).plan(schedule, grid)
         skip = self.solver_schedule.num_steps - (len(grid) - 1)
         return USFSolver(self.solver_schedule.tail(skip)).plan(schedule, grid)

@@ -9,7 +9,7 @@ import numpy as np
 from ..core import grids
 from ..formats.solver_schedule import ScheduleError
 from ..solvers.sampling import sample as generic_sample
-from ..solvers.usf.builtins import builtin
+from ..solvers.usf.builtins import builtin, first_point_usable
 from .problem import SearchProblem, fitness_of
 
 # --- baselines ------------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def evaluate_baselines(
                 x, ref = problem.batch(seed, n)
                 try:
                     if kind == "schedule":
-                        first_usable = bool(problem.noise_schedule.alpha(grid[0]) > 0)
+                        first_usable = first_point_usable(problem.noise_schedule, grid[0])
                         out = problem.run(builtin(obj, nfe, first_usable=first_usable).with_grid(grid), x)
                     else:
                         out = generic_sample(

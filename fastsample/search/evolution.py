@@ -31,7 +31,7 @@ import numpy as np
 
 from .._io import UserError, atomic_write, file_lock
 from ..formats.solver_schedule import ScheduleError, SolverSchedule, Step
-from ..solvers.usf.builtins import builtin
+from ..solvers.usf.builtins import builtin, first_point_usable
 from .baselines import SCHEDULE_BASELINES, _grid_for, baseline_grids, evaluate_baselines
 from .genotype import _features, _key, _make_step, _step_genes, _t_of_u, _u_of_t
 from .problem import SearchProblem, fitness_of
@@ -200,7 +200,7 @@ def search(
         t_end_pos = float(ns.t_of_lambda(np.array([12.0]))[0])
     if allow_afs and ns.is_flow:
         raise ValueError("the analytical first step applies to VP models only; search flows with allow_afs=False")
-    first_usable = bool(ns.alpha(t0) > 0)  # a flow's t = 1 point gives no derivative (lambda = -inf)
+    first_usable = first_point_usable(ns, t0)
     rng = np.random.default_rng(seed)
     archive: dict[str, dict] = {}
     start_gen, elapsed0 = 0, 0.0

@@ -12,7 +12,7 @@ import torch
 
 from ..core import grids
 from ..formats.solver_schedule import SolverSchedule
-from ..solvers.usf.builtins import builtin
+from ..solvers.usf.builtins import builtin, first_point_usable
 from ..solvers.usf.executor import run_schedule
 
 # --- the problem: model, noise, reference -----------------------------------------------------------
@@ -101,7 +101,7 @@ class SearchProblem:
                 ref_grid = grids.uniform_t(noise_schedule, reference_steps, t_start=t0, t_end=t_end)
             else:
                 ref_grid = grids.uniform_lambda(noise_schedule, reference_steps, t_start=t0, final_zero=t_end == 0)
-            first_usable = bool(noise_schedule.alpha(ref_grid[0]) > 0)
+            first_usable = first_point_usable(noise_schedule, ref_grid[0])
             ref_sched = builtin("unipc3-bh2", reference_steps, first_usable=first_usable).with_grid(ref_grid)
 
             def reference(x):

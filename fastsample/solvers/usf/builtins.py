@@ -36,6 +36,12 @@ def _meta(name: str, **params) -> dict:
     return {"provenance": {"method": "converter", "solver": name, "params": params}}
 
 
+def first_point_usable(noise_schedule, t_start) -> bool:
+    """Whether a grid starting at ``t_start`` gives derivatives from its first point: not where alpha = 0 (a
+    flow's t = 1, lambda = -inf); the builtins' ``first_usable``."""
+    return bool(noise_schedule.alpha(t_start) > 0)
+
+
 def _warmup(i: int, first_usable: bool) -> int:
     """Earlier grid points usable for derivatives at step i (the t = 1 point of a flow grid is not)."""
     return i if first_usable else max(i - 1, 0)
