@@ -294,19 +294,19 @@ def test_shipped_demo_statistics_match_the_demo_model():
 
 
 def _assert_cautious_off_validated_grids(scheduler, steps):
-    """Shipped statistics carry error bars and per-grid validation; the shipped file predates the validation of
-    Diffusers' spacings, so the grid the demo pipeline's config asks for (diffusers' "leading" spacing) is unlike
-    every validated one and takes the most cautious decision of its step count."""
+    """Shipped statistics carry error bars and per-grid validation, also of the grid the demo pipeline's config asks
+    for (diffusers' "leading" spacing): the scheduler applies that grid's own decision."""
     from fastsample.solvers.dpmsolver_v3 import validated_start
 
     ems = scheduler.ems
     assert ems.se_l is not None and ems.metadata["format_version"] >= 2
     v = ems.metadata["validation"]
-    assert v["num_samples"] >= 256 and len(v["decisions"]) == 24
+    assert v["num_samples"] >= 256 and {d["grid"] for d in v["decisions"]} >= {"leading", "trailing", "linspace"}
     with np.errstate(divide="ignore"):
         lam = scheduler.schedule.lambda_(np.asarray(scheduler._grid))
-    cautious = max(d["use_from_lambda"] for d in v["decisions"] if d["steps"] == steps)
-    assert validated_start(ems, lam) == cautious
+    (own,) = [d for d in v["decisions"] if d["grid"] == "leading" and d["steps"] == steps]
+    assert np.array_equal(own["lambdas"], lam[np.isfinite(lam)])
+    assert validated_start(ems, lam) == own["use_from_lambda"]
 
 
 def test_shipped_flow_demo_statistics_drive_the_flow_pipeline():
@@ -320,7 +320,9 @@ def test_shipped_flow_demo_statistics_drive_the_flow_pipeline():
     path = Path(__file__).resolve().parents[1] / "fastsample/demo/weights/flow/ems.safetensors"
     pipe.scheduler = DPMSolverV3Scheduler.from_config(pipe.scheduler.config, ems_path=str(path))
     pipe.scheduler.check_model(pipe.unet)
-    assert pipe.scheduler.ems.metadata["prediction_type"] == "flow_prediction"
+    ems = pipe.scheduler.ems
+    assert ems.metadata["prediction_type"] == "flow_prediction" and ems.metadata["format_version"] >= 2
+    assert ems.se_l is not None and ems.metadata["validation"]["num_samples"] >= 256
     images = pipe(batch_size=2, num_inference_steps=6, output_type="np", generator=torch.manual_seed(0)).images
     assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
     assert pipe.scheduler.plan.info["predictor_orders"][0] == 0  # t = 1: alpha = 0, infinite lambda

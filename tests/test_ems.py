@@ -446,6 +446,25 @@ def test_model_not_differentiable_in_the_timestep_is_refused(which):
         _ems(fn, CFG, torch.from_numpy(mix.sample(8)))
 
 
+def test_model_with_tf32_rounding_is_accepted():
+    """Why: on a GPU (TF32 convolutions by default) the demo flow model's float32 outputs carry ~1e-3 relative
+    rounding, which swamps a central difference over +-0.1 labels: the probe refused a correct model. Here the
+    exact model's outputs are rounded to TF32's 10 mantissa bits (its derivative left exact): accepted. (s and b
+    of this rounded model are off by up to 100% of their size: compute_ems turns TF32 off on CUDA.)"""
+    mix = GaussianMixture.random(dim=3, components=2, seed=0)
+    labels = analytic_model_fn(mix, CFG)
+
+    def tf32(x, ts):
+        out = labels(x, ts)
+        v = out.detach()
+        scale = torch.exp2(torch.floor(torch.log2(v.abs().clamp_min(1e-30))))
+        return out + (torch.round(v / scale * 1024) / 1024 * scale - v)
+
+    data = torch.from_numpy(mix.sample(8))
+    a, b = _ems(tf32, CFG, data), _ems(labels, CFG, data)
+    np.testing.assert_array_equal(a.l, b.l)
+
+
 def test_summary_says_when_more_samples_are_needed(small_ems):
     """Statistics 1.2 standard errors from DPM-Solver++'s values (3 elements) are partly noise (James-Stein weight
     0.2-0.8): more samples needed; fifty standard errors away they are resolved."""
