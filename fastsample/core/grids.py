@@ -95,8 +95,9 @@ def quadratic_t(schedule, n, t_start=None, t_end=None, final_zero=False):
     n = _check_n(n)
     t0, t1 = _ends(schedule, t_start, t_end)
     k = n - 1 if final_zero else n
-    u = np.linspace(math.sqrt(t0), math.sqrt(t1), k + 1)
-    return _finish(u**2, final_zero)
+    grid = np.linspace(math.sqrt(t0), math.sqrt(t1), k + 1) ** 2
+    grid[-1], grid[0] = t1, t0  # exact ends (sqrt(0.999) ** 2 is 0.9990000000000001)
+    return _finish(grid, final_zero)
 
 
 def uniform_lambda(schedule, n, t_start=None, t_end=None, final_zero=False):
