@@ -442,9 +442,9 @@ def markdown(res: dict) -> str:
             "(without). Columns: cells where the validation kept the statistics; worse cells, max ratio, "
             "geometric mean ratio (with / without); cells where the mean with exceeds the mean without by more "
             "than the combined spread (both stds in quadrature); median standard error of the validation's log "
-            "RMS ratio (paired over its starts) / median relative seed-to-seed spread; wall seconds for the "
-            "statistics + the validation (2 shared CPU cores, other jobs running); the worse cells (validated / "
-            "without).",
+            "RMS ratio (paired over its confirming starts, where it kept the statistics) / median relative "
+            "seed-to-seed spread; wall seconds for the statistics + the validation (2 shared CPU cores, other jobs "
+            "running); the worse cells (validated / without).",
             "",
             "| mixture | statistics used in | validated: worse, max, geo. mean | all statistics: worse, max, geo. mean "
             "| validated: worse beyond both spreads | validation se / seed spread | wall seconds | worse cells |",
@@ -457,10 +457,11 @@ def markdown(res: dict) -> str:
                 "",
                 "## Held-out mixtures: validation rules compared on the same validation runs",
                 "",
-                "Each rule decides from the same per-start errors of the validation (1024 starts, the 4 candidate "
-                "starts and without), the solver's own grid matching applies its decisions to the held-out cells "
-                "above (noise seeds 1-3, never seen by the validation). kept = cells using statistics; worse = as "
-                "above; max / geo. = max and geometric-mean ratio with / without over the cells (what is kept). "
+                "Each rule decides from the same per-start errors of the validation (its starts as in the row's "
+                "label; the 4 candidate starts and without), the solver's own grid matching applies its decisions "
+                "to the held-out cells above (noise seeds 1-3, never seen by the validation). kept = cells using "
+                "statistics; worse = as above; max / geo. = max and geometric-mean ratio with / without over the "
+                "cells (what is kept). "
                 "The first row is the rule this run's library used (its cells equal the table above).",
                 "",
                 "| mixture | rule | kept | worse | max | geo. mean | worse cells |",
