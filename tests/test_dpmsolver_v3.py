@@ -497,6 +497,32 @@ def test_validation_decides_per_grid_and_the_scheduler_applies_and_warns_once(em
     assert validated_start(_from_lambda(ems, -1.5), far) == -1.5
 
 
+def test_validation_rule_confirms_its_choice_on_starts_the_selection_did_not_see():
+    """choose_start selects on the even-numbered starts and confirms on the odd ones: a start that looks best only
+    by chance (better on the selecting half, worse on the other) is not used, although over all starts it has the
+    lowest r and r + 2 se <= 0 (the previous rule used it); a later start is preferred to the earliest only where
+    it beats it with confidence; a start better on both halves is kept, its r being the confirming half's."""
+    from fastsample.ems.validation import choose_start, log_ratio
+
+    n = 256
+    even = np.arange(n) % 2 == 0
+    without = np.ones(n)
+    steady = np.full(n, 0.8)  # better than without on every start
+    lucky = np.where(even, 0.3, 1.2)  # better on the selecting half only
+    tests = [log_ratio(e, without) for e in (steady, lucky)]
+    assert all(r + 2 * se <= 0 for r, se in tests) and tests[1][0] < tests[0][0]  # the old rule's choice: lucky
+    assert choose_start([steady, lucky], without) == (None, 0.0, 0.0)
+    # a later start slightly lower on average but not better than the earliest with confidence: the earliest
+    close = steady * np.where((np.arange(n) // 2) % 2 == 0, 1.09, 0.89)
+    r_close, r_steady = (log_ratio(e, without)[0] for e in (close, steady))
+    assert r_close < r_steady  # the old rule's choice: close
+    j, r, upper = choose_start([steady, close], without)
+    assert j == 0 and r == log_ratio(steady[1::2], without[1::2])[0] and upper == r
+    # a start better on both halves and with confidence better than the earliest: used
+    better = np.full(n, 0.5)
+    assert choose_start([steady, better], without)[0] == 1
+
+
 def test_validation_covers_diffusers_spacings_and_warns_on_an_unvalidated_grid(tmp_path, caplog):
     """Statistics over the whole range are validated on Diffusers' leading / trailing / linspace grids of the
     config: a pipeline with such a spacing gets its own grid's decision; a grid the validation did not run (an
