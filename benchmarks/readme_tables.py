@@ -270,9 +270,29 @@ def metric_cost(r) -> list[str]:
     ]
 
 
+def fd_accuracy(r) -> list[str]:
+    cells = []
+    for which, m in r["models"].items():
+        c, ref = m["conclusions"], m["reference"]
+        s = c["spearman"]
+        within = [p["spearman"]["rho"] for p in c["per_nfe"].values() if p["spearman"]]
+        cells.append(
+            f"demo {which}: {c['fd_below_exact']} of {c['count']} few-step cells have a lower FD than the converged"
+            f" ODE solution ({c['exact_fd']:.2f} at {ref['steps'][1]} steps), {c['fd_below_exact_beyond_ci']} beyond"
+            f" the paired 95% interval; Spearman rank correlation of FD and RMSE {s['rho']:.2f} over all cells,"
+            f" {min(within):.2f} to {max(within):.2f} within one NFE"
+        )
+    nfes = sorted({n for m in r["models"].values() for n in m["conclusions"]["per_nfe"]}, key=int)
+    return [
+        "- `fd_accuracy.md`: does a lower Frechet distance mean a more accurate sampler? Few-step configurations"
+        f" (NFE {', '.join(nfes)}) against a converged solution of the same noises: " + "; ".join(cells) + "."
+    ]
+
+
 SECTIONS = {"deis": deis, "flow": flow, "s3": s3, "fid": fid, "dpmsolver_v3_heldout": dpmsolver_v3_heldout}
 SECTIONS |= {"steps": steps}
 SECTIONS |= {"metric_cost": metric_cost, "demo_models": demo_models}
+SECTIONS |= {"fd_accuracy": fd_accuracy}
 
 
 def section() -> str:

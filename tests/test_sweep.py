@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from fastsample import sweep
 from fastsample.sweep import sources
@@ -120,6 +121,39 @@ def test_corrupt_cell_file_is_recomputed_with_a_message(tmp_path, capsys, count_
         assert [c["fd"] for c in again] == [c["fd"] for c in first]
 
 
+def test_threads_key_runs_the_sweep_on_that_many_threads_and_cells_are_reused_across_it(tmp_path, monkeypatch):
+    def config(threads, out):
+        path = tmp_path / f"threads{threads}.toml"
+        path.write_text(CONFIG.format(batch=6).replace("seed = 3", f"seed = 3\nthreads = {threads}"))
+        return sweep.load_config(path, output=str(tmp_path / out))
+
+    original, during = sources.UNetSource.generate, []
+
+    def recorded(self, *args, **kwargs):
+        during.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(sources.UNetSource, "generate", recorded)
+    before = torch.get_num_threads()
+    one = config(1, "a")
+    assert one.threads == 1
+    cells = sweep.run_sweep(one, progress=False)
+    assert during and set(during) == {1}
+    assert torch.get_num_threads() == before  # restored after the sweep
+    computed = [c for c in cells if c["fd"] is not None]
+    assert computed and all(c["threads"] == 1 for c in computed)
+    rows = json.loads((one.output / "results.json").read_text())["cells"]
+    assert [r["threads"] for r in rows if r["fd"] is not None] == [1] * len(computed)
+
+    during.clear()
+    again = sweep.run_sweep(config(2, "a"), progress=False)  # same folder, other thread count: every cell reused
+    assert during == [] and [c["fd"] for c in again] == [c["fd"] for c in cells]
+    fresh = sweep.run_sweep(config(2, "b"), progress=False)  # computed on 2 threads: the same to round-off
+    assert set(during) == {2} and all(c["threads"] == 2 for c in fresh if c["fd"] is not None)
+    for x, y in zip(cells, fresh):  # float32 UNet outputs differ in the last bits between thread counts
+        assert x["fd"] == pytest.approx(y["fd"], rel=1e-5) if x["fd"] is not None else y["fd"] is None
+
+
 @pytest.mark.parametrize(
     "edit,match",
     [
@@ -128,6 +162,8 @@ def test_corrupt_cell_file_is_recomputed_with_a_message(tmp_path, capsys, count_
         (lambda t: t.replace('label = "DEIS rk4"', 'label = "DDIM"'), "labels must be unique"),
         (lambda t: t.replace("nfe = [2, 3]", "nfe = [0]"), "positive integers"),
         (lambda t: t.replace('features = "demo-classifier"', 'features = "clip"'), "allowed"),
+        (lambda t: t.replace("seed = 3", "seed = 3\nthreads = 0"), "threads must be an integer >= 1, got 0"),
+        (lambda t: t.replace("seed = 3", "seed = 3\nthreads = '2'"), "threads must be an integer >= 1, got '2'"),
     ],
 )
 def test_bad_configs(tmp_path, edit, match):

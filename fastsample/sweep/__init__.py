@@ -26,6 +26,10 @@ Guarantees:
   (same seeds across schedulers), each written atomically; a progress bar runs inside each cell.
   ``[metric] metrics = ["fd", "kid", "prdc", "fd_dinov2", "cmmd"]`` adds metrics, with the encoders
   named by ``dinov2`` / ``clip`` (``download = true`` fetches them); see :mod:`.metrics`.
+- ``[sweep] threads = N`` runs the sweep on N torch intra-op threads (default: torch's own, one per core). On a
+  loaded machine fewer threads than cores avoids OpenMP threads spin-waiting for a busy core, many times slower.
+  Results agree across thread counts to float32 round-off (the UNet's outputs differ in their last bits), so the
+  count is not part of a cell's key; each computed cell records its ``threads`` beside its ``seconds``.
 - ``[sweep] save_images = true`` (``OUTPUT/images``) or a folder keeps every cell's images as PNG files,
   resumably; a folder holding other files is refused without ``--force`` (see :mod:`.images`).
 

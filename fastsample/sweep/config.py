@@ -21,7 +21,18 @@ FORMAT_VERSION = 2
 # every key a sweep config may hold, per table
 KEYS = {
     "top level": {"sweep", "model", "metric", "schedulers"},
-    "sweep": {"name", "output", "nfe", "guidance_scales", "num_samples", "batch_size", "seed", "device", "save_images"},
+    "sweep": {
+        "name",
+        "output",
+        "nfe",
+        "guidance_scales",
+        "num_samples",
+        "batch_size",
+        "seed",
+        "device",
+        "threads",
+        "save_images",
+    },
     "model": {"kind", "path", "num_classes", "torch_dtype", "prompts", "prompts_file", "prompts_column", "call_kwargs"},
     "metric": {
         "features",
@@ -158,6 +169,7 @@ class SweepConfig:
     batch_size: int = 250
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # torch intra-op threads (None: torch's default); not in a cell's key
     save_images: Path | None = None
 
 
@@ -480,6 +492,7 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         batch_size=_int(sweep.get("batch_size", 250), "batch_size", src, 1),
         seed=_int(sweep.get("seed", 0), "seed", src, 0),
         device=str(device),
+        threads=None if sweep.get("threads") is None else _int(sweep["threads"], "threads", src, 1),
         save_images=save_images or None,
     )
     return cfg

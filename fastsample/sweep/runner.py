@@ -213,6 +213,9 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
     names = sweep_metrics(cfg.metric)
     encoders = EncoderMetrics(names, cfg.metric, device, cfg.seed)
     with contextlib.ExitStack() as stack:
+        if cfg.threads is not None:  # for this sweep only; restored after it
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(cfg.threads)
         if state.is_main_process:
             cells_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(file_lock(cfg.output / LOCK_NAME, what=f"sweep writing to {cfg.output}"))
@@ -291,9 +294,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, force: bool = False) -> l
                 inner.close()
                 stats.all_reduce()
                 fd = float(stats.distance_to(reference))
-                cell.update(
-                    fd=fd, num_inference_steps=n_steps, seconds=time.perf_counter() - t0, count=int(stats.count)
-                )
+                cell.update(fd=fd, num_inference_steps=n_steps, seconds=time.perf_counter() - t0,
+                            threads=torch.get_num_threads(), count=int(stats.count))  # fmt: skip
                 if ref_features is not None:
                     cell.update(sampled_metrics(names, sample.rows, ref_features, cfg.seed))
                 cell.update(encoders.finish(encoded))
@@ -355,7 +357,7 @@ def write_results(
 ) -> None:
     out = cfg.output
     extra = [k for k in EXTRA_COLUMNS if any(k in c for c in cells)]
-    columns = ("scheduler", "nfe", "guidance", "fd", *extra, "num_inference_steps", "seconds")
+    columns = ("scheduler", "nfe", "guidance", "fd", *extra, "num_inference_steps", "seconds", "threads")
     rows = [{k: c.get(k) for k in columns} for c in cells]
     summary = {"name": cfg.name, "num_samples": cfg.num_samples, "floor": floor_info, "cells": rows}
     if reference_info is not None:
