@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from bench_dpmsolver_v3 import (
     EMS_KW,
-    GRIDS,
     HELDOUT_SEEDS,
     SETUPS,
     V3_BEST,
@@ -268,7 +267,7 @@ def _demo_candidates(kind, cfg, schedule, n, ems):
         for st in ("bh1", "bh2"):
             s = UniPCMultistepScheduler.from_config(cfg, solver_order=order, solver_type=st, **flow)
             out.append(("UniPC (flow)", f"order {order}, {st}, default grid", (s, None)))
-    for name in GRIDS:
+    for name in FLOW_VALIDATION_GRIDS:  # the named grids with a start at t = 1 (no log-SNR or Karras on a flow)
         for fam, stats in ((V3_BEST, ems), (V3_NOEMS, None)):
             for order in (2, 3):
                 for pp, corr, cp in V3_OPTIONS:
@@ -306,12 +305,10 @@ def demo_model(kind: str, best_grid: bool = True) -> dict:
         ]
         refs[k], ref_error[k] = solve[1], float((solve[0] - solve[1]).pow(2).mean().sqrt())
 
-    def err(s, k):
-        sched, ts = copy.deepcopy(s[0]), s[1]
-        if ts is None:
+    def err(s, k):  # a fresh copy of the candidate; one built on a fixed grid keeps the timesteps it was given
+        sched = copy.deepcopy(s[0])
+        if s[1] is None:
             sched.set_timesteps(n)
-        else:
-            sched.set_timesteps(timesteps=ts.tolist() if torch.is_tensor(ts) else list(ts))
         try:
             out = run_unet(unet, sched, noise(k))
         except ValueError:  # a step finer than the statistics' grid
