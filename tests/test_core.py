@@ -74,7 +74,7 @@ def test_grids_are_decreasing_and_hit_ends(name, schedule):
     t0 = 0.999 if schedule.is_flow else 1.0
     g = grids.make_grid(name, schedule, 7, t_start=t0, t_end=0.05)
     assert len(g) == 8 and np.all(np.diff(g) < 0)
-    assert g[0] == t0 and g[-1] == 0.05  # exactly: a grid's ends are compared with others' (quadratic gave 0.999 + 1e-16)
+    assert g[0] == t0 and g[-1] == 0.05  # exactly (quadratic gave 0.999 + 1e-16)
     gz = grids.make_grid(name, schedule, 7, t_start=t0, t_end=0.05, final_zero=True)
     assert len(gz) == 8 and gz[-1] == 0.0 and gz[-2] == 0.05
 

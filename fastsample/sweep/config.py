@@ -355,7 +355,6 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
     ``step_schedule_file = "steps_nfe{nfe}.json"``): each NFE of the sweep needs its file.
     """
     from .._args import device as device_arg
-    from .reference import reference_spec
 
     path = Path(path)
     if not path.is_file():
@@ -496,3 +495,27 @@ def load_config(path: str | os.PathLike, output: str | None = None) -> SweepConf
         save_images=save_images or None,
     )
     return cfg
+
+
+def reference_spec(raw, src) -> dict:
+    """The validated ``[metric] reference_solver`` table (``None``: the default, filled in per model kind)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: metric.reference_solver must be a table {{ name, config, steps }}, got {raw!r}")
+    unknown = sorted(set(raw) - {"name", "config", "steps"})
+    if unknown:
+        raise ConfigError(f"{src}: metric.reference_solver: unknown key(s) {unknown}; allowed: name, config, steps")
+    for k in ("name", "steps"):
+        if k not in raw:
+            raise ConfigError(f"{src}: metric.reference_solver needs '{k}'")
+    steps, config = raw["steps"], raw.get("config", {})
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ConfigError(f"{src}: metric.reference_solver steps must be an integer >= 2, got {steps!r}")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{src}: metric.reference_solver config must be a table, got {config!r}")
+    try:
+        _scheduler_class(raw["name"])
+    except ValueError as e:
+        raise ConfigError(f"{src}: metric.reference_solver: {e}") from None
+    return {"name": raw["name"], "config": dict(config), "steps": steps}

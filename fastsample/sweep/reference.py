@@ -2,11 +2,12 @@
 
 With ``"rmse"`` in ``[metric] metrics`` every cell reports the per-sample RMSE of its images (in [0, 1], the
 images the metrics see) against these endpoints (:func:`fastsample.fid.bootstrap.per_sample_rmse`), its mean
-and a bootstrap 95% interval. ``[metric] reference_solver = { name = ..., config = {...}, steps = N }`` names
-the solver (a sweep scheduler entry plus its step count); without it :data:`DEFAULT` is used: DPM-Solver++(3M)
-(Lu et al., arXiv 2211.01095) on a uniform log-SNR grid (VP) or uniform t (flow), 100 steps. The solver
-also runs at half its steps, and the mean RMSE between the two (``converged``) is reported beside the
-errors: a method error not well above it is not resolved.
+and a bootstrap 95% interval. ``[metric] reference_solver = { name = ..., config = {...}, steps = N }``
+(checked by :func:`fastsample.sweep.config.reference_spec`) names the solver (a sweep scheduler entry plus its
+step count); without it :data:`DEFAULT` is used: DPM-Solver++(3M) (Lu et al., arXiv 2211.01095) on a uniform
+log-SNR grid (VP) or uniform t (flow), 100 steps. The solver also runs at half its steps, and the mean RMSE
+between the two (``converged``) is reported beside the errors: a method error not well above it is not
+resolved.
 
 The endpoints are computed once per sweep and guidance scale and cached in the sweep's output folder,
 under a name made of everything they depend on (model digest, solver class and full config, steps, seed,
@@ -22,37 +23,12 @@ import sys
 import torch
 
 from .._io import atomic_write
-from .config import ConfigError, SchedulerSpec, _hash, _scheduler_class
+from .config import SchedulerSpec, _hash
 
-__all__ = ["DEFAULT", "ReferenceSolution", "reference_spec"]
+__all__ = ["DEFAULT", "ReferenceSolution"]
 
 DEFAULT = {"name": "fastsample.S3Scheduler", "config": {"builtin_schedule": "dpmsolver++3m"}, "steps": 100}
 VP_GRID = {"time_grid": "uniform_lambda"}  # starts at t = 1 as every Diffusers grid can; flow: uniform t (default)
-KEYS = {"name", "config", "steps"}
-
-
-def reference_spec(raw, src) -> dict:
-    """The validated ``[metric] reference_solver`` table (``None``: the default, filled in per model kind)."""
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{src}: metric.reference_solver must be a table {{ name, config, steps }}, got {raw!r}")
-    unknown = sorted(set(raw) - KEYS)
-    if unknown:
-        raise ConfigError(f"{src}: metric.reference_solver: unknown key(s) {unknown}; allowed: name, config, steps")
-    for k in ("name", "steps"):
-        if k not in raw:
-            raise ConfigError(f"{src}: metric.reference_solver needs '{k}'")
-    steps, config = raw["steps"], raw.get("config", {})
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise ConfigError(f"{src}: metric.reference_solver steps must be an integer >= 2, got {steps!r}")
-    if not isinstance(config, dict):
-        raise ConfigError(f"{src}: metric.reference_solver config must be a table, got {config!r}")
-    try:
-        _scheduler_class(raw["name"])
-    except ValueError as e:
-        raise ConfigError(f"{src}: metric.reference_solver: {e}") from None
-    return {"name": raw["name"], "config": dict(config), "steps": steps}
 
 
 class ReferenceSolution:
