@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import tempfile
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import protocol as P
 import torch
 from bench_dpmsolver_v3 import (
     EMS_KW,
@@ -267,6 +269,15 @@ def _demo_candidates(kind, cfg, schedule, n, ems):
         for st in ("bh1", "bh2"):
             s = UniPCMultistepScheduler.from_config(cfg, solver_order=order, solver_type=st, **flow)
             out.append(("UniPC (flow)", f"order {order}, {st}, default grid", (s, None)))
+    for name in FLOW_VALIDATION_GRIDS:  # v3's grids for the Diffusers classes that take sigmas= (the protocol's (a))
+        grid = grids.make_grid(name, schedule, n, t_start=1.0, t_end=0.0)[:-1]
+        fixed = [("FlowMatchEuler", "", FlowMatchEulerDiscreteScheduler.from_config(cfg))]
+        for order, st in itertools.product((2, 3), ("bh1", "bh2")):
+            s = UniPCMultistepScheduler.from_config(cfg, solver_order=order, solver_type=st, **flow)
+            fixed.append(("UniPC (flow)", f"order {order}, {st}, ", s))
+        for fam, label, s in fixed:
+            P.set_grid(s, grid, is_flow=True)
+            out.append((fam, f"{label}{name}", (s, s.timesteps)))
     for name in FLOW_VALIDATION_GRIDS:  # the named grids with a start at t = 1 (no log-SNR or Karras on a flow)
         for fam, stats in ((V3_BEST, ems), (V3_NOEMS, None)):
             for order in (2, 3):
