@@ -257,25 +257,19 @@ def _demo_candidates(kind, cfg, schedule, n, ems):
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     flow = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
-    out = [("FlowMatchEuler", "default grid", (FlowMatchEulerDiscreteScheduler.from_config(cfg), None))]
-    for order in (2, 3):
-        out.append(
-            (
-                "DPM-Solver++ (flow)",
-                f"{order}M, default grid",
-                (DPMSolverMultistepScheduler.from_config(cfg, solver_order=order, **flow), None),
-            )
-        )
-        for st in ("bh1", "bh2"):
-            s = UniPCMultistepScheduler.from_config(cfg, solver_order=order, solver_type=st, **flow)
-            out.append(("UniPC (flow)", f"order {order}, {st}, default grid", (s, None)))
-    for name in FLOW_VALIDATION_GRIDS:  # v3's grids for the Diffusers classes that take sigmas= (the protocol's (a))
-        grid = grids.make_grid(name, schedule, n, t_start=1.0, t_end=0.0)[:-1]
-        fixed = [("FlowMatchEuler", "", FlowMatchEulerDiscreteScheduler.from_config(cfg))]
+
+    def takes_sigmas():  # (family, label prefix, scheduler): the Diffusers flow classes that take sigmas=
+        yield "FlowMatchEuler", "", FlowMatchEulerDiscreteScheduler.from_config(cfg)
         for order, st in itertools.product((2, 3), ("bh1", "bh2")):
             s = UniPCMultistepScheduler.from_config(cfg, solver_order=order, solver_type=st, **flow)
-            fixed.append(("UniPC (flow)", f"order {order}, {st}, ", s))
-        for fam, label, s in fixed:
+            yield "UniPC (flow)", f"order {order}, {st}, ", s
+
+    dpm = {order: DPMSolverMultistepScheduler.from_config(cfg, solver_order=order, **flow) for order in (2, 3)}
+    out = [("DPM-Solver++ (flow)", f"{order}M, default grid", (s, None)) for order, s in dpm.items()]
+    out += [(fam, f"{label}default grid", (s, None)) for fam, label, s in takes_sigmas()]
+    for name in FLOW_VALIDATION_GRIDS:  # v3's grids for the classes that take them (the protocol's (a))
+        grid = grids.make_grid(name, schedule, n, t_start=1.0, t_end=0.0)[:-1]
+        for fam, label, s in takes_sigmas():
             P.set_grid(s, grid, is_flow=True)
             out.append((fam, f"{label}{name}", (s, s.timesteps)))
     for name in FLOW_VALIDATION_GRIDS:  # the named grids with a start at t = 1 (no log-SNR or Karras on a flow)
