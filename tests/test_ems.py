@@ -465,6 +465,29 @@ def test_model_with_tf32_rounding_is_accepted():
     np.testing.assert_array_equal(a.l, b.l)
 
 
+def test_statistics_are_computed_without_tf32_and_the_setting_restored():
+    """Every model call of compute_ems (the derivative probe and the estimation) runs with TF32 off, as CUDA's
+    default TF32 convolutions move s and b by up to 100%; the user's setting is back afterwards."""
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    mix = GaussianMixture.random(dim=3, components=2, seed=0)
+    exact, seen = analytic_model_fn(mix, CFG), set()
+
+    def model(x, ts):
+        seen.add(tuple(b.fp32_precision for b in backends))
+        return exact(x, ts)
+
+    before = tuple(b.fp32_precision for b in backends)
+    for b in backends:
+        b.fp32_precision = "tf32"
+    try:
+        _ems(model, CFG, torch.from_numpy(mix.sample(8)))
+        assert seen == {("ieee", "ieee")}
+        assert all(b.fp32_precision == "tf32" for b in backends)
+    finally:
+        for b, value in zip(backends, before):
+            b.fp32_precision = value
+
+
 def test_summary_says_when_more_samples_are_needed(small_ems):
     """Statistics 1.2 standard errors from DPM-Solver++'s values (3 elements) are partly noise (James-Stein weight
     0.2-0.8): more samples needed; fifty standard errors away they are resolved."""

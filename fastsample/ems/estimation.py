@@ -22,7 +22,6 @@ mismatch. Memory: one batch of JVPs at a time, float64 per-element sums (O(grid 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -35,6 +34,7 @@ import torch
 from .._io import UserError, atomic_path
 from ..core.parameterization import to_x0_eps
 from ..core.schedules import schedule_for_config
+from ..fid.inception import no_tf32
 from ..formats.ems_file import EMS, FORMAT_VERSION, _tensor_digest, schedule_fingerprint
 
 # --- computing ------------------------------------------------------------------------------------------
@@ -104,18 +104,6 @@ def _check_time_derivative(model_fn, x0, points, device, dtype, steps=(0.1, 1.0,
                 "statistics need d model / d timestep; "
                 "pass the timestep tensor to the network unchanged (no float(t), int(t) or table lookups on it)."
             )
-
-
-@contextlib.contextmanager
-def _no_tf32():
-    """Full float32 matrix products and convolutions on CUDA (no effect on the CPU): s and b divide small differences
-    of model outputs, and TF32's ~5e-4 relative rounding (CUDA convolutions' default) moves them by up to 100%."""
-    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
 
 
 def _math_attention():
@@ -214,7 +202,7 @@ def compute_ems(
 
     get_x0 = x0 if callable(x0) else (lambda idx, data=x0: data[idx % len(data)])
     shape = tuple(get_x0(torch.arange(1)).shape[1:])
-    with torch.no_grad(), _math_attention(), _no_tf32():
+    with torch.no_grad(), _math_attention(), no_tf32():
         probes = [_point_scalars(schedule, lam0 + (lam1 - lam0) * k / 4, ptype) for k in (1, 2, 3)]
         _check_time_derivative(model_fn, get_x0(torch.arange(2)).to(torch.float64), probes, device, dtype)
     D = int(np.prod(shape))
@@ -293,7 +281,7 @@ def compute_ems(
         m, dm = _jvp(model_fn, x, ts, vx, vts)
         return m.to(torch.float64), dm.to(torch.float64)
 
-    with torch.no_grad(), _math_attention(), _no_tf32():
+    with torch.no_grad(), _math_attention(), no_tf32():
         # pass 1: l = sigma (cx + cm E[v * dm/dx v])
         if l is None:
             for i, pt in enumerate(points):
