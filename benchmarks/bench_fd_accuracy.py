@@ -9,7 +9,7 @@ the demo sweep (its seed and sample count). Each gets
 
 - the Frechet distance to the held-out digits in the demo classifier's feature space (Heusel et al., arXiv
   1706.08500), with a bootstrap 95% interval over the generated samples (``fastsample.fid.bootstrap.fd_bootstrap``);
-- its FD minus the converged solution's, with a paired bootstrap interval (:func:`fd_difference`);
+- its FD minus the converged solution's, with a paired bootstrap interval (``fastsample.fid.bootstrap.fd_difference``);
 - the per-sample RMSE of its images (in [0, 1]) against the converged solution of the same noise, mean and
   bootstrap 95% interval.
 
@@ -37,7 +37,7 @@ import torch
 from protocol import converged_reference, write_results
 
 from fastsample.core.schedules import is_flow_config
-from fastsample.fid.bootstrap import bootstrap_ci, fd_bootstrap, per_sample_rmse
+from fastsample.fid.bootstrap import bootstrap_ci, fd_bootstrap, fd_difference, per_sample_rmse
 from fastsample.sweep import report as sweep_report
 from fastsample.sweep.config import SchedulerSpec, load_config
 from fastsample.sweep.metrics import SETTINGS
@@ -70,28 +70,6 @@ LABELS = {  # rows of the demo configs
 NFES = (5, 8, 10)
 REFERENCE_STEPS = (100, 200)  # the converged solution: the second; the first says how far it still moves
 BOOT = SETTINGS["bootstrap"]  # the sweep's bootstrap sizes and level
-
-
-def fd_difference(features, exact, reference, n_boot: int, level: float, seed: int = 0) -> dict:
-    """FD(features) - FD(exact) to ``reference`` (a ``ReferenceStatistics``) and a paired bootstrap interval.
-
-    ``features`` and ``exact`` (n, D) come from the same n noises (row i from noise i), so each resample draws the
-    same rows from both (Efron, 1979): the interval holds the sampling noise both distances share, which separate
-    intervals would count twice. Shifted by the resampling bias (median of the resampled differences minus the
-    difference), as ``fastsample.fid.bootstrap.fd_bootstrap`` does for one distance.
-    """
-    f, e = torch.as_tensor(features, dtype=torch.float64), torch.as_tensor(exact, dtype=torch.float64)
-    if f.shape != e.shape:
-        raise ValueError(f"paired features need the same shape, got {tuple(f.shape)} and {tuple(e.shape)}")
-    diff = float(reference.distance_tensor_features(f) - reference.distance_tensor_features(e))
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_boot):
-        i = torch.from_numpy(rng.integers(0, len(f), len(f)))
-        boot.append(float(reference.distance_tensor_features(f[i]) - reference.distance_tensor_features(e[i])))
-    boot = np.asarray(boot)
-    bias, a = float(np.median(boot)) - diff, (1 - level) / 2
-    return {"value": diff, "ci95": [float(np.quantile(boot, a)) - bias, float(np.quantile(boot, 1 - a)) - bias]}
 
 
 def _interval(values) -> dict:

@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import protocol as P  # noqa: E402
 
 from fastsample import DEISScheduler, RectifiedFlowScheduler  # noqa: E402
+from fastsample.fid import ReferenceStatistics  # noqa: E402
+from fastsample.fid.bootstrap import fd_difference  # noqa: E402
 
 VP_CONFIG = DDIMScheduler(beta_schedule="linear").config
 FLOW_CONFIG = FlowMatchEulerDiscreteScheduler().config
@@ -155,6 +157,24 @@ def test_bootstrap_interval_covers_the_true_mean_at_about_the_nominal_rate():
         lo, hi = P.bootstrap_ci(x, n_boot=400, level=0.9, seed=i)
         hits += lo <= 2.0 <= hi
     assert 0.82 <= hits / trials <= 0.96
+
+
+def test_paired_fd_difference_is_the_difference_of_the_two_distances_with_an_interval_around_it():
+    def features(seed):
+        return torch.from_numpy(np.random.default_rng(seed).standard_normal((200, 8)))
+
+    ref = ReferenceStatistics.from_features(features(1))
+    exact = features(2)
+    same = fd_difference(exact, exact, ref, n_boot=50, level=0.95)
+    assert same == {"value": 0.0, "ci95": [0.0, 0.0]}  # the same rows on both sides: no noise left
+    shifted = exact + 0.5  # every noise moved the same way: a difference well beyond the sampling noise
+    d = fd_difference(shifted, exact, ref, n_boot=50, level=0.95)
+    want = float(ref.distance_tensor_features(shifted) - ref.distance_tensor_features(exact))
+    assert d["value"] == pytest.approx(want, rel=1e-12)
+    lo, hi = d["ci95"]
+    assert 0 < lo <= d["value"] <= hi
+    with pytest.raises(ValueError, match="same shape"):
+        fd_difference(exact[:-1], exact, ref, n_boot=5, level=0.95)
 
 
 @pytest.mark.parametrize("n, dim", [(200, 4), (80, 32)])

@@ -3,6 +3,7 @@
 - :func:`per_sample_rmse`: the error of each sample against a high-accuracy solution of the same noise.
 - :func:`bootstrap_ci`: percentile bootstrap interval of a statistic over samples (Efron, 1979).
 - :func:`fd_bootstrap`: a Frechet distance with a bootstrap interval over the generated samples.
+- :func:`fd_difference`: the difference of two Frechet distances from the same noises, with a paired interval.
 
 Used by ``fastsample sweep`` and by every benchmark (benchmarks/protocol.py).
 """
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-__all__ = ["bootstrap_ci", "fd_bootstrap", "per_sample_rmse"]
+__all__ = ["bootstrap_ci", "fd_bootstrap", "fd_difference", "per_sample_rmse"]
 
 
 def per_sample_rmse(x, ref) -> np.ndarray:
@@ -52,7 +53,32 @@ def fd_bootstrap(features, reference, n_boot: int = 200, level: float = 0.95, se
     fd = float(ref.distance_tensor_features(f))
     rng = np.random.default_rng(seed)
     boot = np.array([float(ref.distance_tensor_features(f[rng.integers(0, len(f), len(f))])) for _ in range(n_boot)])
-    bias = float(np.median(boot)) - fd
+    ci, bias = _shifted_interval(fd, boot, level)
+    return {"fd": fd, "ci95": ci, "resampling_bias": bias, "n": len(f), "n_boot": n_boot}
+
+
+def fd_difference(features, exact, reference, n_boot: int, level: float, seed: int = 0) -> dict:
+    """FD(features) - FD(exact) to ``reference`` (a ``ReferenceStatistics``) and a paired bootstrap interval.
+
+    ``features`` and ``exact`` (n, D) come from the same n noises (row i from noise i), so each resample draws the
+    same rows from both (Efron, 1979): the interval holds the sampling noise both distances share, which separate
+    intervals would count twice. Shifted by the resampling bias, as in :func:`fd_bootstrap`.
+    """
+    f, e = torch.as_tensor(features, dtype=torch.float64), torch.as_tensor(exact, dtype=torch.float64)
+    if f.shape != e.shape:
+        raise ValueError(f"paired features need the same shape, got {tuple(f.shape)} and {tuple(e.shape)}")
+    diff = float(reference.distance_tensor_features(f) - reference.distance_tensor_features(e))
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        i = torch.from_numpy(rng.integers(0, len(f), len(f)))
+        boot.append(float(reference.distance_tensor_features(f[i]) - reference.distance_tensor_features(e[i])))
+    return {"value": diff, "ci95": _shifted_interval(diff, np.asarray(boot), level)[0]}
+
+
+def _shifted_interval(value: float, boot: np.ndarray, level: float) -> tuple[list[float], float]:
+    """([lo, hi], bias): the percentile interval of the resampled statistics ``boot`` shifted by their bias (their
+    median minus ``value``), so that it keeps the resampling spread around ``value`` itself."""
+    bias = float(np.median(boot)) - value
     a = (1 - level) / 2
-    lo, hi = float(np.quantile(boot, a)) - bias, float(np.quantile(boot, 1 - a)) - bias
-    return {"fd": fd, "ci95": [lo, hi], "resampling_bias": bias, "n": len(f), "n_boot": n_boot}
+    return [float(np.quantile(boot, a)) - bias, float(np.quantile(boot, 1 - a)) - bias], bias
