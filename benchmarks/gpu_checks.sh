@@ -4,8 +4,9 @@
 #   2. gpu_sweep_cost.py  - one sweep cell of each recipe, split by phase    -> results/gpu_sweep_cost.json
 #   3. fastsample ems --validate of the demo DDPM's shipped statistics on every grid its scheduler offers
 #   4. fastsample ems of the demo flow model (grid 128 x 256 samples, standard errors) with --validate
-# 2 runs first and alone (it times things; at most 3 minutes), then 1, 3 and 4 side by side. Outputs land in $OUT when set (the
-# device tool), else in out/gpu/. Python packages missing on the machine come as wheels in .whl/ (--no-deps).
+# 2 runs first and alone (it times things; at most 3 minutes), then 1, 3 and 4 side by side. Outputs land in $OUT
+# when set (the device tool), else in out/gpu/; `fastsample ems` refuses to replace statistics already there, so
+# a rerun needs an empty folder. Python packages missing on the machine come as wheels in .whl/ (--no-deps).
 #   bash benchmarks/gpu_checks.sh
 set -u
 cd "$(dirname "$0")/.."
