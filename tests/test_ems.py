@@ -334,6 +334,10 @@ def test_cli_demo_like_unet(tmp_path, monkeypatch, capsys):
     again = ["--model", str(tmp_path / "pipe"), "--ems", str(out), "--out", str(tmp_path / "e2.safetensors")]
     with pytest.raises(UserError, match="--ems FILE is for --validate"):
         main(again)
+    with pytest.raises(UserError, match="--grid-size, --seed: not used, since --ems validates given statistics"):
+        main(again + ["--validate", "--grid-size", "8", "--seed", "3"])  # options only computing statistics reads
+    with pytest.raises(UserError, match="--validate-samples: not used, since there is no --validate"):
+        main(["--model", str(tmp_path / "pipe"), "--out", str(tmp_path / "e3.safetensors"), "--validate-samples", "3"])
     e2 = EMS.load(main(again + ["--validate", "--validate-samples", "3", "--no-progress"]))
     assert e2.metadata["validation"]["num_samples"] == 3 and e2.metadata["num_samples"] == 4
     for name in ("l", "s", "b", "se_l"):

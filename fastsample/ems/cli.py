@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ from .models import unet_model_fn, vae_latents
 from .validation import summary, validate_ems, validation_text
 
 # --- command line ---------------------------------------------------------------------------------------
+
+# options that only computing statistics reads (not validating given ones with --ems)
+ESTIMATION_ONLY = ("data", "grid_size", "num_samples", "t_start", "t_end", "height", "checkpoint", "seed")
 
 
 def _add_arguments(p):
@@ -64,6 +68,15 @@ def _run(args) -> Path:
         raise UserError(f"--checkpoint {args.checkpoint} is also --out; give it its own name")
     if args.ems and not args.validate:
         raise UserError("--ems FILE is for --validate: give --validate, or leave out --ems to compute statistics")
+    defaults = argparse.ArgumentParser()
+    _add_arguments(defaults)
+    given = [k for k in vars(args) if getattr(args, k) != defaults.get_default(k)]
+    unread = ESTIMATION_ONLY if args.ems else () if args.validate else ("validate_samples",)
+    unread = [k for k in given if k in unread]
+    if unread:
+        why = "--ems validates given statistics" if args.ems else "there is no --validate"
+        names = ", ".join("--" + k.replace("_", "-") for k in unread)
+        raise UserError(f"{names}: not used, since {why}; leave them out")
     acc = Accelerator()
 
     def existing(unet):  # --ems: the given statistics, checked against the model (and the config below)
